@@ -1,0 +1,76 @@
+/** Why a decision came out as it did. A deny is data, not an exception. */
+export type Reason =
+  | "allowed"
+  | "missing_credential"
+  | "invalid_key"
+  | "revoked"
+  | "expired"
+  | "forbidden"
+  | "rate_limited"
+  | "bad_request"
+  | "unavailable";
+
+export interface KeyIdentity {
+  id: string;
+  name: string;
+  org: string;
+  namespace: string;
+  roles: string[];
+}
+
+export interface Decision {
+  allowed: boolean;
+  reason: Reason;
+  message: string;
+  key?: KeyIdentity;
+  /** "policy.csv:12", or "" when no rule decided. */
+  matchedRule: string;
+}
+
+export interface AuthorizeInput {
+  credential: string;
+  path: string;
+  method: string;
+  namespace: string;
+  org: string;
+}
+
+/** The messages clients see (SandBase wording where it has one). */
+export const MESSAGES = {
+  missing_credential: "missing API key in Authorization header",
+  invalid_key: "invalid API key",
+  revoked: "API key has been revoked",
+  expired: "API key has expired",
+  rate_limited: "rate limit exceeded",
+  unavailable: "authorization unavailable: the key store cannot be reached, request denied",
+} as const;
+
+export function forbiddenMessage(method: string, path: string): string {
+  return `API key is not allowed to ${method} ${path}`;
+}
+
+export function deny(reason: Exclude<Reason, "allowed">, message: string, key?: KeyIdentity): Decision {
+  return { allowed: false, reason, message, matchedRule: "", ...(key && { key }) };
+}
+
+/** The one place a reason becomes an HTTP status (shim, and later gateways). */
+export function httpStatusFor(reason: Reason): number {
+  switch (reason) {
+    case "allowed":
+      return 200;
+    case "missing_credential":
+    case "invalid_key":
+    case "revoked":
+    case "expired":
+      return 401;
+    case "forbidden":
+    case "bad_request":
+      // nginx auth_request treats anything but 401/403 as an error, so a
+      // malformed request is a 403 too.
+      return 403;
+    case "rate_limited":
+      return 429;
+    case "unavailable":
+      return 503;
+  }
+}

@@ -1,0 +1,65 @@
+import { mkdir } from "node:fs/promises";
+import { join } from "node:path";
+import { PGlite } from "@electric-sql/pglite";
+import { Kysely, PGliteDialect, PostgresDialect } from "kysely";
+import pg from "pg";
+import type { Database } from "./schema.js";
+
+export type DatabaseKind = "pglite" | "postgres";
+
+export interface Store {
+  db: Kysely<Database>;
+  kind: DatabaseKind;
+  /** Where the data is, for status output (a Postgres URL without its password). */
+  location: string;
+  close(): Promise<void>;
+}
+
+export type StoreTarget =
+  | { kind: "postgres"; url: string; defaultUser: string; poolSize: number }
+  | { kind: "pglite"; dataDir: string }
+  /** An already-open PGlite (tests restore a snapshot into memory). */
+  | { kind: "pglite-instance"; pglite: PGlite; location: string };
+
+/** The PGlite files live in this folder of the data dir. */
+export const PGDATA_DIR = "pgdata";
+
+export async function openStore(target: StoreTarget): Promise<Store> {
+  switch (target.kind) {
+    case "postgres": {
+      const pool = new pg.Pool({
+        connectionString: target.url,
+        // libpq defaults the user to the OS user; without USER (as in CI) pg
+        // would send "undefined". The config supplies a real default.
+        user: new URL(target.url).username ? undefined : target.defaultUser,
+        max: target.poolSize,
+        connectionTimeoutMillis: 5_000,
+      });
+      // An idle client's error (the server restarted) must not crash the process.
+      pool.on("error", () => {});
+      const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+      return { db, kind: "postgres", location: redactUrl(target.url), close: () => db.destroy() };
+    }
+    case "pglite": {
+      const dir = join(target.dataDir, PGDATA_DIR);
+      await mkdir(target.dataDir, { recursive: true });
+      const pglite = await PGlite.create(dir);
+      const db = new Kysely<Database>({ dialect: new PGliteDialect({ pglite }) });
+      return { db, kind: "pglite", location: dir, close: () => db.destroy() };
+    }
+    case "pglite-instance": {
+      const db = new Kysely<Database>({ dialect: new PGliteDialect({ pglite: target.pglite }) });
+      return { db, kind: "pglite", location: target.location, close: () => db.destroy() };
+    }
+  }
+}
+
+export function redactUrl(url: string): string {
+  try {
+    const parsed = new URL(url);
+    if (parsed.password) parsed.password = "***";
+    return parsed.toString();
+  } catch {
+    return "(unparseable URL)";
+  }
+}

@@ -1,0 +1,31 @@
+import type { Kysely } from "kysely";
+import { Migrator, type Migration, type MigrationProvider, type MigrationResultSet } from "kysely/migration";
+import * as createApiKeys from "./migrations/2026-11-24T00-00_create-api-keys.js";
+
+/**
+ * Migrations are imported statically (not read from a folder at run time), so
+ * the compiled package carries them and their order is fixed by name.
+ */
+const MIGRATIONS: Record<string, Migration> = {
+  "2026-11-24T00-00_create-api-keys": createApiKeys,
+};
+
+const provider: MigrationProvider = { getMigrations: async () => MIGRATIONS };
+
+export interface MigrateOutcome {
+  applied: string[];
+  current: string;
+}
+
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export async function migrateToLatest(db: Kysely<any>): Promise<MigrateOutcome> {
+  const migrator = new Migrator({ db, provider, migrationTableName: "keygate_migrations", migrationLockTableName: "keygate_migrations_lock" });
+  const result: MigrationResultSet = await migrator.migrateToLatest();
+  if (result.error) {
+    const failed = result.results?.find((r) => r.status === "Error");
+    throw new Error(`migration ${failed?.migrationName ?? "(unknown)"} failed: ${(result.error as Error).message ?? result.error}`, { cause: result.error });
+  }
+  const applied = (result.results ?? []).filter((r) => r.status === "Success").map((r) => r.migrationName);
+  const names = Object.keys(MIGRATIONS).sort();
+  return { applied, current: names[names.length - 1] ?? "" };
+}

@@ -1,0 +1,42 @@
+import type { Kysely } from "kysely";
+import type { Database } from "../db/schema.js";
+import type { KeyCache } from "./key-cache.js";
+import { hashKey, isWellFormedKey, MAX_CREDENTIAL_LENGTH } from "./key-format.js";
+import type { KeyRecord } from "./key-record.js";
+import { findKeyByHash } from "./key.repository.js";
+
+export type KeyLookup =
+  | { status: "ok"; key: KeyRecord }
+  | { status: "invalid" }
+  | { status: "revoked"; key: KeyRecord }
+  | { status: "expired"; key: KeyRecord };
+
+export interface KeyLookupDeps {
+  db: Kysely<Database>;
+  cache: KeyCache;
+  keyPrefix: string;
+  now: () => Date;
+}
+
+/**
+ * From a presented credential to the key's state. A malformed credential
+ * (wrong prefix, length, alphabet or checksum) is invalid without a database
+ * query. Database errors are thrown: the caller must fail closed.
+ */
+export function createKeyLookup({ db, cache, keyPrefix, now }: KeyLookupDeps) {
+  return async function lookupKey(credential: string): Promise<KeyLookup> {
+    if (credential.length > MAX_CREDENTIAL_LENGTH || !isWellFormedKey(credential, keyPrefix)) return { status: "invalid" };
+    const hash = hashKey(credential);
+    let record = cache.get(hash);
+    if (record === undefined) {
+      record = (await findKeyByHash(db, hash)) ?? null;
+      cache.set(hash, record);
+    }
+    if (!record) return { status: "invalid" };
+    if (!record.enabled) return { status: "revoked", key: record };
+    if (record.expiresAt && record.expiresAt.getTime() <= now().getTime()) return { status: "expired", key: record };
+    return { status: "ok", key: record };
+  };
+}
+
+export type LookupKey = ReturnType<typeof createKeyLookup>;

@@ -1,0 +1,378 @@
+import type { Kysely } from "kysely";
+import type { Database } from "../db/schema.js";
+import type { Policy } from "../policy/policy.js";
+import { parseDuration, parseExpiry, printable } from "./duration.js";
+import type { KeyCache } from "./key-cache.js";
+import { displayPrefix, generateKey, generateKeyId, hashKey, KEY_ID_PATTERN } from "./key-format.js";
+import { ALL_NAMESPACES, isValidName, isValidNamespace, NAME_RULE, type KeyRecord } from "./key-record.js";
+import * as repo from "./key.repository.js";
+
+/**
+ * The life of keys: create, get, list, update, revoke, rotate, delete,
+ * reset-all. Every action runs for a principal: the local operator (the CLI
+ * on the machine that holds the data) or a key. A key caller is checked
+ * twice: by the policy (resource paths "keys", "keys/:id", …) and here in
+ * code, where org isolation and no-escalation hold whatever the policy says.
+ */
+
+export type Principal = { kind: "local" } | { kind: "key"; key: KeyRecord };
+
+export type ManageErrorCode = "invalid_argument" | "not_found" | "permission_denied";
+export type ManageResult<T> = { ok: true; value: T } | { ok: false; code: ManageErrorCode; message: string };
+
+export type Expiry = { kind: "in"; duration: string } | { kind: "at"; at: Date } | { kind: "never" };
+
+export interface CreateKeyInput {
+  name?: string;
+  org?: string;
+  namespace?: string;
+  roles?: string[];
+  expiry?: Expiry;
+}
+
+export interface UpdateKeyInput {
+  id: string;
+  name?: string;
+  enabled?: boolean;
+  expiry?: Expiry;
+  roles?: string[];
+}
+
+export interface ListKeysInput {
+  org?: string;
+  namespace?: string;
+  enabled?: boolean;
+  pageSize?: number;
+  pageToken?: string;
+}
+
+export interface CreatedKey {
+  key: KeyRecord;
+  plaintext: string;
+}
+
+export interface KeyPage {
+  keys: KeyRecord[];
+  nextPageToken: string;
+}
+
+export interface KeyManagerDeps {
+  db: Kysely<Database>;
+  policy: () => Policy;
+  cache: KeyCache;
+  keyPrefix: string;
+  now: () => Date;
+  /** Last-used times noted in memory and not yet written. */
+  pendingLastUsed?: (keyId: string) => Date | undefined;
+}
+
+export const DEFAULT_ORG = "default";
+export const DEFAULT_ROLES = ["writer"];
+const MAX_PAGE_SIZE = 1000;
+const DEFAULT_PAGE_SIZE = 100;
+const MAX_ROLES = 32;
+const MAX_KEY_NAME = 200;
+
+const ok = <T>(value: T): ManageResult<T> => ({ ok: true, value });
+const fail = (code: ManageErrorCode, message: string): { ok: false; code: ManageErrorCode; message: string } => ({ ok: false, code, message });
+
+export type KeyManager = ReturnType<typeof createKeyManager>;
+
+export function createKeyManager({ db, policy, cache, keyPrefix, now, pendingLastUsed }: KeyManagerDeps) {
+  /** The policy check for a key caller, on a management resource. */
+  function allowedByPolicy(principal: Principal, method: string, resource: string): ManageResult<void> {
+    if (principal.kind === "local") return ok(undefined);
+    const { key } = principal;
+    const decision = policy().decide({ roles: key.roles, org: key.org, namespace: key.namespace, path: resource, method });
+    return decision.allowed ? ok(undefined) : fail("permission_denied", `API key is not allowed to ${method} ${resource}`);
+  }
+
+  /** A key outside the caller's org or namespace does not exist for it. */
+  function visible(principal: Principal, target: KeyRecord): boolean {
+    if (principal.kind === "local") return true;
+    const { key } = principal;
+    return target.org === key.org && (key.namespace === ALL_NAMESPACES || target.namespace === key.namespace);
+  }
+
+  /** Why `target` would have more power than the caller, or undefined. */
+  async function escalation(principal: Principal, target: Pick<KeyRecord, "org" | "namespace" | "roles" | "expiresAt">): Promise<string | undefined> {
+    if (principal.kind === "local") return undefined;
+    const { key } = principal;
+    if (target.org !== key.org) return `a key may not act on another org ("${target.org}")`;
+    if (key.namespace !== ALL_NAMESPACES && target.namespace !== key.namespace) {
+      return `a key scoped to namespace "${key.namespace}" may not act on namespace "${target.namespace}"`;
+    }
+    const mine = await policy().inheritedRoles(key.roles, key.org);
+    const extra = target.roles.filter((role) => !mine.has(role));
+    if (extra.length > 0) return `a key may not grant roles it does not hold: ${extra.join(", ")}`;
+    if (key.expiresAt && (!target.expiresAt || target.expiresAt > key.expiresAt)) {
+      return `a key may not grant an expiry later than its own (${key.expiresAt.toISOString()})`;
+    }
+    return undefined;
+  }
+
+  function resolveExpiry(expiry: Expiry | undefined, at: Date): ManageResult<Date | null | undefined> {
+    if (!expiry) return ok(undefined);
+    switch (expiry.kind) {
+      case "never":
+        return ok(null);
+      case "at":
+        if (Number.isNaN(expiry.at.getTime())) return fail("invalid_argument", "invalid expiry time");
+        if (expiry.at <= at) return fail("invalid_argument", "expiry time must be in the future");
+        return ok(expiry.at);
+      case "in": {
+        const parsed = parseExpiry(expiry.duration);
+        return parsed.ok ? ok(new Date(at.getTime() + parsed.ms)) : fail("invalid_argument", parsed.error);
+      }
+    }
+  }
+
+  function checkRoles(roles: string[]): ManageResult<string[]> {
+    if (roles.length === 0) return fail("invalid_argument", "a key needs at least one role");
+    if (roles.length > MAX_ROLES) return fail("invalid_argument", `a key may have at most ${MAX_ROLES} roles`);
+    const bad = roles.find((role) => !isValidName(role));
+    if (bad !== undefined) return fail("invalid_argument", `invalid role "${printable(bad)}": ${NAME_RULE}`);
+    return ok([...new Set(roles)]);
+  }
+
+  function checkName(name: string): ManageResult<string> {
+    if (name.length > MAX_KEY_NAME) return fail("invalid_argument", `key name longer than ${MAX_KEY_NAME} characters`);
+    if (/[\u0000-\u001f\u007f]/.test(name)) return fail("invalid_argument", "key name contains control characters");
+    return ok(name);
+  }
+
+  async function findVisible(principal: Principal, id: string): Promise<ManageResult<KeyRecord>> {
+    if (!KEY_ID_PATTERN.test(id)) return fail("invalid_argument", `invalid key id "${printable(id)}" (expected key_ and 20 letters or digits)`);
+    const target = await repo.findKeyById(db, id);
+    if (!target || !visible(principal, target)) return fail("not_found", `key ${id} not found`);
+    return ok(withPendingUsage(target));
+  }
+
+  function withPendingUsage(record: KeyRecord): KeyRecord {
+    const pending = pendingLastUsed?.(record.id);
+    if (pending && (!record.lastUsedAt || pending > record.lastUsedAt)) return { ...record, lastUsedAt: pending };
+    return record;
+  }
+
+  /** A key the caller already holds power over: visible and not more powerful. */
+  async function findManageable(principal: Principal, id: string): Promise<ManageResult<KeyRecord>> {
+    const found = await findVisible(principal, id);
+    if (!found.ok) return found;
+    const mine = principal.kind === "key" ? await policy().inheritedRoles(principal.key.roles, principal.key.org) : undefined;
+    const extra = mine ? found.value.roles.filter((role) => !mine.has(role)) : [];
+    if (extra.length > 0) return fail("permission_denied", `key ${id} has roles this key does not hold: ${extra.join(", ")}`);
+    return found;
+  }
+
+  function createdBy(principal: Principal): string {
+    return principal.kind === "local" ? "local" : principal.key.id;
+  }
+
+  return {
+    async create(principal: Principal, input: CreateKeyInput): Promise<ManageResult<CreatedKey>> {
+      const allowed = allowedByPolicy(principal, "POST", "keys");
+      if (!allowed.ok) return allowed;
+      const at = now();
+      const caller = principal.kind === "key" ? principal.key : undefined;
+      const org = input.org || caller?.org || DEFAULT_ORG;
+      if (!isValidName(org)) return fail("invalid_argument", `invalid org "${printable(org)}": ${NAME_RULE}`);
+      const namespace = input.namespace || caller?.namespace || ALL_NAMESPACES;
+      if (!isValidNamespace(namespace)) return fail("invalid_argument", `invalid namespace "${printable(namespace)}": ${NAME_RULE}, or * for all`);
+      const roles = checkRoles(input.roles && input.roles.length > 0 ? input.roles : (caller?.roles ?? DEFAULT_ROLES));
+      if (!roles.ok) return roles;
+      const name = checkName(input.name ?? "");
+      if (!name.ok) return name;
+      const expiry = resolveExpiry(input.expiry, at);
+      if (!expiry.ok) return expiry;
+      // A key caller's new key expires no later than the caller, by default too.
+      const expiresAt = expiry.value === undefined ? (caller?.expiresAt ?? null) : expiry.value;
+      const why = await escalation(principal, { org, namespace, roles: roles.value, expiresAt });
+      if (why) return fail("permission_denied", why);
+
+      const plaintext = generateKey(keyPrefix);
+      const key = await repo.insertKey(db, {
+        id: generateKeyId(),
+        name: name.value,
+        org,
+        namespace,
+        roles: roles.value,
+        keyHash: hashKey(plaintext),
+        displayPrefix: displayPrefix(plaintext, keyPrefix),
+        expiresAt,
+        createdAt: at,
+        rotatedFrom: null,
+        createdBy: createdBy(principal),
+      });
+      cache.dropNegatives();
+      return ok({ key, plaintext });
+    },
+
+    async get(principal: Principal, id: string): Promise<ManageResult<KeyRecord>> {
+      const allowed = allowedByPolicy(principal, "GET", `keys/${id}`);
+      if (!allowed.ok) return allowed;
+      return findVisible(principal, id);
+    },
+
+    async list(principal: Principal, input: ListKeysInput): Promise<ManageResult<KeyPage>> {
+      const allowed = allowedByPolicy(principal, "GET", "keys");
+      if (!allowed.ok) return allowed;
+      const filter: repo.KeyFilter = {};
+      if (input.org) filter.org = input.org;
+      if (input.namespace) filter.namespace = input.namespace;
+      if (input.enabled !== undefined) filter.enabled = input.enabled;
+      if (principal.kind === "key") {
+        const { key } = principal;
+        if (filter.org !== undefined && filter.org !== key.org) return fail("permission_denied", "a key may list only its own org's keys");
+        filter.org = key.org;
+        if (key.namespace !== ALL_NAMESPACES) {
+          if (filter.namespace !== undefined && filter.namespace !== key.namespace) {
+            return fail("permission_denied", `a key scoped to namespace "${key.namespace}" may list only that namespace`);
+          }
+          filter.namespace = key.namespace;
+        }
+      }
+      const pageSize = input.pageSize ? Math.min(input.pageSize, MAX_PAGE_SIZE) : DEFAULT_PAGE_SIZE;
+      let after: repo.PageCursor | undefined;
+      if (input.pageToken) {
+        const cursor = decodePageToken(input.pageToken);
+        if (!cursor) return fail("invalid_argument", "invalid page_token: pass the next_page_token of a previous page");
+        after = cursor;
+      }
+      const rows = await repo.listKeys(db, filter, pageSize + 1, after);
+      const keys = rows.slice(0, pageSize).map(withPendingUsage);
+      const last = keys[keys.length - 1];
+      return ok({ keys, nextPageToken: rows.length > pageSize && last ? encodePageToken(last) : "" });
+    },
+
+    async update(principal: Principal, input: UpdateKeyInput): Promise<ManageResult<KeyRecord>> {
+      const allowed = allowedByPolicy(principal, "PATCH", `keys/${input.id}`);
+      if (!allowed.ok) return allowed;
+      const found = await findManageable(principal, input.id);
+      if (!found.ok) return found;
+      const at = now();
+      const changes: repo.KeyChanges = {};
+      if (input.name !== undefined) {
+        const name = checkName(input.name);
+        if (!name.ok) return name;
+        changes.name = name.value;
+      }
+      if (input.roles !== undefined) {
+        const roles = checkRoles(input.roles);
+        if (!roles.ok) return roles;
+        changes.roles = roles.value;
+      }
+      const expiry = resolveExpiry(input.expiry, at);
+      if (!expiry.ok) return expiry;
+      if (expiry.value !== undefined) changes.expiresAt = expiry.value;
+      if (input.enabled !== undefined) {
+        changes.enabled = input.enabled;
+        if (input.enabled !== found.value.enabled) changes.revokedAt = input.enabled ? null : at;
+      }
+      const after = { ...found.value, ...("roles" in changes && { roles: changes.roles! }), ...("expiresAt" in changes && { expiresAt: changes.expiresAt! }) };
+      const why = await escalation(principal, after);
+      if (why) return fail("permission_denied", why);
+      const updated = await repo.updateKey(db, input.id, changes, at);
+      cache.invalidateId(input.id);
+      return updated ? ok(withPendingUsage(updated)) : fail("not_found", `key ${input.id} not found`);
+    },
+
+    async revoke(principal: Principal, id: string): Promise<ManageResult<KeyRecord>> {
+      const allowed = allowedByPolicy(principal, "POST", `keys/${id}/revoke`);
+      if (!allowed.ok) return allowed;
+      const found = await findManageable(principal, id);
+      if (!found.ok) return found;
+      const at = now();
+      const updated = await repo.updateKey(db, id, { enabled: false, ...(found.value.enabled && { revokedAt: at }) }, at);
+      cache.invalidateId(id);
+      return updated ? ok(updated) : fail("not_found", `key ${id} not found`);
+    },
+
+    async rotate(principal: Principal, id: string, grace: string): Promise<ManageResult<CreatedKey>> {
+      const allowed = allowedByPolicy(principal, "POST", `keys/${id}/rotate`);
+      if (!allowed.ok) return allowed;
+      let graceMs: number | undefined;
+      if (grace !== "") {
+        const parsed = parseDuration(grace);
+        if (!parsed.ok) return fail("invalid_argument", `grace: ${parsed.error}`);
+        graceMs = parsed.ms;
+      }
+      const found = await findManageable(principal, id);
+      if (!found.ok) return found;
+      const old = found.value;
+      const why = await escalation(principal, old);
+      if (why) return fail("permission_denied", why);
+      const at = now();
+      const plaintext = generateKey(keyPrefix);
+      const key = await db.transaction().execute(async (trx) => {
+        const created = await repo.insertKey(trx, {
+          id: generateKeyId(),
+          name: old.name,
+          org: old.org,
+          namespace: old.namespace,
+          roles: old.roles,
+          keyHash: hashKey(plaintext),
+          displayPrefix: displayPrefix(plaintext, keyPrefix),
+          expiresAt: old.expiresAt,
+          createdAt: at,
+          rotatedFrom: old.id,
+          createdBy: createdBy(principal),
+        });
+        if (graceMs === 0) {
+          await repo.updateKey(trx, old.id, { enabled: false, revokedAt: at }, at);
+        } else if (graceMs !== undefined) {
+          const end = new Date(at.getTime() + graceMs);
+          if (!old.expiresAt || old.expiresAt > end) await repo.updateKey(trx, old.id, { expiresAt: end }, at);
+        }
+        return created;
+      });
+      cache.invalidateId(old.id);
+      cache.dropNegatives();
+      return ok({ key, plaintext });
+    },
+
+    async delete(principal: Principal, id: string): Promise<ManageResult<string>> {
+      const allowed = allowedByPolicy(principal, "DELETE", `keys/${id}`);
+      if (!allowed.ok) return allowed;
+      const found = await findManageable(principal, id);
+      if (!found.ok) return found;
+      const deleted = await repo.deleteKey(db, id);
+      cache.invalidateId(id);
+      return deleted ? ok(id) : fail("not_found", `key ${id} not found`);
+    },
+
+    async resetAll(principal: Principal, org: string): Promise<ManageResult<number>> {
+      const allowed = allowedByPolicy(principal, "POST", "keys/reset-all");
+      if (!allowed.ok) return allowed;
+      let scope: { org?: string; namespace?: string };
+      if (principal.kind === "key") {
+        const { key } = principal;
+        if (org !== "" && org !== key.org) return fail("permission_denied", "a key may reset only its own org's keys");
+        scope = { org: key.org, ...(key.namespace !== ALL_NAMESPACES && { namespace: key.namespace }) };
+      } else {
+        if (org !== "" && !isValidName(org)) return fail("invalid_argument", `invalid org "${printable(org)}": ${NAME_RULE}`);
+        scope = org === "" ? {} : { org };
+      }
+      const count = await repo.revokeAll(db, scope, now());
+      cache.clear();
+      return ok(count);
+    },
+  };
+}
+
+function encodePageToken(last: KeyRecord): string {
+  return Buffer.from(JSON.stringify([last.createdAt.toISOString(), last.id])).toString("base64url");
+}
+
+function decodePageToken(token: string): repo.PageCursor | undefined {
+  if (token.length > 200) return undefined;
+  try {
+    const parsed: unknown = JSON.parse(Buffer.from(token, "base64url").toString("utf8"));
+    if (!Array.isArray(parsed) || parsed.length !== 2) return undefined;
+    const [time, id] = parsed as [unknown, unknown];
+    if (typeof time !== "string" || typeof id !== "string" || !KEY_ID_PATTERN.test(id)) return undefined;
+    const createdAt = new Date(time);
+    return Number.isNaN(createdAt.getTime()) ? undefined : { createdAt, id };
+  } catch {
+    return undefined;
+  }
+}
