@@ -25,7 +25,10 @@ const KNOWN = new Set<string>(KNOWN_METHODS);
  */
 export function normalizeMethod(method: string): Normalized<HttpMethod | ""> {
   if (method === "") return { ok: true, value: "" };
-  const upper = method.trim().toUpperCase();
+  const trimmed = method.trim();
+  // ASCII letters only: Unicode case mapping would turn "poſt" into "POST"
+  // and "optıons" into "OPTIONS", methods the upstream never sees.
+  const upper = /^[A-Za-z]+$/.test(trimmed) ? trimmed.toUpperCase() : "";
   if (!KNOWN.has(upper)) {
     return { ok: false, error: `unknown HTTP method "${printableShort(method)}"` };
   }

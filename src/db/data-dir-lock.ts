@@ -1,4 +1,4 @@
-import { open, readFile, rm } from "node:fs/promises";
+import { mkdir, open, readFile, rm } from "node:fs/promises";
 import { hostname } from "node:os";
 import { join } from "node:path";
 
@@ -28,6 +28,8 @@ export interface DataDirLock {
 export type LockResult = { ok: true; lock: DataDirLock } | { ok: false; owner: LockOwner };
 
 export async function acquireLock(dataDir: string, role: string): Promise<LockResult> {
+  // The data dir is private: it holds the database and the control socket.
+  await mkdir(dataDir, { recursive: true, mode: 0o700 });
   const path = join(dataDir, LOCK_FILE);
   for (let attempt = 0; attempt < 3; attempt++) {
     const owner: LockOwner = { pid: process.pid, host: hostname(), role, since: new Date().toISOString() };

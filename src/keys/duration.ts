@@ -20,7 +20,13 @@ export type DurationResult = { ok: true; ms: number } | { ok: false; error: stri
 const PATTERN = /^(\d{1,9})(s|m|h|d|w|mo|y)$/;
 
 export function parseDuration(text: string): DurationResult {
-  const match = PATTERN.exec(text.trim());
+  // Only plain spaces around the value are tolerated: a control character
+  // anywhere (even a trailing newline) makes the input invalid.
+  let start = 0;
+  let end = text.length;
+  while (start < end && text[start] === " ") start++;
+  while (end > start && text[end - 1] === " ") end--;
+  const match = PATTERN.exec(text.slice(start, end));
   if (!match) {
     return {
       ok: false,
@@ -28,14 +34,14 @@ export function parseDuration(text: string): DurationResult {
     };
   }
   const ms = Number(match[1]) * UNIT_MS[match[2]!]!;
-  if (ms > MAX_MS) return { ok: false, error: `invalid duration "${text}": longer than 100y` };
+  if (ms > MAX_MS) return { ok: false, error: `invalid duration "${printable(text)}": longer than 100y` };
   return { ok: true, ms };
 }
 
 /** Like parseDuration, but a zero duration is refused (an expiry must be in the future). */
 export function parseExpiry(text: string): DurationResult {
   const result = parseDuration(text);
-  if (result.ok && result.ms === 0) return { ok: false, error: `invalid duration "${text}": must be greater than zero` };
+  if (result.ok && result.ms === 0) return { ok: false, error: `invalid duration "${printable(text)}": must be greater than zero` };
   return result;
 }
 

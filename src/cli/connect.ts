@@ -1,0 +1,130 @@
+import http from "node:http";
+import { setTimeout as sleep } from "node:timers/promises";
+import { createClient, createRouterTransport, type Client, type Interceptor, type Transport } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import type { RuntimeConfig } from "../config/config.js";
+import { acquireLock, type DataDirLock } from "../db/data-dir-lock.js";
+import { createLogger } from "../runtime/logger.js";
+import { openRuntime, type Runtime } from "../runtime/runtime.js";
+import { localStatus, type ServerStatus } from "../server/serve.js";
+import { createRoutes } from "../server/routes.js";
+import { AuthorizeService } from "../../gen/keygate/v1/authorize_pb.js";
+import { KeyService } from "../../gen/keygate/v1/key_pb.js";
+
+/**
+ * How the CLI reaches keygate. Every mode is a Connect transport to the same
+ * two services, so every command has one code path:
+ * - remote (`--server URL`): ManageKey over the network, authenticated with
+ *   an admin key (KEYGATE_API_KEY);
+ * - control socket: a server holds this PGlite data dir, so go through its
+ *   Unix socket (only the OS user who owns the data can open it);
+ * - in-process: nobody holds the data (or it is Postgres): open it here,
+ *   as the local operator.
+ */
+export interface Connection {
+  mode: "remote" | "socket" | "local";
+  keys: Client<typeof KeyService>;
+  authorize: Client<typeof AuthorizeService>;
+  status(): Promise<ServerStatus & { server: "running" | "not running" | "unknown" }>;
+  close(): Promise<void>;
+}
+
+export class CliError extends Error {
+  override readonly name = "CliError";
+}
+
+const LOCK_WAIT_MS = 10_000;
+
+export async function connectRemote(server: string, apiKey: string): Promise<Connection> {
+  if (!apiKey) throw new CliError("--server needs an admin key: set KEYGATE_API_KEY (or --api-key)");
+  const auth: Interceptor = (next) => (req) => {
+    req.header.set("authorization", `Bearer ${apiKey}`);
+    return next(req);
+  };
+  const transport = createConnectTransport({ baseUrl: server, httpVersion: "1.1", interceptors: [auth] });
+  return {
+    mode: "remote",
+    ...clients(transport),
+    status: () => Promise.reject(new CliError("status is available on the machine that holds the data, not over --server")),
+    close: async () => {},
+  };
+}
+
+export async function connectLocal(config: RuntimeConfig, command: string): Promise<Connection> {
+  if (config.databaseUrl) return inProcess(config, undefined);
+  const deadline = Date.now() + LOCK_WAIT_MS;
+  for (;;) {
+    const result = await acquireLock(config.dataDir, `cli ${command}`);
+    if (result.ok) {
+      try {
+        return await inProcess(config, result.lock);
+      } catch (error) {
+        await result.lock.release();
+        throw error;
+      }
+    }
+    const { owner } = result;
+    if (owner.socket) return viaSocket(owner.socket);
+    if (Date.now() > deadline) {
+      throw new CliError(
+        `data dir ${config.dataDir} is in use by pid ${owner.pid} (${owner.role}, since ${owner.since}); try again when it has finished`,
+      );
+    }
+    await sleep(200);
+  }
+}
+
+async function inProcess(config: RuntimeConfig, lock: DataDirLock | undefined): Promise<Connection> {
+  const log = createLogger("error");
+  let runtime: Runtime;
+  try {
+    runtime = await openRuntime(config, { onError: () => {} });
+  } catch (error) {
+    throw new CliError((error as Error).message, { cause: error });
+  }
+  const transport = createRouterTransport(createRoutes(runtime, ["authorization", "x-api-key"], log, true));
+  return {
+    mode: "local",
+    ...clients(transport),
+    status: async () => ({ ...(await localStatus(runtime, "")), server: config.databaseUrl ? "unknown" : "not running" }),
+    async close() {
+      await runtime.close();
+      await lock?.release();
+    },
+  };
+}
+
+function viaSocket(socketPath: string): Connection {
+  const transport = createConnectTransport({ baseUrl: "http://localhost", httpVersion: "1.1", nodeOptions: { socketPath } });
+  return {
+    mode: "socket",
+    ...clients(transport),
+    status: async () => ({ ...(await getJson<ServerStatus>(socketPath, "/status")), server: "running" }),
+    close: async () => {},
+  };
+}
+
+function clients(transport: Transport) {
+  return { keys: createClient(KeyService, transport), authorize: createClient(AuthorizeService, transport) };
+}
+
+function getJson<T>(socketPath: string, path: string): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ socketPath, path, timeout: 5_000 }, (res) => {
+      let body = "";
+      res.setEncoding("utf8");
+      res.on("data", (chunk: string) => (body += chunk));
+      res.on("end", () => {
+        try {
+          const parsed = JSON.parse(body) as T & { error?: string };
+          if (res.statusCode !== 200) reject(new CliError(`server status failed: ${parsed.error ?? res.statusCode}`));
+          else resolve(parsed);
+        } catch (error) {
+          reject(new CliError("server sent an unreadable status", { cause: error }));
+        }
+      });
+    });
+    req.on("timeout", () => req.destroy(new CliError("server did not answer the status request in 5s")));
+    req.on("error", reject);
+  });
+}

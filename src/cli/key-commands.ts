@@ -1,0 +1,302 @@
+import { create } from "@bufbuild/protobuf";
+import { Reason } from "../../gen/keygate/v1/authorize_pb.js";
+import {
+  CreateKeyActionSchema,
+  ManageKeyRequestSchema,
+  RoleListSchema,
+  UpdateKeyActionSchema,
+  type ApiKey,
+  type ManageKeyRequest,
+  type ManageKeyResponse,
+} from "../../gen/keygate/v1/key_pb.js";
+import { parseExpiry, parseDuration } from "../keys/duration.js";
+import { reasonFromProto } from "../server/convert.js";
+import { CliError, connectLocal, connectRemote, type Connection } from "./connect.js";
+import { configOrThrow, parse, readRuntimeConfig, USAGE, type Options, type Parsed } from "./main.js";
+import { createOut, keyJson, keyTable, keyText, type Out } from "./output.js";
+
+async function connect(parsed: Parsed, command: string): Promise<Connection> {
+  const server = parsed.flags.server as string | undefined;
+  if (server) return connectRemote(server, (parsed.flags["api-key"] as string | undefined) ?? process.env.KEYGATE_API_KEY ?? "");
+  return connectLocal(configOrThrow(readRuntimeConfig(parsed.flags, process.env, process.cwd())), command);
+}
+
+async function withConnection<T>(parsed: Parsed, command: string, run: (c: Connection) => Promise<T>): Promise<T> {
+  const connection = await connect(parsed, command);
+  try {
+    return await run(connection);
+  } finally {
+    await connection.close();
+  }
+}
+
+function manage(connection: Connection, action: ManageKeyRequest["action"]): Promise<ManageKeyResponse> {
+  return connection.keys.manageKey(create(ManageKeyRequestSchema, { action }));
+}
+
+function checkDuration(flag: string, value: string | undefined, allowZero = false): void {
+  if (value === undefined) return;
+  const result = allowZero ? parseDuration(value) : parseExpiry(value);
+  if (!result.ok) throw new CliError(`--${flag}: ${result.error}`);
+}
+
+function printCreated(out: Out, response: ManageKeyResponse, verb: string): void {
+  if (response.result.case !== "created" || !response.result.value.key) throw new CliError("unexpected response from server");
+  const { key, plaintext } = response.result.value;
+  if (out.json) {
+    out.print(JSON.stringify({ id: key.id, key: plaintext, ...keyJson(key) }));
+    return;
+  }
+  out.print(plaintext);
+  out.note(`${verb} ${key.id} (org ${key.org}, namespace ${key.namespace}, roles ${key.roles.join(",")}, expires ${key.expiresAt ? keyJson(key).expires_at : "never"}).`);
+  out.note("This is the only time the key is shown: store it now.");
+}
+
+function printKey(out: Out, key: ApiKey | undefined): void {
+  if (!key) throw new CliError("unexpected response from server");
+  out.print(out.json ? JSON.stringify(keyJson(key)) : keyText(key));
+}
+
+const KEYGEN_OPTIONS: Options = {
+  expire: { type: "string" },
+  namespace: { type: "string" },
+  org: { type: "string" },
+  role: { type: "string", multiple: true },
+  name: { type: "string" },
+};
+
+export async function runKeygen(args: string[]): Promise<number> {
+  const parsed = parse(args, KEYGEN_OPTIONS);
+  if (parsed.flags.help) return help();
+  if (parsed.positionals.length > 0) throw new CliError(`keygen takes no arguments, got "${parsed.positionals[0]}"`);
+  const out = createOut(Boolean(parsed.flags.json));
+  const expire = parsed.flags.expire as string | undefined;
+  checkDuration("expire", expire);
+  const action = create(CreateKeyActionSchema, {
+    name: (parsed.flags.name as string | undefined) ?? "",
+    org: (parsed.flags.org as string | undefined) ?? "",
+    namespace: (parsed.flags.namespace as string | undefined) ?? "",
+    roles: (parsed.flags.role as string[] | undefined) ?? [],
+    ...(expire !== undefined && { expiry: { case: "expiresIn" as const, value: expire } }),
+  });
+  return withConnection(parsed, "keygen", async (c) => {
+    printCreated(out, await manage(c, { case: "create", value: action }), "Created");
+    return 0;
+  });
+}
+
+export async function runKeys(args: string[]): Promise<number> {
+  const [sub, ...rest] = args;
+  switch (sub) {
+    case "list":
+      return keysList(rest);
+    case "get":
+    case "revoke":
+    case "enable":
+    case "delete":
+      return keysSimple(sub, rest);
+    case "rotate":
+      return keysRotate(rest);
+    case "update":
+      return keysUpdate(rest);
+    case "reset":
+      return keysReset(rest);
+    default:
+      throw new CliError(sub ? `unknown keys command "${sub}"; use list, get, update, revoke, enable, rotate, delete or reset` : "keys needs a command: list, get, update, revoke, enable, rotate, delete or reset");
+  }
+}
+
+function oneId(parsed: Parsed, command: string): string {
+  if (parsed.positionals.length !== 1) throw new CliError(`keys ${command} takes exactly one key id`);
+  return parsed.positionals[0]!;
+}
+
+async function keysList(args: string[]): Promise<number> {
+  const parsed = parse(args, {
+    org: { type: "string" },
+    namespace: { type: "string" },
+    enabled: { type: "string" },
+    "page-size": { type: "string" },
+    "page-token": { type: "string" },
+    all: { type: "boolean" },
+  });
+  if (parsed.flags.help) return help();
+  const out = createOut(Boolean(parsed.flags.json));
+  const enabledText = parsed.flags.enabled as string | undefined;
+  if (enabledText !== undefined && enabledText !== "true" && enabledText !== "false") throw new CliError(`--enabled: use true or false, not "${enabledText}"`);
+  const sizeText = (parsed.flags["page-size"] as string | undefined) ?? "100";
+  if (!/^\d+$/.test(sizeText) || Number(sizeText) < 1 || Number(sizeText) > 1000) throw new CliError(`--page-size: a whole number from 1 to 1000, not "${sizeText}"`);
+  return withConnection(parsed, "keys list", async (c) => {
+    const keys: ApiKey[] = [];
+    let token = (parsed.flags["page-token"] as string | undefined) ?? "";
+    let next = "";
+    do {
+      const response = await manage(c, {
+        case: "list",
+        value: {
+          $typeName: "keygate.v1.ListKeysAction",
+          org: (parsed.flags.org as string | undefined) ?? "",
+          namespace: (parsed.flags.namespace as string | undefined) ?? "",
+          ...(enabledText !== undefined && { enabled: enabledText === "true" }),
+          pageSize: Number(sizeText),
+          pageToken: token,
+        },
+      });
+      if (response.result.case !== "page") throw new CliError("unexpected response from server");
+      keys.push(...response.result.value.keys);
+      next = response.result.value.nextPageToken;
+      token = next;
+    } while (parsed.flags.all && next !== "");
+    if (out.json) out.print(JSON.stringify({ keys: keys.map(keyJson), next_page_token: next }));
+    else {
+      out.print(keys.length > 0 ? keyTable(keys) : "no keys");
+      if (next) out.note(`more: --page-token ${next} (or --all)`);
+    }
+    return 0;
+  });
+}
+
+async function keysSimple(command: "get" | "revoke" | "enable" | "delete", args: string[]): Promise<number> {
+  const parsed = parse(args, {});
+  if (parsed.flags.help) return help();
+  const id = oneId(parsed, command);
+  const out = createOut(Boolean(parsed.flags.json));
+  return withConnection(parsed, `keys ${command}`, async (c) => {
+    const base = { id };
+    let response: ManageKeyResponse;
+    switch (command) {
+      case "get":
+        response = await manage(c, { case: "get", value: { $typeName: "keygate.v1.GetKeyAction", ...base } });
+        break;
+      case "revoke":
+        response = await manage(c, { case: "revoke", value: { $typeName: "keygate.v1.RevokeKeyAction", ...base } });
+        break;
+      case "enable":
+        response = await manage(c, { case: "update", value: create(UpdateKeyActionSchema, { id, enabled: true }) });
+        break;
+      case "delete":
+        response = await manage(c, { case: "delete", value: { $typeName: "keygate.v1.DeleteKeyAction", ...base } });
+        if (out.json) out.print(JSON.stringify({ deleted: id }));
+        else out.print(`deleted ${id}`);
+        return 0;
+    }
+    printKey(out, response.result.case === "key" ? response.result.value : undefined);
+    return 0;
+  });
+}
+
+async function keysRotate(args: string[]): Promise<number> {
+  const parsed = parse(args, { grace: { type: "string" } });
+  if (parsed.flags.help) return help();
+  const id = oneId(parsed, "rotate");
+  const grace = (parsed.flags.grace as string | undefined) ?? "";
+  if (grace !== "") checkDuration("grace", grace, true);
+  const out = createOut(Boolean(parsed.flags.json));
+  return withConnection(parsed, "keys rotate", async (c) => {
+    const response = await manage(c, { case: "rotate", value: { $typeName: "keygate.v1.RotateKeyAction", id, grace } });
+    printCreated(out, response, `Rotated ${id} to`);
+    if (!out.json) {
+      out.note(grace === "" ? `The old key ${id} keeps working until you revoke it.` : grace.match(/^0+[a-z]+$/) ? `The old key ${id} is revoked.` : `The old key ${id} stops working in ${grace}.`);
+    }
+    return 0;
+  });
+}
+
+async function keysUpdate(args: string[]): Promise<number> {
+  const parsed = parse(args, {
+    name: { type: "string" },
+    role: { type: "string", multiple: true },
+    expire: { type: "string" },
+    "no-expire": { type: "boolean" },
+  });
+  if (parsed.flags.help) return help();
+  const id = oneId(parsed, "update");
+  const out = createOut(Boolean(parsed.flags.json));
+  const expire = parsed.flags.expire as string | undefined;
+  if (expire !== undefined && parsed.flags["no-expire"]) throw new CliError("use either --expire or --no-expire");
+  checkDuration("expire", expire);
+  const roles = parsed.flags.role as string[] | undefined;
+  const action = create(UpdateKeyActionSchema, {
+    id,
+    ...(parsed.flags.name !== undefined && { name: parsed.flags.name as string }),
+    ...(roles && { roles: create(RoleListSchema, { roles }) }),
+    ...(expire !== undefined && { expiry: { case: "expiresIn" as const, value: expire } }),
+    ...(parsed.flags["no-expire"] && { expiry: { case: "neverExpires" as const, value: true } }),
+  });
+  return withConnection(parsed, "keys update", async (c) => {
+    const response = await manage(c, { case: "update", value: action });
+    printKey(out, response.result.case === "key" ? response.result.value : undefined);
+    return 0;
+  });
+}
+
+async function keysReset(args: string[]): Promise<number> {
+  const parsed = parse(args, { org: { type: "string" }, yes: { type: "boolean" } });
+  if (parsed.flags.help) return help();
+  const org = (parsed.flags.org as string | undefined) ?? "";
+  if (!parsed.flags.yes) {
+    throw new CliError(`keys reset revokes every key${org ? ` of org ${org}` : " of every org"} at once; run again with --yes to do it`);
+  }
+  const out = createOut(Boolean(parsed.flags.json));
+  return withConnection(parsed, "keys reset", async (c) => {
+    const response = await manage(c, { case: "resetAll", value: { $typeName: "keygate.v1.ResetAllAction", org } });
+    if (response.result.case !== "resetAll") throw new CliError("unexpected response from server");
+    const count = response.result.value.revokedCount;
+    if (out.json) out.print(JSON.stringify({ revoked: count }));
+    else {
+      out.print(`revoked ${count} key${count === 1 ? "" : "s"}`);
+      out.note('Every existing key has stopped working. Create new ones with "keygate keygen".');
+    }
+    return 0;
+  });
+}
+
+export async function runCheck(args: string[]): Promise<number> {
+  const parsed = parse(args, {
+    key: { type: "string" },
+    path: { type: "string" },
+    method: { type: "string" },
+    namespace: { type: "string" },
+    org: { type: "string" },
+  });
+  if (parsed.flags.help) return help();
+  const key = (parsed.flags.key as string | undefined) ?? process.env.KEYGATE_CHECK_KEY ?? "";
+  const path = parsed.flags.path as string | undefined;
+  if (!key) throw new CliError("check needs --key KEY");
+  if (path === undefined) throw new CliError("check needs --path PATH");
+  const out = createOut(Boolean(parsed.flags.json));
+  return withConnection(parsed, "check", async (c) => {
+    const response = await c.authorize.authorize({
+      credential: key,
+      path,
+      method: (parsed.flags.method as string | undefined) ?? "",
+      namespace: (parsed.flags.namespace as string | undefined) ?? "",
+      org: (parsed.flags.org as string | undefined) ?? "",
+    });
+    const reason = reasonFromProto(response.reason) ?? Reason[response.reason] ?? "unknown";
+    if (out.json) {
+      out.print(
+        JSON.stringify({
+          allowed: response.allowed,
+          reason,
+          message: response.message,
+          matched_rule: response.matchedRule,
+          key: response.key ? { id: response.key.id, name: response.key.name, org: response.key.org, namespace: response.key.namespace, roles: response.key.roles } : null,
+        }),
+      );
+    } else {
+      out.print(`decision:  ${response.allowed ? "ALLOW" : "DENY"}`);
+      out.print(`reason:    ${reason}${response.message ? ` — ${response.message}` : ""}`);
+      if (response.key) {
+        out.print(`key:       ${response.key.id} (org ${response.key.org}, namespace ${response.key.namespace}, roles ${response.key.roles.join(",")})`);
+      }
+      out.print(`rule:      ${response.matchedRule || (response.allowed ? "-" : "no rule allows this request")}`);
+    }
+    return response.allowed ? 0 : 1;
+  });
+}
+
+function help(): number {
+  process.stdout.write(USAGE);
+  return 0;
+}

@@ -1,0 +1,210 @@
+import { mkdir } from "node:fs/promises";
+import http from "node:http";
+import { performance } from "node:perf_hooks";
+import { readServeConfig, readShimConfig, readStorageConfig } from "../config/config.js";
+import { openStore } from "../db/connect.js";
+import { acquireLock, type DataDirLock } from "../db/data-dir-lock.js";
+import { migrateToLatest } from "../db/migrate.js";
+import { createLogger, errorFields, type LogLevel } from "../runtime/logger.js";
+import { openRuntime, storeTargetFor } from "../runtime/runtime.js";
+import { startServer } from "../server/serve.js";
+import { createCubeCallbackHandler } from "../shim/cube-callback.js";
+import { createRemoteAuthorizer } from "../shim/remote-authorizer.js";
+import { CliError, connectLocal } from "./connect.js";
+import { configOrThrow, parse, readRuntimeConfig, USAGE } from "./main.js";
+import { createOut } from "./output.js";
+
+const DEV_WARNING = [
+  "",
+  "  ############################################################",
+  "  #  WARNING: keygate is in DEV MODE (--dev).                #",
+  "  #  EVERY request is ALLOWED, with or without a key, and    #",
+  "  #  anyone who can reach it may manage keys.                #",
+  "  #  Never run dev mode in production.                       #",
+  "  ############################################################",
+  "",
+].join("\n");
+
+function logLevel(): LogLevel {
+  const level = process.env.KEYGATE_LOG_LEVEL ?? "info";
+  if (!["debug", "info", "warn", "error"].includes(level)) {
+    throw new CliError(`invalid configuration:\n  KEYGATE_LOG_LEVEL: "${level}" must be one of debug, info, warn, error`);
+  }
+  return level as LogLevel;
+}
+
+function waitForSignal(): Promise<NodeJS.Signals> {
+  return new Promise((resolve) => {
+    const on = (signal: NodeJS.Signals) => {
+      process.off("SIGTERM", on);
+      process.off("SIGINT", on);
+      resolve(signal);
+    };
+    process.on("SIGTERM", on);
+    process.on("SIGINT", on);
+  });
+}
+
+async function lockDataDir(dataDir: string, role: string): Promise<DataDirLock> {
+  await mkdir(dataDir, { recursive: true, mode: 0o700 });
+  const result = await acquireLock(dataDir, role);
+  if (result.ok) return result.lock;
+  const { owner } = result;
+  throw new CliError(
+    `data dir ${dataDir} is in use by pid ${owner.pid} on ${owner.host} (${owner.role}, since ${owner.since}).\n` +
+      `  The embedded database allows one process per data dir: stop that process, pass another --data-dir,\n` +
+      `  or set DATABASE_URL to run many instances over one Postgres.`,
+  );
+}
+
+export async function runServe(args: string[]): Promise<number> {
+  const { flags } = parse(args, {
+    port: { type: "string" },
+    host: { type: "string" },
+    dev: { type: "boolean" },
+    "credential-priority": { type: "string" },
+    "shim-path": { type: "string" },
+    "key-cache-ttl": { type: "string" },
+  });
+  if (flags.help) return help();
+  const config = configOrThrow(readServeConfig(flags, process.env, process.cwd()));
+  const log = createLogger(logLevel());
+  const started = performance.now();
+  const lock = config.databaseUrl ? undefined : await lockDataDir(config.dataDir, "server");
+  try {
+    const runtime = await openRuntime(config, { onError: (error) => log.error("decision failed, denied", errorFields(error)) });
+    const server = await startServer(config, runtime, log, lock).catch(async (error: unknown) => {
+      await runtime.close();
+      throw new CliError(`cannot listen on ${config.host}:${config.port}: ${(error as Error).message}`, { cause: error });
+    });
+    if (config.dev) {
+      process.stderr.write(DEV_WARNING + "\n");
+      log.warn("DEV MODE: every request is allowed");
+    }
+    const policy = runtime.policy().info;
+    log.info("keygate listening", {
+      address: `${server.host}:${server.port}`,
+      database: runtime.store.kind,
+      location: runtime.store.location,
+      migrations_applied: runtime.migration.applied.length,
+      policy_version: policy.version,
+      policy_rules: policy.rules,
+      shim_path: config.shimPath,
+      dev: config.dev,
+      startup_ms: Math.round(performance.now() - started),
+    });
+    const signal = await waitForSignal();
+    log.info("shutting down", { signal });
+    await server.stop();
+    await runtime.close();
+    log.info("stopped");
+    return 0;
+  } finally {
+    await lock?.release();
+  }
+}
+
+export async function runShim(args: string[]): Promise<number> {
+  const { flags } = parse(args, {
+    upstream: { type: "string" },
+    port: { type: "string" },
+    host: { type: "string" },
+    "credential-priority": { type: "string" },
+    "shim-path": { type: "string" },
+  });
+  if (flags.help) return help();
+  const config = configOrThrow(readShimConfig(flags, process.env));
+  const log = createLogger(logLevel());
+  const authorize = createRemoteAuthorizer(config.upstream, (error) => log.error("upstream Authorize failed, denied", errorFields(error)));
+  const handle = createCubeCallbackHandler({ authorize, credentialPriority: config.credentialPriority });
+  const server = http.createServer({ requestTimeout: 30_000, headersTimeout: 15_000 }, (req, res) => {
+    const url = req.url ?? "/";
+    const q = url.indexOf("?");
+    if ((q === -1 ? url : url.slice(0, q)) === config.shimPath) {
+      void handle(req, res);
+      return;
+    }
+    const body = JSON.stringify({ code: 404, message: `not found: the callback is ${config.shimPath}` });
+    res.writeHead(404, { "content-type": "application/json", "content-length": Buffer.byteLength(body) });
+    res.end(body);
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", (error) => reject(new CliError(`cannot listen on ${config.host}:${config.port}: ${error.message}`)));
+    server.listen(config.port, config.host, () => resolve());
+  });
+  const address = server.address() as { port: number; address: string };
+  log.info("keygate shim listening", { address: `${address.address}:${address.port}`, upstream: config.upstream, shim_path: config.shimPath });
+  const signal = await waitForSignal();
+  log.info("shutting down", { signal });
+  await new Promise<void>((resolve) => {
+    server.close(() => resolve());
+    server.closeIdleConnections();
+    setTimeout(() => server.closeAllConnections(), config.shutdownTimeoutMs).unref();
+  });
+  return 0;
+}
+
+export async function runMigrate(args: string[]): Promise<number> {
+  const { flags } = parse(args, {});
+  if (flags.help) return help();
+  const out = createOut(Boolean(flags.json));
+  const config = configOrThrow(readStorageConfig(flags, process.env, process.cwd()));
+  let lock: DataDirLock | undefined;
+  if (!config.databaseUrl) {
+    await mkdir(config.dataDir, { recursive: true, mode: 0o700 });
+    const result = await acquireLock(config.dataDir, "cli migrate");
+    if (!result.ok) {
+      const message = `a keygate server (pid ${result.owner.pid}) holds ${config.dataDir}; it applied every migration when it started`;
+      if (out.json) out.print(JSON.stringify({ applied: [], note: message }));
+      else out.print(message);
+      return 0;
+    }
+    lock = result.lock;
+  }
+  try {
+    const store = await openStore(storeTargetFor(config));
+    try {
+      const outcome = await migrateToLatest(store.db);
+      if (out.json) out.print(JSON.stringify({ database: store.kind, location: store.location, ...outcome }));
+      else {
+        out.print(`database: ${store.kind} (${store.location})`);
+        out.print(outcome.applied.length > 0 ? `applied: ${outcome.applied.join(", ")}` : "already up to date");
+        out.print(`current: ${outcome.current}`);
+      }
+      return 0;
+    } finally {
+      await store.close();
+    }
+  } finally {
+    await lock?.release();
+  }
+}
+
+export async function runStatus(args: string[]): Promise<number> {
+  const { flags } = parse(args, {});
+  if (flags.help) return help();
+  const out = createOut(Boolean(flags.json));
+  const config = configOrThrow(readRuntimeConfig(flags, process.env, process.cwd()));
+  const connection = await connectLocal(config, "status");
+  try {
+    const status = await connection.status();
+    if (out.json) {
+      out.print(JSON.stringify(status, null, 2));
+      return 0;
+    }
+    if (status.dev) out.print(DEV_WARNING);
+    out.print(`server:    ${status.server === "running" ? `running, pid ${status.pid}, on ${status.listen}, since ${status.startedAt}` : status.server}`);
+    out.print(`mode:      ${status.dev ? "DEV MODE — every request is allowed" : "enforcing"}`);
+    out.print(`database:  ${status.database.kind} (${status.database.location}), migration ${status.database.migration}`);
+    out.print(`policy:    ${status.policy.dir} [${status.policy.files.join(", ")}], ${status.policy.rules} rules, version ${status.policy.version}`);
+    out.print(`keys:      ${status.keys.total} (${status.keys.enabled} enabled)`);
+    return 0;
+  } finally {
+    await connection.close();
+  }
+}
+
+function help(): number {
+  process.stdout.write(USAGE);
+  return 0;
+}

@@ -1,0 +1,223 @@
+import { isAbsolute, resolve } from "node:path";
+import { parseDuration } from "../keys/duration.js";
+import { DEFAULT_KEY_PREFIX, isValidKeyPrefix } from "../keys/key-format.js";
+
+/**
+ * The only reader of process.env. Flags win over environment variables,
+ * which win over defaults. Every bad value is refused with a message naming
+ * the flag or variable, so keygate never starts half-configured.
+ */
+
+export type CredentialSource = "authorization" | "x-api-key";
+
+export interface StorageConfig {
+  /** Set: real Postgres. Unset: embedded PGlite in dataDir. */
+  databaseUrl: string | undefined;
+  dataDir: string;
+  /** The Postgres user when the URL names none (libpq would use $USER). */
+  defaultDbUser: string;
+  dbPoolSize: number;
+}
+
+export interface RuntimeConfig extends StorageConfig {
+  policyDir: string;
+  dev: boolean;
+  keyPrefix: string;
+  keyCacheTtlMs: number;
+  negativeCacheTtlMs: number;
+  keyCacheMaxEntries: number;
+  usageFlushMs: number;
+}
+
+export interface ServeConfig extends RuntimeConfig {
+  host: string;
+  port: number;
+  credentialPriority: CredentialSource[];
+  shimPath: string;
+  shutdownTimeoutMs: number;
+}
+
+export interface ShimConfig {
+  host: string;
+  port: number;
+  upstream: string;
+  credentialPriority: CredentialSource[];
+  shimPath: string;
+  shutdownTimeoutMs: number;
+}
+
+export type Flags = Record<string, string | boolean | undefined>;
+export type Env = Record<string, string | undefined>;
+export type ConfigResult<T> = { ok: true; config: T } | { ok: false; errors: string[] };
+
+class Reader {
+  readonly errors: string[] = [];
+  constructor(
+    private readonly flags: Flags,
+    private readonly env: Env,
+  ) {}
+
+  /** The raw value and the name to blame for it. */
+  raw(flag: string | undefined, envName: string | undefined): { value: string | boolean | undefined; source: string } {
+    if (flag !== undefined && this.flags[flag] !== undefined) return { value: this.flags[flag], source: `--${flag}` };
+    if (envName !== undefined && this.env[envName] !== undefined && this.env[envName] !== "") {
+      return { value: this.env[envName], source: envName };
+    }
+    return { value: undefined, source: flag ? `--${flag}` : (envName ?? "?") };
+  }
+
+  string(flag: string | undefined, envName: string | undefined, fallback: string): string {
+    const { value, source } = this.raw(flag, envName);
+    if (value === undefined) return fallback;
+    if (typeof value !== "string" || value === "") {
+      this.errors.push(`${source}: a value is required`);
+      return fallback;
+    }
+    return value;
+  }
+
+  int(flag: string | undefined, envName: string | undefined, fallback: number, min: number, max: number): number {
+    const { value, source } = this.raw(flag, envName);
+    if (value === undefined) return fallback;
+    const text = String(value);
+    if (!/^\d+$/.test(text) || Number(text) < min || Number(text) > max) {
+      this.errors.push(`${source}: "${text}" is not a whole number from ${min} to ${max}`);
+      return fallback;
+    }
+    return Number(text);
+  }
+
+  bool(flag: string | undefined, envName: string | undefined): boolean {
+    const { value, source } = this.raw(flag, envName);
+    if (value === undefined) return false;
+    if (typeof value === "boolean") return value;
+    const text = value.toLowerCase();
+    if (["1", "true", "yes", "on"].includes(text)) return true;
+    if (["0", "false", "no", "off"].includes(text)) return false;
+    this.errors.push(`${source}: "${value}" is not a boolean (use true or false)`);
+    return false;
+  }
+
+  duration(flag: string | undefined, envName: string, fallback: string): number {
+    const text = this.string(flag, envName, fallback);
+    const parsed = parseDuration(text);
+    if (!parsed.ok) {
+      this.errors.push(`${this.raw(flag, envName).source}: ${parsed.error}`);
+      return parseDuration(fallback).ok ? (parseDuration(fallback) as { ms: number }).ms : 0;
+    }
+    return parsed.ms;
+  }
+
+  host(): string {
+    const host = this.string("host", "KEYGATE_HOST", "127.0.0.1");
+    if (!/^[A-Za-z0-9.:[\]-]{1,253}$/.test(host)) this.errors.push(`--host/KEYGATE_HOST: "${host}" is not a host name or IP address`);
+    return host;
+  }
+
+  credentialPriority(): CredentialSource[] {
+    const text = this.string("credential-priority", "KEYGATE_CREDENTIAL_PRIORITY", "authorization,x-api-key");
+    const parts = text.split(",").map((part) => part.trim().toLowerCase());
+    const mapped = parts.map((part) => (part === "bearer" ? "authorization" : part));
+    const valid = mapped.length === 2 && mapped.includes("authorization") && mapped.includes("x-api-key");
+    if (!valid) {
+      this.errors.push(
+        `--credential-priority/KEYGATE_CREDENTIAL_PRIORITY: "${text}" must name both headers in order: "authorization,x-api-key" (Cube, the default) or "x-api-key,authorization" (SandBase)`,
+      );
+      return ["authorization", "x-api-key"];
+    }
+    return mapped as CredentialSource[];
+  }
+
+  shimPath(): string {
+    const path = this.string("shim-path", "KEYGATE_SHIM_PATH", "/verify");
+    if (!/^\/[A-Za-z0-9._~\/-]{0,200}$/.test(path) || path.includes("//") || path.startsWith("/keygate.v1.")) {
+      this.errors.push(`--shim-path/KEYGATE_SHIM_PATH: "${path}" must be a plain absolute path such as /verify`);
+    }
+    return path;
+  }
+
+  result<T>(config: T): ConfigResult<T> {
+    return this.errors.length > 0 ? { ok: false, errors: this.errors } : { ok: true, config };
+  }
+}
+
+export function readStorageConfig(flags: Flags, env: Env, cwd: string): ConfigResult<StorageConfig> {
+  const r = new Reader(flags, env);
+  return r.result(storage(r, env, cwd));
+}
+
+function storage(r: Reader, env: Env, cwd: string): StorageConfig {
+  const databaseUrl = r.raw("database-url", "DATABASE_URL").value;
+  if (databaseUrl !== undefined) {
+    let valid = false;
+    try {
+      const url = new URL(String(databaseUrl));
+      valid = url.protocol === "postgres:" || url.protocol === "postgresql:";
+    } catch {
+      valid = false;
+    }
+    if (!valid) r.errors.push(`DATABASE_URL: not a postgres:// or postgresql:// URL`);
+  }
+  const dataDir = r.string("data-dir", "KEYGATE_DATA_DIR", ".keygate");
+  return {
+    databaseUrl: databaseUrl === undefined ? undefined : String(databaseUrl),
+    dataDir: isAbsolute(dataDir) ? dataDir : resolve(cwd, dataDir),
+    defaultDbUser: env.PGUSER || env.USER || "postgres",
+    dbPoolSize: r.int("db-pool-size", "KEYGATE_DB_POOL_SIZE", 10, 1, 200),
+  };
+}
+
+function runtime(r: Reader, env: Env, cwd: string): RuntimeConfig {
+  const policyDir = r.string("policy-dir", "KEYGATE_POLICY_DIR", "policies");
+  const keyPrefix = r.string("key-prefix", "KEYGATE_KEY_PREFIX", DEFAULT_KEY_PREFIX);
+  if (!isValidKeyPrefix(keyPrefix)) r.errors.push(`--key-prefix/KEYGATE_KEY_PREFIX: "${keyPrefix}" must be 1-16 letters, digits, _ or -`);
+  return {
+    ...storage(r, env, cwd),
+    policyDir: isAbsolute(policyDir) ? policyDir : resolve(cwd, policyDir),
+    dev: r.bool("dev", "KEYGATE_DEV"),
+    keyPrefix,
+    keyCacheTtlMs: r.duration("key-cache-ttl", "KEYGATE_KEY_CACHE_TTL", "5s"),
+    negativeCacheTtlMs: r.duration(undefined, "KEYGATE_NEGATIVE_CACHE_TTL", "2s"),
+    keyCacheMaxEntries: r.int(undefined, "KEYGATE_KEY_CACHE_SIZE", 100_000, 1, 100_000_000),
+    usageFlushMs: Math.max(r.duration(undefined, "KEYGATE_USAGE_FLUSH_INTERVAL", "10s"), 100),
+  };
+}
+
+export function readRuntimeConfig(flags: Flags, env: Env, cwd: string): ConfigResult<RuntimeConfig> {
+  const r = new Reader(flags, env);
+  return r.result(runtime(r, env, cwd));
+}
+
+export function readServeConfig(flags: Flags, env: Env, cwd: string): ConfigResult<ServeConfig> {
+  const r = new Reader(flags, env);
+  return r.result({
+    ...runtime(r, env, cwd),
+    host: r.host(),
+    port: r.int("port", "PORT", 8080, 0, 65535),
+    credentialPriority: r.credentialPriority(),
+    shimPath: r.shimPath(),
+    shutdownTimeoutMs: r.duration(undefined, "KEYGATE_SHUTDOWN_TIMEOUT", "10s"),
+  });
+}
+
+export function readShimConfig(flags: Flags, env: Env): ConfigResult<ShimConfig> {
+  const r = new Reader(flags, env);
+  const upstream = r.string("upstream", "KEYGATE_UPSTREAM", "");
+  if (upstream === "") r.errors.push("--upstream/KEYGATE_UPSTREAM: required (the keygate server to ask, e.g. http://127.0.0.1:8080)");
+  else {
+    try {
+      const url = new URL(upstream);
+      if (url.protocol !== "http:" && url.protocol !== "https:") throw new Error("scheme");
+    } catch {
+      r.errors.push(`--upstream/KEYGATE_UPSTREAM: "${upstream}" is not an http:// or https:// URL`);
+    }
+  }
+  return r.result({
+    host: r.host(),
+    port: r.int("port", "PORT", 8081, 0, 65535),
+    upstream,
+    credentialPriority: r.credentialPriority(),
+    shimPath: r.shimPath(),
+    shutdownTimeoutMs: r.duration(undefined, "KEYGATE_SHUTDOWN_TIMEOUT", "10s"),
+  });
+}

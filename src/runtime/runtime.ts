@@ -1,0 +1,82 @@
+import { createAuthorizer, type Authorize } from "../authorize/authorizer.js";
+import type { RuntimeConfig } from "../config/config.js";
+import { openStore, type Store, type StoreTarget } from "../db/connect.js";
+import { migrateToLatest, type MigrateOutcome } from "../db/migrate.js";
+import { createKeyCache, type KeyCache } from "../keys/key-cache.js";
+import { createKeyLookup, type LookupKey } from "../keys/key-lookup.js";
+import { createKeyManager, type KeyManager } from "../keys/key-manager.js";
+import { createUsageRecorder, type UsageRecorder } from "../keys/usage-recorder.js";
+import { loadPolicy, type Policy } from "../policy/policy.js";
+
+/**
+ * keygate's core wired together: store, policy, key cache, lookup,
+ * authorizer and key manager. `serve` and the CLI's local mode both use it;
+ * neither the core nor this file knows about HTTP or Connect.
+ */
+export interface Runtime {
+  store: Store;
+  migration: MigrateOutcome;
+  policy: () => Policy;
+  authorize: Authorize;
+  lookupKey: LookupKey;
+  keys: KeyManager;
+  cache: KeyCache;
+  usage: UsageRecorder;
+  dev: boolean;
+  startedAt: Date;
+  close(): Promise<void>;
+}
+
+export interface RuntimeOptions {
+  now?: () => Date;
+  onError?: (error: unknown) => void;
+  /** Overrides where the data is (tests pass an in-memory PGlite). */
+  storeTarget?: StoreTarget;
+}
+
+export function storeTargetFor(config: Pick<RuntimeConfig, "databaseUrl" | "dataDir" | "defaultDbUser" | "dbPoolSize">): StoreTarget {
+  return config.databaseUrl
+    ? { kind: "postgres", url: config.databaseUrl, defaultUser: config.defaultDbUser, poolSize: config.dbPoolSize }
+    : { kind: "pglite", dataDir: config.dataDir };
+}
+
+export async function openRuntime(config: RuntimeConfig, options: RuntimeOptions = {}): Promise<Runtime> {
+  const now = options.now ?? (() => new Date());
+  const onError = options.onError ?? (() => {});
+  // Load the policy first: a broken policy should fail before the database opens.
+  const policy = await loadPolicy(config.policyDir, now);
+  const store = await openStore(options.storeTarget ?? storeTargetFor(config));
+  try {
+    const migration = await migrateToLatest(store.db);
+    const cache = createKeyCache({
+      ttlMs: config.keyCacheTtlMs,
+      negativeTtlMs: config.negativeCacheTtlMs,
+      maxEntries: config.keyCacheMaxEntries,
+      now: () => now().getTime(),
+    });
+    const usage = createUsageRecorder(store.db, config.usageFlushMs, onError);
+    const lookupKey = createKeyLookup({ db: store.db, cache, keyPrefix: config.keyPrefix, now });
+    const currentPolicy = () => policy;
+    const authorize = createAuthorizer({ lookupKey, policy: currentPolicy, now, onUsed: usage.touch, onError, dev: config.dev });
+    const keys = createKeyManager({ db: store.db, policy: currentPolicy, cache, keyPrefix: config.keyPrefix, now, pendingLastUsed: usage.pending });
+    return {
+      store,
+      migration,
+      policy: currentPolicy,
+      authorize,
+      lookupKey,
+      keys,
+      cache,
+      usage,
+      dev: config.dev,
+      startedAt: now(),
+      async close() {
+        await usage.stop();
+        await store.close();
+      },
+    };
+  } catch (error) {
+    await store.close().catch(() => {});
+    throw error;
+  }
+}

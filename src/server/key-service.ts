@@ -1,0 +1,175 @@
+import { create } from "@bufbuild/protobuf";
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import { MESSAGES } from "../authorize/decision.js";
+import type { CredentialSource } from "../config/config.js";
+import type { LookupKey } from "../keys/key-lookup.js";
+import type { Expiry, KeyManager, ManageResult, Principal } from "../keys/key-manager.js";
+import { credentialFromHeaders } from "../shim/credential-headers.js";
+import type { Logger } from "../runtime/logger.js";
+import { errorFields } from "../runtime/logger.js";
+import {
+  CreatedKeySchema,
+  DeletedKeySchema,
+  KeyPageSchema,
+  KeyService,
+  ManageKeyResponseSchema,
+  ResetAllResultSchema,
+  type ManageKeyRequest,
+  type ManageKeyResponse,
+} from "../../gen/keygate/v1/key_pb.js";
+import { keyToProto } from "./convert.js";
+
+export interface KeyServiceDeps {
+  keys: KeyManager;
+  lookupKey: LookupKey;
+  credentialPriority: readonly CredentialSource[];
+  dev: boolean;
+  /**
+   * Every caller is the local operator: set for the server's control socket
+   * (a Unix socket in the 0700 data dir, reachable only by the OS user who
+   * owns the data) and for the CLI's in-process mode, as `msb server keygen`.
+   */
+  localOperator: boolean;
+  log: Logger;
+}
+
+const CODES = { invalid_argument: Code.InvalidArgument, not_found: Code.NotFound, permission_denied: Code.PermissionDenied } as const;
+
+function unwrap<T>(result: ManageResult<T>): T {
+  if (!result.ok) throw new ConnectError(result.message, CODES[result.code]);
+  return result.value;
+}
+
+export function createKeyService({ keys, lookupKey, credentialPriority, dev, localOperator, log }: KeyServiceDeps): ServiceImpl<typeof KeyService> {
+  async function principalOf(context: HandlerContext): Promise<Principal> {
+    if (localOperator || dev) return { kind: "local" };
+    const credential = credentialFromHeaders((name) => context.requestHeader.get(name) ?? undefined, credentialPriority);
+    if (credential === "") throw new ConnectError(MESSAGES.missing_credential, Code.Unauthenticated);
+    const found = await lookupKey(credential);
+    switch (found.status) {
+      case "ok":
+        return { kind: "key", key: found.key };
+      case "invalid":
+        throw new ConnectError(MESSAGES.invalid_key, Code.Unauthenticated);
+      case "revoked":
+        throw new ConnectError(MESSAGES.revoked, Code.Unauthenticated);
+      case "expired":
+        throw new ConnectError(MESSAGES.expired, Code.Unauthenticated);
+    }
+  }
+
+  async function run(request: ManageKeyRequest, principal: Principal): Promise<ManageKeyResponse> {
+    const action = request.action;
+    switch (action.case) {
+      case "create": {
+        const { value } = action;
+        const created = unwrap(
+          await keys.create(principal, {
+            name: value.name,
+            org: value.org,
+            namespace: value.namespace,
+            roles: value.roles,
+            ...(expiryOf(value.expiry) && { expiry: expiryOf(value.expiry)! }),
+          }),
+        );
+        return create(ManageKeyResponseSchema, {
+          result: { case: "created", value: create(CreatedKeySchema, { key: keyToProto(created.key), plaintext: created.plaintext }) },
+        });
+      }
+      case "get":
+        return keyResponse(unwrap(await keys.get(principal, action.value.id)));
+      case "list": {
+        const { value } = action;
+        const page = unwrap(
+          await keys.list(principal, {
+            org: value.org,
+            namespace: value.namespace,
+            ...(value.enabled !== undefined && { enabled: value.enabled }),
+            pageSize: value.pageSize,
+            pageToken: value.pageToken,
+          }),
+        );
+        return create(ManageKeyResponseSchema, {
+          result: { case: "page", value: create(KeyPageSchema, { keys: page.keys.map(keyToProto), nextPageToken: page.nextPageToken }) },
+        });
+      }
+      case "update": {
+        const { value } = action;
+        const expiry = expiryOf(value.expiry);
+        return keyResponse(
+          unwrap(
+            await keys.update(principal, {
+              id: value.id,
+              ...(value.name !== undefined && { name: value.name }),
+              ...(value.enabled !== undefined && { enabled: value.enabled }),
+              ...(expiry && { expiry }),
+              ...(value.roles && { roles: value.roles.roles }),
+            }),
+          ),
+        );
+      }
+      case "revoke":
+        return keyResponse(unwrap(await keys.revoke(principal, action.value.id)));
+      case "rotate": {
+        const created = unwrap(await keys.rotate(principal, action.value.id, action.value.grace));
+        return create(ManageKeyResponseSchema, {
+          result: { case: "created", value: create(CreatedKeySchema, { key: keyToProto(created.key), plaintext: created.plaintext }) },
+        });
+      }
+      case "delete": {
+        const id = unwrap(await keys.delete(principal, action.value.id));
+        return create(ManageKeyResponseSchema, { result: { case: "deleted", value: create(DeletedKeySchema, { id }) } });
+      }
+      case "resetAll": {
+        const count = unwrap(await keys.resetAll(principal, action.value.org));
+        return create(ManageKeyResponseSchema, { result: { case: "resetAll", value: create(ResetAllResultSchema, { revokedCount: count }) } });
+      }
+      case undefined:
+        throw new ConnectError("no action: set one of create, get, list, update, revoke, rotate, delete, reset_all", Code.InvalidArgument);
+    }
+  }
+
+  return {
+    async manageKey(request, context) {
+      try {
+        const principal = await principalOf(context);
+        const response = await run(request, principal);
+        log.info("key action", {
+          action: request.action.case,
+          actor: principal.kind === "local" ? "local" : principal.key.id,
+          ...(response.result.case === "created" && { key_id: response.result.value.key?.id }),
+          ...(response.result.case === "key" && { key_id: response.result.value.id }),
+        });
+        return response;
+      } catch (error) {
+        if (error instanceof ConnectError) throw error;
+        log.error("key action failed", { action: request.action.case, ...errorFields(error) });
+        throw new ConnectError("key store unavailable, nothing was changed", Code.Unavailable);
+      }
+    },
+  };
+}
+
+function keyResponse(key: Parameters<typeof keyToProto>[0]): ManageKeyResponse {
+  return create(ManageKeyResponseSchema, { result: { case: "key", value: keyToProto(key) } });
+}
+
+type ExpiryOneof =
+  | { case: "expiresIn"; value: string }
+  | { case: "expiresAt"; value: Parameters<typeof timestampDate>[0] }
+  | { case: "neverExpires"; value: boolean }
+  | { case: undefined; value?: undefined };
+
+function expiryOf(expiry: ExpiryOneof): Expiry | undefined {
+  switch (expiry.case) {
+    case "expiresIn":
+      return { kind: "in", duration: expiry.value };
+    case "expiresAt":
+      return { kind: "at", at: timestampDate(expiry.value) };
+    case "neverExpires":
+      return expiry.value ? { kind: "never" } : undefined;
+    default:
+      return undefined;
+  }
+}

@@ -1,0 +1,130 @@
+import { mkdtemp, rm, chmod } from "node:fs/promises";
+import http from "node:http";
+import { createHash } from "node:crypto";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+import type { ServeConfig } from "../config/config.js";
+import type { DataDirLock } from "../db/data-dir-lock.js";
+import { countKeys } from "../keys/key.repository.js";
+import type { Logger } from "../runtime/logger.js";
+import { errorFields } from "../runtime/logger.js";
+import type { Runtime } from "../runtime/runtime.js";
+import { createCubeCallbackHandler } from "../shim/cube-callback.js";
+import { createListener, type Handler } from "./listener.js";
+import { createRoutes } from "./routes.js";
+
+export interface RunningServer {
+  port: number;
+  host: string;
+  /** The local control socket (PGlite only), for the CLI on this machine. */
+  controlSocket: string | undefined;
+  stop(): Promise<void>;
+}
+
+export const CONTROL_SOCKET = "keygate.sock";
+
+/**
+ * Serves Authorize and ManageKey (gRPC, Connect, gRPC-Web) and the Cube
+ * callback on one address; on PGlite, also a local control socket that the
+ * CLI uses while the server holds the data dir.
+ */
+export async function startServer(config: ServeConfig, runtime: Runtime, log: Logger, lock?: DataDirLock): Promise<RunningServer> {
+  const routes = createRoutes(runtime, config.credentialPriority, log);
+  const rpc = connectNodeAdapter({ routes });
+  const shim = createCubeCallbackHandler({
+    authorize: runtime.authorize,
+    credentialPriority: config.credentialPriority,
+    onError: (error) => log.error("shim error", errorFields(error)),
+  });
+  const handler: Handler = (req, res) => {
+    const url = req.url ?? "/";
+    const q = url.indexOf("?");
+    if ((q === -1 ? url : url.slice(0, q)) === config.shimPath) void shim(req, res);
+    else rpc(req as http.IncomingMessage, res as http.ServerResponse);
+  };
+  const listener = createListener(handler);
+  const address = await listener.listen(config.port, config.host);
+
+  let control: { server: http.Server; path: string; cleanup: () => Promise<void> } | undefined;
+  if (!config.databaseUrl) {
+    control = await startControlSocket(config.dataDir, runtime, config, `${address.host}:${address.port}`, log);
+    await lock?.update({ socket: control.path, role: "server" });
+  }
+
+  return {
+    port: address.port,
+    host: address.host,
+    controlSocket: control?.path,
+    async stop() {
+      const closing = [listener.close(config.shutdownTimeoutMs)];
+      if (control) closing.push(new Promise<void>((resolve) => control!.server.close(() => resolve())));
+      control?.server.closeAllConnections();
+      await Promise.all(closing);
+      await control?.cleanup();
+    },
+  };
+}
+
+async function startControlSocket(dataDir: string, runtime: Runtime, config: ServeConfig, listen: string, log: Logger) {
+  // A Unix socket path is limited to ~107 bytes; fall back to a private temp dir.
+  let path = join(dataDir, CONTROL_SOCKET);
+  let privateDir: string | undefined;
+  if (Buffer.byteLength(path) > 100) {
+    privateDir = await mkdtemp(join(tmpdir(), `keygate-${createHash("sha256").update(dataDir).digest("hex").slice(0, 8)}-`));
+    path = join(privateDir, CONTROL_SOCKET);
+  }
+  await rm(path, { force: true });
+  const rpc = connectNodeAdapter({ routes: createRoutes(runtime, config.credentialPriority, log, true) });
+  const server = http.createServer((req, res) => {
+    if (req.url === "/status" && req.method === "GET") {
+      void localStatus(runtime, listen)
+        .then((body) => {
+          res.writeHead(200, { "content-type": "application/json" });
+          res.end(JSON.stringify(body));
+        })
+        .catch((error: unknown) => {
+          res.writeHead(503, { "content-type": "application/json" });
+          res.end(JSON.stringify({ error: (error as Error).message }));
+        });
+      return;
+    }
+    rpc(req, res);
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(path, () => resolve());
+  });
+  await chmod(path, 0o600);
+  return {
+    server,
+    path,
+    cleanup: async () => {
+      await rm(path, { force: true });
+      if (privateDir) await rm(privateDir, { recursive: true, force: true });
+    },
+  };
+}
+
+export interface ServerStatus {
+  pid: number;
+  dev: boolean;
+  startedAt: string;
+  database: { kind: string; location: string; migration: string };
+  policy: { dir: string; files: string[]; rules: number; version: string; loadedAt: string };
+  keys: { total: number; enabled: number };
+  listen: string;
+}
+
+export async function localStatus(runtime: Runtime, listen: string): Promise<ServerStatus> {
+  const policy = runtime.policy().info;
+  return {
+    pid: process.pid,
+    dev: runtime.dev,
+    startedAt: runtime.startedAt.toISOString(),
+    database: { kind: runtime.store.kind, location: runtime.store.location, migration: runtime.migration.current },
+    policy: { dir: policy.dir, files: policy.files, rules: policy.rules, version: policy.version, loadedAt: policy.loadedAt.toISOString() },
+    keys: await countKeys(runtime.store.db),
+    listen,
+  };
+}

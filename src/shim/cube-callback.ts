@@ -1,0 +1,83 @@
+import type { IncomingMessage, ServerResponse } from "node:http";
+import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
+import type { Authorize } from "../authorize/authorizer.js";
+import { httpStatusFor, type Decision } from "../authorize/decision.js";
+import type { CredentialSource } from "../config/config.js";
+import { credentialFromHeaders } from "./credential-headers.js";
+
+/**
+ * The Cube API Server auth callback: POST, no body, one credential header,
+ * X-Request-Path and (in newer releases) X-Request-Method. Only an exact 200
+ * allows. Allow answers 200 with X-Auth-User (the key id, which Cube logs);
+ * deny answers 401/403/429/503 with {"code": STATUS, "message": "..."}.
+ */
+
+type Request = IncomingMessage | Http2ServerRequest;
+type Response = ServerResponse | Http2ServerResponse;
+
+export interface CubeCallbackDeps {
+  authorize: Authorize;
+  credentialPriority: readonly CredentialSource[];
+  onError?: (error: unknown) => void;
+}
+
+/** Every value of a header, joined as Fetch does; so duplicates show as a malformed value. */
+export function headerReader(req: Request): (name: string) => string | undefined {
+  if ("headersDistinct" in req) {
+    const distinct = req.headersDistinct;
+    return (name) => distinct[name]?.join(", ");
+  }
+  const headers = req.headers;
+  return (name) => {
+    const value = headers[name];
+    return Array.isArray(value) ? value.join(", ") : value;
+  };
+}
+
+export function createCubeCallbackHandler({ authorize, credentialPriority, onError }: CubeCallbackDeps) {
+  return async function handleCubeCallback(req: Request, res: Response): Promise<void> {
+    // Cube sends no body; never wait for or buffer one.
+    req.resume();
+    if (req.method !== "POST" && req.method !== "GET") {
+      writeJson(res, 405, { code: 405, message: "use POST (the Cube auth callback)" }, { allow: "POST, GET" });
+      return;
+    }
+    const header = headerReader(req);
+    let decision: Decision;
+    try {
+      decision = await authorize({
+        credential: credentialFromHeaders(header, credentialPriority),
+        path: header("x-request-path") ?? "",
+        method: header("x-request-method") ?? "",
+        namespace: header("x-request-namespace") ?? "",
+        org: header("x-request-org") ?? "",
+      });
+    } catch (error) {
+      onError?.(error);
+      decision = { allowed: false, reason: "unavailable", message: "authorization unavailable, request denied", matchedRule: "" };
+    }
+    writeDecision(res, decision);
+  };
+}
+
+const ALLOW_BODY = "{}";
+
+export function writeDecision(res: Response, decision: Decision): void {
+  if (decision.allowed) {
+    writeRaw(res, 200, ALLOW_BODY, { "x-auth-user": decision.key?.id ?? "dev-mode" });
+    return;
+  }
+  const status = httpStatusFor(decision.reason);
+  writeJson(res, status, { code: status, message: decision.message }, status === 429 ? { "retry-after": "1" } : {});
+}
+
+function writeJson(res: Response, status: number, body: unknown, headers: Record<string, string>): void {
+  writeRaw(res, status, JSON.stringify(body), headers);
+}
+
+function writeRaw(res: Response, status: number, body: string, headers: Record<string, string>): void {
+  if (res.headersSent) return;
+  const out = { "content-type": "application/json", "content-length": String(Buffer.byteLength(body)), "cache-control": "no-store", ...headers };
+  (res as ServerResponse).writeHead(status, out);
+  (res as ServerResponse).end(body);
+}

@@ -1,0 +1,26 @@
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import type { Authorize } from "../authorize/authorizer.js";
+import { deny } from "../authorize/decision.js";
+import { decisionFromProto } from "../server/convert.js";
+import { AuthorizeService } from "../../gen/keygate/v1/authorize_pb.js";
+
+/** Cube waits up to 10 s; answer well before that. */
+const UPSTREAM_TIMEOUT_MS = 5_000;
+
+/**
+ * Authorize over gRPC against a remote keygate, for `keygate shim`. Any
+ * failure to get an answer is a deny with the "unavailable" reason.
+ */
+export function createRemoteAuthorizer(upstream: string, onError: (error: unknown) => void): Authorize {
+  const client = createClient(AuthorizeService, createGrpcTransport({ baseUrl: upstream }));
+  return async (input) => {
+    try {
+      return decisionFromProto(await client.authorize(input, { timeoutMs: UPSTREAM_TIMEOUT_MS }));
+    } catch (error) {
+      onError(error);
+      const reason = error instanceof ConnectError && error.code === Code.Unavailable ? error.rawMessage : "keygate upstream unreachable";
+      return deny("unavailable", `authorization unavailable: ${reason}, request denied`);
+    }
+  };
+}
