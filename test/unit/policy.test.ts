@@ -115,9 +115,9 @@ describe("the default policy (policies/) on every Cube/E2B route", () => {
     ),
   );
 
-  it("the table is complete: 3 roles × 20 routes × 7 methods", () => {
-    expect(ROUTES).toHaveLength(20);
-    expect(table).toHaveLength(3 * 20 * KNOWN_METHODS.length);
+  it("the table is complete: 3 roles × 19 routes × 7 methods", () => {
+    expect(ROUTES).toHaveLength(19);
+    expect(table).toHaveLength(3 * 19 * KNOWN_METHODS.length);
   });
 
   it.each(table.map((row) => [row.role, row.allowed ? "may" : "may not", row.method, row.path, row] as const))(
@@ -150,12 +150,11 @@ describe("the default policy (policies/) on every Cube/E2B route", () => {
     }
   });
 
-  it("HEAD is never given by a rule that only names GET", () => {
+  it("every method pattern in policy.csv is anchored: no partial or unknown methods match", () => {
     for (const line of policyLines) {
       const fields = line.split(",").map((f) => f.trim());
       if (fields[0] !== "p") continue;
       const methods = new RegExp(fields[5]!);
-      if (methods.test("GET")) expect(methods.test("HEAD"), line).toBe(fields[4] !== "/*" ? true : true);
       expect(methods.test("CONNECT"), line).toBe(false);
       expect(methods.test("TRACE"), line).toBe(false);
       expect(methods.test("XGET"), line).toBe(false);
@@ -220,6 +219,14 @@ describe("paths outside the listed routes", () => {
   });
 });
 
+describe("methods", () => {
+  it("HEAD is not implicitly GET: a rule naming only GET denies HEAD", async () => {
+    const custom = await loadPolicy(await tempPolicy({ "policy.csv": "p, getter, *, *, /sandboxes, ^GET$\n" }));
+    expect(custom.decide(request({ roles: ["getter"], path: "/sandboxes", method: "GET" }))).toEqual({ allowed: true, rule: "policy.csv:1" });
+    expect(custom.decide(request({ roles: ["getter"], path: "/sandboxes", method: "HEAD" }))).toEqual({ allowed: false, rule: "" });
+  });
+});
+
 describe("key management resources (KeyService/ManageKey)", () => {
   const MANAGE: [resource: string, method: string][] = [
     ["keys", "GET"],
@@ -232,7 +239,7 @@ describe("key management resources (KeyService/ManageKey)", () => {
     ["keys/reset-all", "POST"],
   ];
 
-  it.each(MANAGE)("admin may %s… no: admin may use %s with %s", async (resource, method) => {
+  it.each(MANAGE)("admin may use %s with %s", async (resource, method) => {
     const decision = policy.decide(request({ roles: ["admin"], path: resource, method }));
     expect(decision.allowed).toBe(true);
     const rule = await ruleAt(POLICY_DIR, decision.rule);
