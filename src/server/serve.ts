@@ -31,7 +31,8 @@ export const CONTROL_SOCKET = "keygate.sock";
  */
 export async function startServer(config: ServeConfig, runtime: Runtime, log: Logger, lock?: DataDirLock): Promise<RunningServer> {
   const routes = createRoutes(runtime, config.credentialPriority, log);
-  const rpc = connectNodeAdapter({ routes });
+  // Authorize and ManageKey requests are small; refuse large bodies before decoding them.
+  const rpc = connectNodeAdapter({ routes, readMaxBytes: 64 * 1024 });
   const shim = createCubeCallbackHandler({
     authorize: runtime.authorize,
     credentialPriority: config.credentialPriority,
