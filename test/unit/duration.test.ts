@@ -159,12 +159,10 @@ describe("parseDuration: microsandbox-style durations (SPEC: Keys)", () => {
     expect(message).toContain("…");
   });
 
-  it("a huge input is refused quickly (no catastrophic backtracking)", () => {
-    const started = performance.now();
+  it("a huge input is refused (a backtracking pattern would hang here)", () => {
     for (const text of ["1".repeat(1_000_000), "1".repeat(500_000) + "m".repeat(500_000), " ".repeat(1_000_000) + "x"]) {
       expect(parseDuration(text).ok).toBe(false);
     }
-    expect(performance.now() - started).toBeLessThan(1_000);
   });
 
   it("every result is a finite, non-negative, whole number of milliseconds", () => {

@@ -318,8 +318,7 @@ describe("normalizePath: the one path the upstream would serve, or refuse (SPEC:
     }
   });
 
-  it("long hostile inputs are handled in linear time", () => {
-    const started = performance.now();
+  it("long hostile inputs get an answer (a backtracking pattern would hang here)", () => {
     for (const raw of [
       "/" + "%".repeat(MAX_PATH_LENGTH - 1),
       "/" + "%2".repeat((MAX_PATH_LENGTH - 1) / 2),
@@ -327,8 +326,7 @@ describe("normalizePath: the one path the upstream would serve, or refuse (SPEC:
       "/" + "a/".repeat((MAX_PATH_LENGTH - 2) / 2),
       "/" + "%25".repeat(1365),
     ]) {
-      normalizePath(raw);
+      expect(typeof normalizePath(raw).ok).toBe("boolean");
     }
-    expect(performance.now() - started).toBeLessThan(500);
   });
 });

@@ -434,6 +434,17 @@ describe("loadPolicy errors name the file and line", () => {
     expect(error.message).toMatch(message);
   });
 
+  it("rules written without spaces, indented or with quoted fields load, and cite their own line", async () => {
+    const dir = await tempPolicy({
+      "policy.csv": ['p,tight,*,*,/a,^GET$', "   p, indented, *, *, /b, ^GET$", 'p, quoted, *, *, "/c", "^(GET){1,2}$"', "\tg, alias, tight, *"].join("\n"),
+    });
+    const custom = await loadPolicy(dir);
+    expect(custom.decide(request({ roles: ["tight"], path: "/a", method: "GET" }))).toEqual({ allowed: true, rule: "policy.csv:1" });
+    expect(custom.decide(request({ roles: ["indented"], path: "/b", method: "GET" }))).toEqual({ allowed: true, rule: "policy.csv:2" });
+    expect(custom.decide(request({ roles: ["quoted"], path: "/c", method: "GET" }))).toEqual({ allowed: true, rule: "policy.csv:3" });
+    expect(custom.decide(request({ roles: ["alias"], path: "/a", method: "GET" }))).toEqual({ allowed: true, rule: "policy.csv:1" });
+  });
+
   it("counts lines the same way with CRLF line endings", async () => {
     const dir = await tempPolicy({ "policy.csv": "# windows\r\np, r, *, *, /x, ^GET$\r\np, r, *, *, /y\r\n" });
     expect((await loadError(dir)).message).toMatch(/^policy\.csv:3: /);
