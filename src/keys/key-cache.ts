@@ -10,7 +10,14 @@ import type { KeyRecord } from "./key-record.js";
  */
 export interface KeyCache {
   get(hash: string): KeyRecord | null | undefined;
-  set(hash: string, record: KeyRecord | null): void;
+  /**
+   * Remember a lookup. Pass the `version` read before the database was
+   * asked: if any invalidation happened meanwhile, the answer may predate a
+   * revoke, delete or create, and is not kept.
+   */
+  set(hash: string, record: KeyRecord | null, readAtVersion?: number): void;
+  /** Changes on every invalidation (invalidateId, dropNegatives, clear). */
+  readonly version: number;
   /** Forget a key by id (after it changed). */
   invalidateId(id: string): void;
   /** Forget all negative entries (after a key was created). */
@@ -34,6 +41,7 @@ interface Entry {
 export function createKeyCache({ ttlMs, negativeTtlMs, maxEntries, now }: KeyCacheOptions): KeyCache {
   const byHash = new Map<string, Entry>();
   const hashById = new Map<string, string>();
+  let version = 0;
 
   function remove(hash: string): void {
     const entry = byHash.get(hash);
@@ -52,8 +60,9 @@ export function createKeyCache({ ttlMs, negativeTtlMs, maxEntries, now }: KeyCac
       }
       return entry.record;
     },
-    set(hash, record) {
+    set(hash, record, readAtVersion) {
       if (ttlMs <= 0) return;
+      if (readAtVersion !== undefined && readAtVersion !== version) return;
       remove(hash);
       while (byHash.size >= maxEntries) {
         const oldest = byHash.keys().next().value;
@@ -64,18 +73,24 @@ export function createKeyCache({ ttlMs, negativeTtlMs, maxEntries, now }: KeyCac
       if (record) hashById.set(record.id, hash);
     },
     invalidateId(id) {
+      version++;
       const hash = hashById.get(id);
       if (hash !== undefined) remove(hash);
     },
     dropNegatives() {
+      version++;
       for (const [hash, entry] of byHash) if (!entry.record) byHash.delete(hash);
     },
     clear() {
+      version++;
       byHash.clear();
       hashById.clear();
     },
     get size() {
       return byHash.size;
+    },
+    get version() {
+      return version;
     },
   };
 }

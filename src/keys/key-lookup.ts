@@ -29,8 +29,11 @@ export function createKeyLookup({ db, cache, keyPrefix, now }: KeyLookupDeps) {
     const hash = hashKey(credential);
     let record = cache.get(hash);
     if (record === undefined) {
+      // A revoke or delete that lands while this query is in flight must not
+      // be undone by caching what the query read before it.
+      const version = cache.version;
       record = (await findKeyByHash(db, hash)) ?? null;
-      cache.set(hash, record);
+      cache.set(hash, record, version);
     }
     if (!record) return { status: "invalid" };
     if (!record.enabled) return { status: "revoked", key: record };

@@ -302,6 +302,10 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, pendingLas
       const why = await escalation(principal, old);
       if (why) return fail("permission_denied", why);
       const at = now();
+      // The new key inherits the old expiry: it would be born expired.
+      if (old.expiresAt && old.expiresAt <= at) {
+        return fail("invalid_argument", `key ${id} has expired: give it a new expiry with update first, or create a new key`);
+      }
       const plaintext = generateKey(keyPrefix);
       const key = await db.transaction().execute(async (trx) => {
         const created = await repo.insertKey(trx, {

@@ -1,0 +1,69 @@
+import { readFile } from "node:fs/promises";
+import { PGlite } from "@electric-sql/pglite";
+import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { readRuntimeConfig, type RuntimeConfig } from "../../src/config/config.js";
+import type { StoreTarget } from "../../src/db/connect.js";
+import { openRuntime, type Runtime } from "../../src/runtime/runtime.js";
+import { createPostgresDatabase, TEST_DATABASE_URL, testDatabaseKind } from "../support/database.js";
+import { createFakeClock, HOUR, LOCAL, POLICY_DIR, unwrap } from "./test-core.js";
+
+/**
+ * The core as `serve` and the local CLI get it from openRuntime: one key
+ * cache shared by decisions and key management, one clock, one usage
+ * recorder. The other integration files wire the same parts by hand.
+ */
+
+const clock = createFakeClock();
+let runtime: Runtime;
+let drop: (() => Promise<void>) | undefined;
+
+async function target(): Promise<StoreTarget> {
+  if (TEST_DATABASE_URL) {
+    const database = await createPostgresDatabase();
+    drop = database.drop;
+    return { kind: "postgres", url: database.url, defaultUser: "postgres", poolSize: 5 };
+  }
+  const snapshot = await readFile(inject("pgliteSnapshot"));
+  return { kind: "pglite-instance", pglite: await PGlite.create({ loadDataDir: new Blob([snapshot]) }), location: "memory (test)" };
+}
+
+beforeAll(async () => {
+  const read = readRuntimeConfig({ "policy-dir": POLICY_DIR }, {}, process.cwd());
+  if (!read.ok) throw new Error(read.errors.join("; "));
+  const config: RuntimeConfig = { ...read.config, usageFlushMs: HOUR };
+  runtime = await openRuntime(config, { now: clock.now, storeTarget: await target() });
+});
+
+afterAll(async () => {
+  await runtime?.close();
+  await drop?.();
+});
+
+describe(`openRuntime on ${testDatabaseKind}`, () => {
+  it("opens the store the suite targets, migrated to the latest schema", () => {
+    expect(runtime.store.kind).toBe(testDatabaseKind);
+    expect(runtime.migration.current).toBe("2026-11-24T00-00_create-api-keys");
+    expect(runtime.dev).toBe(false);
+  });
+
+  it("decisions and key management share one cache: a revoke stops a cached key at once", async () => {
+    const { key, plaintext } = unwrap(await runtime.keys.create(LOCAL, { org: "rt", roles: ["reader"] }));
+    const ask = () => runtime.authorize({ credential: plaintext, method: "GET", path: "/sandboxes", namespace: "", org: "" });
+    expect(await ask()).toMatchObject({ allowed: true, matchedRule: expect.stringMatching(/^policy\.csv:\d+$/) });
+    expect(runtime.cache.size).toBeGreaterThan(0);
+    unwrap(await runtime.keys.revoke(LOCAL, key.id));
+    expect(await ask()).toMatchObject({ allowed: false, reason: "revoked", message: "API key has been revoked" });
+  });
+
+  it("the injected clock decides expiry and last use", async () => {
+    const { key, plaintext } = unwrap(await runtime.keys.create(LOCAL, { org: "rt", expiry: { kind: "in", duration: "1h" } }));
+    expect(key.expiresAt).toEqual(new Date(clock.now().getTime() + HOUR));
+    const ask = () => runtime.authorize({ credential: plaintext, method: "GET", path: "/sandboxes", namespace: "", org: "" });
+    expect((await ask()).allowed).toBe(true);
+    const usedAt = clock.now();
+    await runtime.usage.flush();
+    expect(unwrap(await runtime.keys.get(LOCAL, key.id)).lastUsedAt).toEqual(usedAt);
+    clock.advance(HOUR);
+    expect(await ask()).toMatchObject({ allowed: false, reason: "expired" });
+  });
+});

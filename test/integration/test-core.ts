@@ -1,0 +1,133 @@
+import { readFileSync } from "node:fs";
+import { resolve } from "node:path";
+import type { Kysely, KyselyPlugin, PluginTransformQueryArgs, PluginTransformResultArgs, QueryResult, RootOperationNode, UnknownRow } from "kysely";
+import { expect } from "vitest";
+import { createAuthorizer, type Authorize } from "../../src/authorize/authorizer.js";
+import type { AuthorizeInput, Decision } from "../../src/authorize/decision.js";
+import type { Database } from "../../src/db/schema.js";
+import { createKeyCache, type KeyCache } from "../../src/keys/key-cache.js";
+import { DEFAULT_KEY_PREFIX } from "../../src/keys/key-format.js";
+import { createKeyLookup, type LookupKey } from "../../src/keys/key-lookup.js";
+import { createKeyManager, type CreatedKey, type CreateKeyInput, type KeyManager, type ManageResult, type Principal } from "../../src/keys/key-manager.js";
+import type { KeyRecord } from "../../src/keys/key-record.js";
+import { createUsageRecorder, type UsageRecorder } from "../../src/keys/usage-recorder.js";
+import { loadPolicy, type Policy } from "../../src/policy/policy.js";
+
+/**
+ * keygate's core wired as `openRuntime` wires it, over a test database, with
+ * a fake clock: expiry and grace periods are tested by moving `now`, never by
+ * sleeping. The usage recorder's timer is an hour long, so only an explicit
+ * `flush()` writes last-used times.
+ */
+
+export const POLICY_DIR = resolve(import.meta.dirname, "../../policies");
+export const HOUR = 3_600_000;
+export const DAY = 24 * HOUR;
+/** Far from the real date, so nothing passes by accident on a wall clock. */
+export const START = new Date("2031-03-01T12:00:00.000Z");
+
+export interface FakeClock {
+  now(): Date;
+  advance(ms: number): void;
+  set(at: Date): void;
+}
+
+export function createFakeClock(start: Date = START): FakeClock {
+  let current = new Date(start);
+  return {
+    now: () => new Date(current),
+    advance(ms) {
+      current = new Date(current.getTime() + ms);
+    },
+    set(at) {
+      current = new Date(at);
+    },
+  };
+}
+
+export interface Core {
+  clock: FakeClock;
+  db: Kysely<Database>;
+  policy: Policy;
+  cache: KeyCache;
+  lookupKey: LookupKey;
+  authorize: Authorize;
+  keys: KeyManager;
+  usage: UsageRecorder;
+  /** Errors the core reported (outages), newest last. */
+  errors: unknown[];
+  close(): Promise<void>;
+}
+
+export interface CoreOptions {
+  clock?: FakeClock;
+  dev?: boolean;
+  policy?: Policy;
+  /** Replaces the key lookup the authorizer uses (to simulate an outage). */
+  lookupKey?: LookupKey;
+}
+
+let defaultPolicy: Promise<Policy> | undefined;
+/** The real default policy from policies/, loaded once per test file. */
+export function realPolicy(): Promise<Policy> {
+  defaultPolicy ??= loadPolicy(POLICY_DIR);
+  return defaultPolicy;
+}
+
+export async function createCore(db: Kysely<Database>, options: CoreOptions = {}): Promise<Core> {
+  const clock = options.clock ?? createFakeClock();
+  const policy = options.policy ?? (await realPolicy());
+  const errors: unknown[] = [];
+  const onError = (error: unknown) => void errors.push(error);
+  const cache = createKeyCache({ ttlMs: 60_000, negativeTtlMs: 5_000, maxEntries: 10_000, now: () => clock.now().getTime() });
+  const usage = createUsageRecorder(db, HOUR, onError);
+  const lookupKey = options.lookupKey ?? createKeyLookup({ db, cache, keyPrefix: DEFAULT_KEY_PREFIX, now: clock.now });
+  const authorize = createAuthorizer({ lookupKey, policy: () => policy, now: clock.now, onUsed: usage.touch, onError, dev: options.dev ?? false });
+  const keys = createKeyManager({ db, policy: () => policy, cache, keyPrefix: DEFAULT_KEY_PREFIX, now: clock.now, pendingLastUsed: usage.pending });
+  return { clock, db, policy, cache, lookupKey, authorize, keys, usage, errors, close: () => usage.stop() };
+}
+
+export const LOCAL: Principal = { kind: "local" };
+
+export function asKey(key: KeyRecord): Principal {
+  return { kind: "key", key };
+}
+
+/** The value of a successful result; a failed one fails the test with its code and message. */
+export function unwrap<T>(result: ManageResult<T>): T {
+  if (!result.ok) expect.fail(`expected success, got ${result.code}: ${result.message}`);
+  return result.value;
+}
+
+/** A key created by the local operator. */
+export async function createKey(core: Core, input: CreateKeyInput): Promise<CreatedKey> {
+  return unwrap(await core.keys.create(LOCAL, input));
+}
+
+/** An Authorize call as a gateway would make it (no namespace or org hint unless given). */
+export function check(core: Core, credential: string, method: string, path: string, extra: Partial<AuthorizeInput> = {}): Promise<Decision> {
+  return core.authorize({ credential, method, path, namespace: "", org: "", ...extra });
+}
+
+/** "policy.csv:N" for the line of the default policy that reads exactly `rule`. */
+export function ruleLine(rule: string): string {
+  const lines = readFileSync(resolve(POLICY_DIR, "policy.csv"), "utf8").split(/\r?\n/);
+  const index = lines.findIndex((line) => line.trim() === rule);
+  if (index === -1) throw new Error(`no line "${rule}" in policy.csv`);
+  return `policy.csv:${index + 1}`;
+}
+
+/** Counts the statements that reach the database through a Kysely instance. */
+export function countStatements(db: Kysely<Database>): { db: Kysely<Database>; statements: string[] } {
+  const statements: string[] = [];
+  const plugin: KyselyPlugin = {
+    transformQuery({ node }: PluginTransformQueryArgs): RootOperationNode {
+      statements.push(node.kind);
+      return node;
+    },
+    async transformResult({ result }: PluginTransformResultArgs): Promise<QueryResult<UnknownRow>> {
+      return result;
+    },
+  };
+  return { db: db.withPlugin(plugin), statements };
+}
