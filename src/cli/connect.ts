@@ -3,11 +3,14 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { createClient, createRouterTransport, type Client, type Interceptor, type Transport } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import type { RuntimeConfig } from "../config/config.js";
+import { redactUrl } from "../db/connect.js";
 import { acquireLock, type DataDirLock } from "../db/data-dir-lock.js";
+import { PolicyLoadError } from "../policy/policy.js";
 import { createLogger } from "../runtime/logger.js";
 import { openRuntime, type Runtime } from "../runtime/runtime.js";
 import { localStatus, type ServerStatus } from "../server/serve.js";
 import { createRoutes } from "../server/routes.js";
+import { findServers } from "../server/server-registry.js";
 import { AuthorizeService } from "../../gen/keygate/v1/authorize_pb.js";
 import { KeyService } from "../../gen/keygate/v1/key_pb.js";
 
@@ -80,18 +83,36 @@ async function inProcess(config: RuntimeConfig, lock: DataDirLock | undefined): 
   try {
     runtime = await openRuntime(config, { onError: () => {} });
   } catch (error) {
-    throw new CliError((error as Error).message, { cause: error });
+    throw openError(config, error);
   }
   const transport = createRouterTransport(createRoutes(runtime, ["authorization", "x-api-key"], log, true));
   return {
     mode: "local",
     ...clients(transport),
-    status: async () => ({ ...(await localStatus(runtime, "")), server: config.databaseUrl ? "unknown" : "not running" }),
+    async status() {
+      const local = await localStatus(runtime, "");
+      if (!config.databaseUrl) return { ...local, server: "not running" };
+      // Over Postgres, servers are found by their connections; dev if any of them is.
+      const servers = await findServers(runtime.store.db).catch(() => undefined);
+      if (!servers) return { ...local, server: "unknown" };
+      return { ...local, servers, dev: local.dev || servers.some((s) => s.dev), server: servers.length > 0 ? "running" : "not running" };
+    },
     async close() {
       await runtime.close();
       await lock?.release();
     },
   };
+}
+
+/**
+ * Why keygate could not open its policy or database, naming which (and where)
+ * so the operator knows what to fix; a stack trace would bury that.
+ */
+export function openError(config: RuntimeConfig, error: unknown): CliError {
+  const message = (error as Error).message;
+  if (error instanceof PolicyLoadError) return new CliError(`cannot load the policy (--policy-dir ${config.policyDir}): ${message}`, { cause: error });
+  const where = config.databaseUrl ? redactUrl(config.databaseUrl) : config.dataDir;
+  return new CliError(`cannot open the database (${where}): ${message}`, { cause: error });
 }
 
 function viaSocket(socketPath: string): Connection {

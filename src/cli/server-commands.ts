@@ -10,7 +10,7 @@ import { openRuntime, storeTargetFor } from "../runtime/runtime.js";
 import { startServer } from "../server/serve.js";
 import { createCubeCallbackHandler } from "../shim/cube-callback.js";
 import { createRemoteAuthorizer } from "../shim/remote-authorizer.js";
-import { CliError, connectLocal } from "./connect.js";
+import { CliError, connectLocal, openError } from "./connect.js";
 import { configOrThrow, parse, readRuntimeConfig, USAGE } from "./main.js";
 import { createOut } from "./output.js";
 
@@ -72,7 +72,9 @@ export async function runServe(args: string[]): Promise<number> {
   const started = performance.now();
   const lock = config.databaseUrl ? undefined : await lockDataDir(config.dataDir, "server");
   try {
-    const runtime = await openRuntime(config, { onError: (error) => log.error("decision failed, denied", errorFields(error)) });
+    const runtime = await openRuntime(config, { onError: (error) => log.error("decision failed, denied", errorFields(error)) }).catch((error: unknown) => {
+      throw openError(config, error);
+    });
     const server = await startServer(config, runtime, log, lock).catch(async (error: unknown) => {
       await runtime.close();
       throw new CliError(`cannot listen on ${config.host}:${config.port}: ${(error as Error).message}`, { cause: error });
@@ -193,7 +195,10 @@ export async function runStatus(args: string[]): Promise<number> {
       return 0;
     }
     if (status.dev) out.print(DEV_WARNING);
-    out.print(`server:    ${status.server === "running" ? `running, pid ${status.pid}, on ${status.listen}, since ${status.startedAt}` : status.server}`);
+    const running = status.servers
+      ? status.servers.map((s) => `pid ${s.pid}, on ${s.listen}, since ${s.since}${s.dev ? " (DEV MODE)" : ""}`).join("; ")
+      : `pid ${status.pid}, on ${status.listen}, since ${status.startedAt}`;
+    out.print(`server:    ${status.server === "running" ? `running, ${running}` : status.server}`);
     out.print(`mode:      ${status.dev ? "DEV MODE — every request is allowed" : "enforcing"}`);
     out.print(`database:  ${status.database.kind} (${status.database.location}), migration ${status.database.migration}`);
     out.print(`policy:    ${status.policy.dir} [${status.policy.files.join(", ")}], ${status.policy.rules} rules, version ${status.policy.version}`);

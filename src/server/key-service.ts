@@ -19,6 +19,7 @@ import {
   type ManageKeyResponse,
 } from "../../gen/keygate/v1/key_pb.js";
 import { keyToProto } from "./convert.js";
+import type { AnnounceKeyChange, KeyChange } from "./key-changes.js";
 
 export interface KeyServiceDeps {
   keys: KeyManager;
@@ -32,6 +33,12 @@ export interface KeyServiceDeps {
    */
   localOperator: boolean;
   log: Logger;
+  /**
+   * Tells the other keygate processes on the same database what changed, so
+   * their caches drop it at once (Postgres NOTIFY). Unset on PGlite, where
+   * one process holds the data and its own cache is kept by the key manager.
+   */
+  announce?: AnnounceKeyChange;
 }
 
 const CODES = { invalid_argument: Code.InvalidArgument, not_found: Code.NotFound, permission_denied: Code.PermissionDenied } as const;
@@ -41,7 +48,7 @@ function unwrap<T>(result: ManageResult<T>): T {
   return result.value;
 }
 
-export function createKeyService({ keys, lookupKey, credentialPriority, dev, localOperator, log }: KeyServiceDeps): ServiceImpl<typeof KeyService> {
+export function createKeyService({ keys, lookupKey, credentialPriority, dev, localOperator, log, announce }: KeyServiceDeps): ServiceImpl<typeof KeyService> {
   async function principalOf(context: HandlerContext): Promise<Principal> {
     if (localOperator || dev) return { kind: "local" };
     const credential = credentialFromHeaders((name) => context.requestHeader.get(name) ?? undefined, credentialPriority);
@@ -135,6 +142,12 @@ export function createKeyService({ keys, lookupKey, credentialPriority, dev, loc
       try {
         const principal = await principalOf(context);
         const response = await run(request, principal);
+        const change = changeOf(request);
+        if (change && announce) {
+          // The change is committed; failing to announce it only delays other
+          // processes until their cache entries expire, so the caller still gets its answer.
+          await announce(change).catch((error: unknown) => log.error("key change not announced to other processes", { action: request.action.case, ...errorFields(error) }));
+        }
         log.info("key action", {
           action: request.action.case,
           actor: principal.kind === "local" ? "local" : principal.key.id,
@@ -149,6 +162,26 @@ export function createKeyService({ keys, lookupKey, credentialPriority, dev, loc
       }
     },
   };
+}
+
+/** What a successful action changed, for other processes' caches. */
+function changeOf(request: ManageKeyRequest): KeyChange | undefined {
+  const action = request.action;
+  switch (action.case) {
+    case "create":
+      return { kind: "created" };
+    case "update":
+    case "revoke":
+    case "rotate":
+    case "delete":
+      return { kind: "key", id: action.value.id };
+    case "resetAll":
+      return { kind: "all" };
+    case "get":
+    case "list":
+    case undefined:
+      return undefined;
+  }
 }
 
 function keyResponse(key: Parameters<typeof keyToProto>[0]): ManageKeyResponse {

@@ -23,6 +23,12 @@ const FIRST_BYTES_TIMEOUT_MS = 10_000;
 
 export function createListener(handler: Handler): Listener {
   const h1 = http.createServer({ requestTimeout: 30_000, headersTimeout: 15_000, keepAliveTimeout: 65_000 }, handler);
+  // h1 never listens itself (the net.Server below does), but Node starts its
+  // connection tracking on "listening": without it requestTimeout and
+  // headersTimeout are never enforced (a slow client holds a socket forever)
+  // and closeIdleConnections() closes nothing, so an idle keep-alive client
+  // held every shutdown for the whole timeout.
+  h1.emit("listening");
   const h2 = http2.createServer({ maxSessionMemory: 64 }, handler);
   const sessions = new Set<http2.ServerHttp2Session>();
   h2.on("session", (session) => {

@@ -5,14 +5,17 @@ import type { Logger } from "../runtime/logger.js";
 import { AuthorizeService } from "../../gen/keygate/v1/authorize_pb.js";
 import { KeyService } from "../../gen/keygate/v1/key_pb.js";
 import { createAuthorizeService } from "./authorize-service.js";
+import { createKeyChangeAnnouncer } from "./key-changes.js";
 import { createKeyService } from "./key-service.js";
 
 export function createRoutes(runtime: Runtime, credentialPriority: readonly CredentialSource[], log: Logger, localOperator = false) {
+  // Over Postgres other processes may cache the same keys: tell them about every change.
+  const announce = runtime.store.kind === "postgres" ? createKeyChangeAnnouncer(runtime.store.db) : undefined;
   return (router: ConnectRouter) => {
     router.service(AuthorizeService, createAuthorizeService(runtime.authorize));
     router.service(
       KeyService,
-      createKeyService({ keys: runtime.keys, lookupKey: runtime.lookupKey, credentialPriority, dev: runtime.dev, localOperator, log }),
+      createKeyService({ keys: runtime.keys, lookupKey: runtime.lookupKey, credentialPriority, dev: runtime.dev, localOperator, log, ...(announce && { announce }) }),
     );
   };
 }

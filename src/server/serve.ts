@@ -11,7 +11,9 @@ import type { Logger } from "../runtime/logger.js";
 import { errorFields } from "../runtime/logger.js";
 import type { Runtime } from "../runtime/runtime.js";
 import { createCubeCallbackHandler } from "../shim/cube-callback.js";
+import { listenForKeyChanges, type KeyChangeListener } from "./key-changes.js";
 import { createListener, type Handler } from "./listener.js";
+import { serverApplicationName, type ServerEntry } from "./server-registry.js";
 import { createRoutes } from "./routes.js";
 
 export interface RunningServer {
@@ -44,8 +46,19 @@ export async function startServer(config: ServeConfig, runtime: Runtime, log: Lo
     if ((q === -1 ? url : url.slice(0, q)) === config.shimPath) void shim(req, res);
     else rpc(req as http.IncomingMessage, res as http.ServerResponse);
   };
+  // Before listening: from the first request on, changes made elsewhere reach the cache.
+  let keyChanges: KeyChangeListener | undefined;
+  if (config.databaseUrl) {
+    keyChanges = await listenForKeyChanges({ url: config.databaseUrl, defaultUser: config.defaultDbUser, cache: runtime.cache, log });
+  }
   const listener = createListener(handler);
-  const address = await listener.listen(config.port, config.host);
+  const address = await listener.listen(config.port, config.host).catch(async (error: unknown) => {
+    await keyChanges?.close();
+    throw error;
+  });
+
+  // Over Postgres, `keygate status` finds this server by its connection's name.
+  await keyChanges?.identify(serverApplicationName({ pid: process.pid, dev: runtime.dev, listen: `${address.host}:${address.port}` }));
 
   let control: { server: http.Server; path: string; cleanup: () => Promise<void> } | undefined;
   if (!config.databaseUrl) {
@@ -62,6 +75,7 @@ export async function startServer(config: ServeConfig, runtime: Runtime, log: Lo
       if (control) closing.push(new Promise<void>((resolve) => control!.server.close(() => resolve())));
       control?.server.closeAllConnections();
       await Promise.all(closing);
+      await keyChanges?.close();
       await control?.cleanup();
     },
   };
@@ -115,6 +129,8 @@ export interface ServerStatus {
   policy: { dir: string; files: string[]; rules: number; version: string; loadedAt: string };
   keys: { total: number; enabled: number };
   listen: string;
+  /** Over Postgres: the servers connected to the database (this process is not one of them). */
+  servers?: ServerEntry[];
 }
 
 export async function localStatus(runtime: Runtime, listen: string): Promise<ServerStatus> {

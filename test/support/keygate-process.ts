@@ -17,6 +17,11 @@ export interface ProcessOptions {
   env?: Record<string, string>;
 }
 
+export interface CliOptions extends ProcessOptions {
+  /** A command still running after this long is killed and the call rejects (default 60 s). */
+  timeoutMs?: number;
+}
+
 function childEnv(env: Record<string, string> | undefined): NodeJS.ProcessEnv {
   const base: NodeJS.ProcessEnv = { ...process.env, KEYGATE_POLICY_DIR: POLICY_DIR };
   // The suite picks its database per file; never let the outer DATABASE_URL leak in.
@@ -24,44 +29,90 @@ function childEnv(env: Record<string, string> | undefined): NodeJS.ProcessEnv {
   return { ...base, ...env };
 }
 
-export function runCli(args: string[], { cwd, env }: ProcessOptions): Promise<CliResult> {
+export function runCli(args: string[], { cwd, env, timeoutMs = 60_000 }: CliOptions): Promise<CliResult> {
   return new Promise((done, fail) => {
     const child = spawn(process.execPath, [BIN, ...args], { cwd, env: childEnv(env), stdio: ["ignore", "pipe", "pipe"] });
     let stdout = "";
     let stderr = "";
+    // A command that should have failed at once (serve with a bad config) must not hang the suite.
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      fail(new Error(`keygate ${args.join(" ")} still running after ${timeoutMs} ms; killed.\nstdout:\n${stdout}\nstderr:\n${stderr}`));
+    }, timeoutMs);
     child.stdout.on("data", (chunk: Buffer) => (stdout += chunk.toString()));
     child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
-    child.on("error", fail);
-    child.on("close", (code) => done({ code: code ?? -1, stdout, stderr }));
+    child.on("error", (error) => {
+      clearTimeout(timer);
+      fail(error);
+    });
+    child.on("close", (code, signal) => {
+      clearTimeout(timer);
+      done({ code: code ?? (signal ? 128 : -1), stdout, stderr });
+    });
   });
 }
 
-export interface ServerProcess {
+/** What `keygen --json` and `keys rotate --json` print: the key's metadata and, this once, the key. */
+export interface CreatedKeyJson {
+  id: string;
+  key: string;
+  name: string;
+  org: string;
+  namespace: string;
+  roles: string[];
+  enabled: boolean;
+  display_prefix: string;
+  created_at: string;
+  expires_at: string | null;
+  rotated_from: string | null;
+  created_by: string;
+}
+
+/** `keygate keygen --json ARGS…`, which must succeed; returns the parsed output. */
+export async function createKey(args: string[], options: CliOptions): Promise<CreatedKeyJson> {
+  const result = await runCli(["keygen", "--json", ...args], options);
+  if (result.code !== 0) throw new Error(`keygen ${args.join(" ")} exited ${result.code}:\n${result.stderr}`);
+  return JSON.parse(result.stdout) as CreatedKeyJson;
+}
+
+export interface KeygateProcess {
   port: number;
   /** http://127.0.0.1:PORT */
   url: string;
   child: ChildProcess;
-  /** Everything the server wrote so far (stdout and stderr). */
+  /** Everything the process wrote so far (stdout and stderr). */
   output(): string;
-  /** Send a signal and wait for exit; resolves with the exit code. */
+  /** Resolves with the exit code once the process has exited and its output is read. */
+  exited: Promise<number>;
+  /** Send a signal (unless it has exited) and wait for exit; resolves with the exit code. */
   stop(signal?: NodeJS.Signals): Promise<number>;
 }
 
-/** Starts `keygate serve --port 0` and waits for its "keygate listening" log line. */
-export function startServerProcess(args: string[], { cwd, env }: ProcessOptions, timeoutMs = 20_000): Promise<ServerProcess> {
+/** A `keygate serve` process. */
+export type ServerProcess = KeygateProcess;
+/** A `keygate shim` process. */
+export type ShimProcess = KeygateProcess;
+
+/**
+ * Spawns `keygate ARGS…` and waits for the JSON log line `{"msg": READY, "address": "HOST:PORT"}`.
+ * A process that exits first, or does not get there in time, rejects with its output.
+ */
+export function startKeygateProcess(args: string[], ready: string, { cwd, env }: ProcessOptions, timeoutMs = 20_000): Promise<KeygateProcess> {
   return new Promise((done, fail) => {
-    const child = spawn(process.execPath, [BIN, "serve", "--port", "0", ...args], { cwd, env: childEnv(env), stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, [BIN, ...args], { cwd, env: childEnv(env), stdio: ["ignore", "pipe", "pipe"] });
     let output = "";
     let started = false;
-    const exited = new Promise<number>((res) => child.on("exit", (code, signal) => res(code ?? (signal ? 128 : -1))));
+    // "close", not "exit": by then every byte the process wrote has been read.
+    const exited = new Promise<number>((res) => child.on("close", (code, signal) => res(code ?? (signal ? 128 : -1))));
+    const readyLine = new RegExp(`"msg":${JSON.stringify(ready)},"address":"[^"]*:(\\d+)"`);
     const timer = setTimeout(() => {
       child.kill("SIGKILL");
-      fail(new Error(`server did not start in ${timeoutMs} ms:\n${output}`));
+      fail(new Error(`keygate ${args.join(" ")} did not start in ${timeoutMs} ms:\n${output}`));
     }, timeoutMs);
     const onData = (chunk: Buffer) => {
       output += chunk.toString();
       if (started) return;
-      const match = /"msg":"keygate listening","address":"[^"]*:(\d+)"/.exec(output);
+      const match = readyLine.exec(output);
       if (!match) return;
       started = true;
       clearTimeout(timer);
@@ -71,6 +122,7 @@ export function startServerProcess(args: string[], { cwd, env }: ProcessOptions,
         url: `http://127.0.0.1:${port}`,
         child,
         output: () => output,
+        exited,
         async stop(signal = "SIGTERM") {
           if (child.exitCode === null && child.signalCode === null) child.kill(signal);
           return exited;
@@ -82,8 +134,23 @@ export function startServerProcess(args: string[], { cwd, env }: ProcessOptions,
     void exited.then((code) => {
       if (!started) {
         clearTimeout(timer);
-        fail(new Error(`server exited with ${code} before listening:\n${output}`));
+        fail(new Error(`keygate ${args.join(" ")} exited with ${code} before listening:\n${output}`));
       }
     });
   });
+}
+
+/** Starts `keygate serve --port 0 ARGS…` and waits for its "keygate listening" log line. */
+export function startServerProcess(args: string[], options: ProcessOptions, timeoutMs = 20_000): Promise<ServerProcess> {
+  return startKeygateProcess(["serve", "--port", "0", ...args], "keygate listening", options, timeoutMs);
+}
+
+/** Starts `keygate shim --upstream UPSTREAM --port 0 ARGS…` and waits for its "keygate shim listening" log line. */
+export function startShimProcess(upstream: string, args: string[], options: ProcessOptions, timeoutMs = 20_000): Promise<ShimProcess> {
+  return startKeygateProcess(["shim", "--upstream", upstream, "--port", "0", ...args], "keygate shim listening", options, timeoutMs);
+}
+
+/** Stops every process given (those that started), even when some stop fails. */
+export async function stopAll(...processes: (KeygateProcess | undefined)[]): Promise<void> {
+  await Promise.allSettled(processes.map((p) => p?.stop()));
 }

@@ -1,0 +1,43 @@
+import { sql, type Kysely } from "kysely";
+import type { Database } from "../db/schema.js";
+
+/**
+ * Over Postgres there is no lock file to say which servers run: each server
+ * names its LISTEN connection (application_name, see key-changes.ts), and
+ * `keygate status` on any machine finds them in pg_stat_activity, dev mode
+ * included, so the dev-mode warning reaches every status call.
+ */
+const PREFIX = "keygate serve;";
+/** Postgres keeps at most 63 bytes of application_name. */
+const MAX_NAME = 63;
+
+export interface ServerEntry {
+  pid: number;
+  dev: boolean;
+  /** host:port, as the server logged it. */
+  listen: string;
+  /** When its connection started (close to when the server started). */
+  since: string;
+}
+
+export function serverApplicationName({ pid, dev, listen }: Omit<ServerEntry, "since">): string {
+  return `${PREFIX}pid=${pid};dev=${dev ? 1 : 0};listen=${listen}`.slice(0, MAX_NAME);
+}
+
+export function parseServerApplicationName(name: string): Omit<ServerEntry, "since"> | undefined {
+  const match = /^keygate serve;pid=(\d+);dev=([01]);listen=(.*)$/.exec(name);
+  if (!match) return undefined;
+  return { pid: Number(match[1]), dev: match[2] === "1", listen: match[3]! };
+}
+
+/** The keygate servers connected to this database now. */
+export async function findServers(db: Kysely<Database>): Promise<ServerEntry[]> {
+  const { rows } = await sql<{ application_name: string; backend_start: Date }>`
+    select application_name, backend_start from pg_stat_activity
+    where datname = current_database() and application_name like ${`${PREFIX}%`}
+    order by backend_start`.execute(db);
+  return rows.flatMap((row) => {
+    const parsed = parseServerApplicationName(row.application_name);
+    return parsed ? [{ ...parsed, since: new Date(row.backend_start).toISOString() }] : [];
+  });
+}
