@@ -12,7 +12,7 @@ import {
 import { parseExpiry, parseDuration } from "../keys/duration.js";
 import { reasonFromProto } from "../server/convert.js";
 import { CliError, connectLocal, connectRemote, type Connection } from "./connect.js";
-import { configOrThrow, parse, readRuntimeConfig, USAGE, type Options, type Parsed } from "./main.js";
+import { configOrThrow, help, parse, readRuntimeConfig, type Options, type Parsed } from "./main.js";
 import { createOut, keyJson, keyTable, keyText, type Out } from "./output.js";
 
 async function connect(parsed: Parsed, command: string): Promise<Connection> {
@@ -294,9 +294,4 @@ export async function runCheck(args: string[]): Promise<number> {
     }
     return response.allowed ? 0 : 1;
   });
-}
-
-function help(): number {
-  process.stdout.write(USAGE);
-  return 0;
 }

@@ -74,6 +74,11 @@ export function configOrThrow<T>(result: ConfigResult<T>): T {
 
 export { readRuntimeConfig, readStorageConfig };
 
+export function help(): number {
+  process.stdout.write(USAGE);
+  return 0;
+}
+
 export async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   try {

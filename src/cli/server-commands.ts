@@ -8,10 +8,10 @@ import { migrateToLatest } from "../db/migrate.js";
 import { createLogger, errorFields, type LogLevel } from "../runtime/logger.js";
 import { openRuntime, storeTargetFor } from "../runtime/runtime.js";
 import { startServer } from "../server/serve.js";
-import { createCubeCallbackHandler } from "../shim/cube-callback.js";
+import { createCubeCallbackHandler, isCallbackUrl } from "../shim/cube-callback.js";
 import { createRemoteAuthorizer } from "../shim/remote-authorizer.js";
 import { CliError, connectLocal, openError } from "./connect.js";
-import { configOrThrow, parse, readRuntimeConfig, USAGE } from "./main.js";
+import { configOrThrow, help, parse, readRuntimeConfig } from "./main.js";
 import { createOut } from "./output.js";
 
 const DEV_WARNING = [
@@ -120,9 +120,7 @@ export async function runShim(args: string[]): Promise<number> {
   const authorize = createRemoteAuthorizer(config.upstream, (error) => log.error("upstream Authorize failed, denied", errorFields(error)));
   const handle = createCubeCallbackHandler({ authorize, credentialPriority: config.credentialPriority });
   const server = http.createServer({ requestTimeout: 30_000, headersTimeout: 15_000 }, (req, res) => {
-    const url = req.url ?? "/";
-    const q = url.indexOf("?");
-    if ((q === -1 ? url : url.slice(0, q)) === config.shimPath) {
+    if (isCallbackUrl(req.url, config.shimPath)) {
       void handle(req, res);
       return;
     }
@@ -207,9 +205,4 @@ export async function runStatus(args: string[]): Promise<number> {
   } finally {
     await connection.close();
   }
-}
-
-function help(): number {
-  process.stdout.write(USAGE);
-  return 0;
 }

@@ -10,7 +10,7 @@ import { countKeys } from "../keys/key.repository.js";
 import type { Logger } from "../runtime/logger.js";
 import { errorFields } from "../runtime/logger.js";
 import type { Runtime } from "../runtime/runtime.js";
-import { createCubeCallbackHandler } from "../shim/cube-callback.js";
+import { createCubeCallbackHandler, isCallbackUrl } from "../shim/cube-callback.js";
 import { listenForKeyChanges, type KeyChangeListener } from "./key-changes.js";
 import { createListener, type Handler } from "./listener.js";
 import { serverApplicationName, type ServerEntry } from "./server-registry.js";
@@ -41,9 +41,7 @@ export async function startServer(config: ServeConfig, runtime: Runtime, log: Lo
     onError: (error) => log.error("shim error", errorFields(error)),
   });
   const handler: Handler = (req, res) => {
-    const url = req.url ?? "/";
-    const q = url.indexOf("?");
-    if ((q === -1 ? url : url.slice(0, q)) === config.shimPath) void shim(req, res);
+    if (isCallbackUrl(req.url, config.shimPath)) void shim(req, res);
     else rpc(req as http.IncomingMessage, res as http.ServerResponse);
   };
   // Before listening: from the first request on, changes made elsewhere reach the cache.

@@ -60,6 +60,13 @@ export function createCubeCallbackHandler({ authorize, credentialPriority, onErr
   };
 }
 
+/** True when a request URL (path and query) addresses the callback path; the query is ignored. */
+export function isCallbackUrl(url: string | undefined, shimPath: string): boolean {
+  const target = url ?? "/";
+  const q = target.indexOf("?");
+  return (q === -1 ? target : target.slice(0, q)) === shimPath;
+}
+
 const ALLOW_BODY = "{}";
 
 export function writeDecision(res: Response, decision: Decision): void {
