@@ -1,9 +1,9 @@
 import type { KeyRecord } from "../keys/key-record.js";
 import { ALL_NAMESPACES, isValidName, isValidNamespace } from "../keys/key-record.js";
 import type { LookupKey } from "../keys/key-lookup.js";
-import type { Policy } from "../policy/policy.js";
+import type { Policy, RuleMiss } from "../policy/policy.js";
 import { deny, forbiddenMessage, MESSAGES, type AuthorizeInput, type Decision, type KeyIdentity } from "./decision.js";
-import { KNOWN_METHODS, normalizeMethod, normalizePath } from "./normalize.js";
+import { KNOWN_METHODS, normalizeMethod, normalizePath, type HttpMethod } from "./normalize.js";
 
 export interface AuthorizerDeps {
   lookupKey: LookupKey;
@@ -40,14 +40,8 @@ export function createAuthorizer({ lookupKey, policy, now, onUsed, onError, dev 
     if (dev) return DEV_DECISION;
     if (input.credential === "") return deny("missing_credential", MESSAGES.missing_credential);
 
-    const method = normalizeMethod(input.method);
-    if (!method.ok) return deny("bad_request", method.error);
-    const path = normalizePath(input.path);
-    if (!path.ok) return deny("bad_request", path.error);
-    if (input.org !== "" && !isValidName(input.org)) return deny("bad_request", "invalid org");
-    if (input.namespace !== "" && (!isValidNamespace(input.namespace) || input.namespace === ALL_NAMESPACES)) {
-      return deny("bad_request", "invalid namespace");
-    }
+    const request = normalizeRequest(input);
+    if ("reason" in request) return request;
 
     let found;
     try {
@@ -67,32 +61,75 @@ export function createAuthorizer({ lookupKey, policy, now, onUsed, onError, dev 
         break;
     }
     const key = found.key;
-    const identity = identityOf(key);
-    // With no method given, the key must be allowed every method on the path.
-    const methods = method.value === "" ? KNOWN_METHODS : [method.value];
-    const shownMethod = methods[0]!;
-
-    if (input.org !== "" && input.org !== key.org) {
-      return deny("forbidden", forbiddenMessage(shownMethod, path.value), identity);
-    }
-    const namespace = input.namespace === "" ? key.namespace : input.namespace;
-    if (key.namespace !== ALL_NAMESPACES && namespace !== key.namespace) {
-      return deny("forbidden", forbiddenMessage(shownMethod, path.value), identity);
-    }
-
-    let rule = "";
+    let decision: Decision;
     try {
-      const current = policy();
-      for (const m of methods) {
-        const decision = current.decide({ roles: key.roles, org: key.org, namespace, path: path.value, method: m });
-        if (!decision.allowed) return deny("forbidden", forbiddenMessage(m, path.value), identity);
-        rule ||= decision.rule;
-      }
+      decision = decideForSubject(policy(), key, request, identityOf(key), input.explain === true);
     } catch (error) {
       onError?.(error);
-      return deny("unavailable", "authorization unavailable: the policy could not be evaluated, request denied", identity);
+      return deny("unavailable", "authorization unavailable: the policy could not be evaluated, request denied", identityOf(key));
     }
-    onUsed?.(key.id, now());
-    return { allowed: true, reason: "allowed", message: "", key: identity, matchedRule: rule };
+    if (decision.allowed) onUsed?.(key.id, now());
+    return decision;
   };
+}
+
+/** A request after normalization: what the policy sees. */
+export interface NormalizedRequest {
+  path: string;
+  /** One method, or every known method when none was given. */
+  methods: readonly HttpMethod[];
+  /** "" = the subject's own namespace. */
+  namespace: string;
+  /** "" = no org hint. */
+  org: string;
+}
+
+/** Path, method, org and namespace checked and normalized, or the bad-request deny. */
+export function normalizeRequest(input: Pick<AuthorizeInput, "path" | "method" | "namespace" | "org">): NormalizedRequest | Decision {
+  const method = normalizeMethod(input.method);
+  if (!method.ok) return deny("bad_request", method.error);
+  const path = normalizePath(input.path);
+  if (!path.ok) return deny("bad_request", path.error);
+  if (input.org !== "" && !isValidName(input.org)) return deny("bad_request", "invalid org");
+  if (input.namespace !== "" && (!isValidNamespace(input.namespace) || input.namespace === ALL_NAMESPACES)) {
+    return deny("bad_request", "invalid namespace");
+  }
+  // With no method given, the key must be allowed every method on the path.
+  return { path: path.value, methods: method.value === "" ? KNOWN_METHODS : [method.value], namespace: input.namespace, org: input.org };
+}
+
+/** Who is asking: a key's roles, org and namespace scope. */
+export interface Subject {
+  roles: readonly string[];
+  org: string;
+  /** "*" = every namespace. */
+  namespace: string;
+}
+
+/**
+ * The decision for a known, valid subject: org hint, namespace scope, then
+ * the policy for every method asked. Shared by Authorize, `policy test` and
+ * `policy diff`, so they all decide the same way.
+ */
+export function decideForSubject(policy: Policy, subject: Subject, request: NormalizedRequest, identity?: KeyIdentity, explain = false): Decision {
+  const shownMethod = request.methods[0]!;
+  const forbidden = (method: string, explanation?: RuleMiss[]): Decision => ({
+    ...deny("forbidden", forbiddenMessage(method, request.path), identity),
+    ...(explanation && { explanation }),
+  });
+  if (request.org !== "" && request.org !== subject.org) {
+    return forbidden(shownMethod, explain ? [{ rule: "", text: "", reasons: [`wrong org: the key is in "${subject.org}", the request names "${request.org}"`] }] : undefined);
+  }
+  const namespace = request.namespace === "" ? subject.namespace : request.namespace;
+  if (subject.namespace !== ALL_NAMESPACES && namespace !== subject.namespace) {
+    return forbidden(shownMethod, explain ? [{ rule: "", text: "", reasons: [`wrong namespace: the key is scoped to "${subject.namespace}", the request is in "${namespace}"`] }] : undefined);
+  }
+  let rule = "";
+  for (const method of request.methods) {
+    const asked = { roles: subject.roles, org: subject.org, namespace, path: request.path, method };
+    const decision = policy.decide(asked);
+    if (!decision.allowed) return forbidden(method, explain ? policy.explain(asked) : undefined);
+    rule ||= decision.rule;
+  }
+  return { allowed: true, reason: "allowed", message: "", matchedRule: rule, ...(identity && { key: identity }) };
 }

@@ -1,3 +1,5 @@
+import type { RuleMiss } from "../policy/policy.js";
+
 /** Why a decision came out as it did. A deny is data, not an exception. */
 export type Reason =
   | "allowed"
@@ -25,6 +27,8 @@ export interface Decision {
   key?: KeyIdentity;
   /** "policy.csv:12", or "" when no rule decided. */
   matchedRule: string;
+  /** On a policy deny, when asked: the closest rules that did not match, and why. */
+  explanation?: RuleMiss[];
 }
 
 export interface AuthorizeInput {
@@ -33,6 +37,8 @@ export interface AuthorizeInput {
   method: string;
   namespace: string;
   org: string;
+  /** Explain a policy deny (closest rules and why they did not match). */
+  explain?: boolean;
 }
 
 /** The messages clients see (SandBase wording where it has one). */

@@ -1,13 +1,13 @@
-import { createHash } from "node:crypto";
-import { readdir, readFile } from "node:fs/promises";
-import { join } from "node:path";
-import { BasicCsvParser, Helper, newEnforcer, newModelFromString, type Adapter, type Enforcer, type Model } from "casbin";
+import { newEnforcer, newModelFromString, type Adapter, type Enforcer, type Model } from "casbin";
+import { compilePolicy } from "./compiled-policy.js";
+import { MODEL_FILE, readPolicySource, type PolicyRule, type PolicySource, type RoleLink } from "./policy-source.js";
 
 /**
  * The policy: Casbin's model file is the definition of a decision, the CSV
- * files in the policy directory are its rules. This module loads both,
- * remembers where each rule came from (for `matched_rule`), and answers
- * decisions for a set of roles.
+ * files in the policy directory are its rules. keygate's own model shape is
+ * compiled into indexes (decisions stay fast at 100k rules); any other model
+ * is evaluated by Casbin itself, so an edited matcher still means what
+ * Casbin says it means.
  */
 
 export interface PolicyRequest {
@@ -22,14 +22,25 @@ export interface PolicyRequest {
 
 export interface PolicyDecision {
   allowed: boolean;
-  /** "policy.csv:12" for the rule that allowed; "" on deny. */
+  /** "policy.csv:12" for the rule that allowed (the first in file order); "" on deny. */
   rule: string;
+}
+
+/** A rule that did not match a request, and why: for explaining a deny. */
+export interface RuleMiss {
+  rule: string;
+  text: string;
+  reasons: string[];
 }
 
 export interface Policy {
   decide(request: PolicyRequest): PolicyDecision;
   /** The roles given plus every role they inherit in `org`. */
   inheritedRoles(roles: readonly string[], org: string): Promise<Set<string>>;
+  /** The rules closest to matching a request, with what differed; best first. */
+  explain(request: PolicyRequest, limit?: number): RuleMiss[];
+  readonly rules: readonly PolicyRule[];
+  readonly links: readonly RoleLink[];
   readonly info: PolicyInfo;
 }
 
@@ -41,108 +52,119 @@ export interface PolicyInfo {
   /** Short content hash of model and rules: changes whenever they do. */
   version: string;
   loadedAt: Date;
+  /** "compiled": keygate's model, indexed. "casbin": a custom model, evaluated by Casbin. */
+  engine: "compiled" | "casbin";
 }
 
 export class PolicyLoadError extends Error {
   override readonly name = "PolicyLoadError";
 }
 
-const MODEL_FILE = "model.conf";
-const FIELD_COUNT: Record<string, number> = { p: 5, g: 3 };
+/** The model keygate compiles. Whitespace does not matter; anything else does. */
+const STANDARD_MODEL = {
+  r: "sub, org, ns, path, method",
+  p: "sub, org, ns, path, method",
+  g: "_, _, _",
+  e: "some(where (p.eft == allow))",
+  m: '(p.org == "*" || p.org == r.org) && (p.ns == "*" || p.ns == r.ns) && regexMatch(r.method, p.method) && keyMatch2(r.path, p.path) && g(r.sub, p.sub, r.org)',
+};
 
-interface SourcedLine {
-  text: string;
-  where: string;
+const squash = (text: string) => text.replace(/\s+/g, "");
+
+function modelValue(model: Model, sec: string, key: string): string | undefined {
+  return model.model.get(sec)?.get(key)?.value;
+}
+
+/** True when the model is keygate's standard model (and so can be compiled). */
+export function isStandardModel(model: Model): boolean {
+  const sections = ["r", "p", "g", "e", "m"] as const;
+  if (modelValue(model, "g", "g2") !== undefined) return false;
+  return sections.every((sec) => {
+    const value = modelValue(model, sec, sec);
+    // Casbin rewrites "r.sub" to "r_sub" internally; compare in its own form.
+    const expected = STANDARD_MODEL[sec].replace(/\b([rp])\./g, "$1_");
+    return value !== undefined && squash(value) === squash(expected);
+  });
+}
+
+export function formatDiagnostic(d: { where: string; message: string }): string {
+  return d.where ? `${d.where}: ${d.message}` : d.message;
 }
 
 export async function loadPolicy(dir: string, now: () => Date = () => new Date()): Promise<Policy> {
-  let modelText: string;
-  try {
-    modelText = await readFile(join(dir, MODEL_FILE), "utf8");
-  } catch (error) {
-    throw new PolicyLoadError(`cannot read ${join(dir, MODEL_FILE)}: ${(error as Error).message}`, { cause: error });
-  }
-  let entries: string[];
-  try {
-    entries = await readdir(dir);
-  } catch (error) {
-    throw new PolicyLoadError(`cannot read policy directory ${dir}: ${(error as Error).message}`, { cause: error });
-  }
-  const files = entries.filter((name) => name.endsWith(".csv")).sort();
-  if (files.length === 0) throw new PolicyLoadError(`no .csv policy files in ${dir}`);
+  const source = await readPolicySource(dir);
+  return buildPolicy(source, now());
+}
 
-  const hash = createHash("sha256").update(modelText);
-  const parser = new BasicCsvParser();
-  const lines: SourcedLine[] = [];
-  const ruleSource = new Map<string, string>();
-  for (const file of files) {
-    const text = await readFile(join(dir, file), "utf8");
-    hash.update(`\0${file}\0${text}`);
-    text.split(/\r?\n/).forEach((raw, index) => {
-      const where = `${file}:${index + 1}`;
-      const line = raw.trim();
-      if (line === "" || line.startsWith("#")) return;
-      const tokens = parser.parse(line)?.[0];
-      const ptype = tokens?.[0];
-      if (!tokens || !ptype || !(ptype in FIELD_COUNT)) {
-        throw new PolicyLoadError(`${where}: expected a "p" or "g" line, got "${line.slice(0, 80)}"`);
-      }
-      if (tokens.length - 1 !== FIELD_COUNT[ptype]) {
-        throw new PolicyLoadError(`${where}: a "${ptype}" line has ${FIELD_COUNT[ptype]} fields, this one has ${tokens.length - 1}`);
-      }
-      if (tokens.some((t) => t === "")) throw new PolicyLoadError(`${where}: empty field`);
-      if (ptype === "p") {
-        const method = tokens[5]!;
-        try {
-          new RegExp(method);
-        } catch (error) {
-          throw new PolicyLoadError(`${where}: invalid method pattern "${method}": ${(error as Error).message}`);
-        }
-        const key = tokens.slice(1).join("\0");
-        if (!ruleSource.has(key)) ruleSource.set(key, where);
-      }
-      lines.push({ text: line, where });
-    });
+/** Builds a policy from read sources; throws PolicyLoadError naming file:line for every error. */
+export async function buildPolicy(source: PolicySource, loadedAt: Date): Promise<Policy> {
+  const errors = source.diagnostics.filter((d) => d.severity === "error");
+  if (errors.length > 0) {
+    const shown = errors.slice(0, 5).map(formatDiagnostic);
+    if (errors.length > 5) shown.push(`… and ${errors.length - 5} more`);
+    throw new PolicyLoadError(shown.join("; "));
   }
-
   let model: Model;
   try {
-    model = newModelFromString(modelText);
+    model = newModelFromString(source.modelText);
   } catch (error) {
     throw new PolicyLoadError(`${MODEL_FILE}: ${(error as Error).message}`, { cause: error });
   }
+  const standard = isStandardModel(model);
+  const info: PolicyInfo = {
+    dir: source.dir,
+    files: source.files,
+    rules: source.rules.length + source.links.length,
+    version: source.version,
+    loadedAt,
+    engine: standard ? "compiled" : "casbin",
+  };
+  if (standard) {
+    const compiled = compilePolicy(source.rules, source.links);
+    return {
+      info,
+      rules: source.rules,
+      links: source.links,
+      decide: compiled.decide,
+      explain: (request, limit = 5) => compiled.explain(request, limit),
+      async inheritedRoles(roles, org) {
+        const result = new Set<string>();
+        for (const role of roles) for (const held of compiled.rolesOf(role, org)) result.add(held);
+        return result;
+      },
+    };
+  }
+  return casbinPolicy(model, source, info);
+}
+
+/** A custom model: Casbin decides; rule sources still name file:line. */
+async function casbinPolicy(model: Model, source: PolicySource, info: PolicyInfo): Promise<Policy> {
   const adapter: Adapter = {
     async loadPolicy(target: Model) {
-      for (const { text, where } of lines) {
-        try {
-          Helper.loadPolicyLine(text, target);
-        } catch (error) {
-          throw new PolicyLoadError(`${where}: ${(error as Error).message}`, { cause: error });
-        }
-      }
+      for (const rule of source.rules) addRule(target, "p", [rule.sub, rule.org, rule.ns, rule.path, rule.method]);
+      for (const link of source.links) addRule(target, "g", [link.child, link.parent, link.domain]);
     },
     savePolicy: async () => false,
     addPolicy: async () => {},
     removePolicy: async () => {},
     removeFilteredPolicy: async () => {},
   };
-  const enforcer = await newEnforcer(model, adapter);
-  // "*" as the org of a g line means the inheritance holds in every org.
-  await enforcer.addNamedDomainMatchingFunc("g", (org: string, pattern: string) => pattern === "*" || org === pattern);
-
-  const info: PolicyInfo = {
-    dir,
-    files,
-    rules: lines.length,
-    version: hash.digest("hex").slice(0, 12),
-    loadedAt: now(),
-  };
-  return createCasbinPolicy(enforcer, ruleSource, info);
-}
-
-function createCasbinPolicy(enforcer: Enforcer, ruleSource: Map<string, string>, info: PolicyInfo): Policy {
+  let enforcer: Enforcer;
+  try {
+    enforcer = await newEnforcer(model, adapter);
+    await enforcer.addNamedDomainMatchingFunc("g", (org: string, pattern: string) => pattern === "*" || org === pattern);
+  } catch (error) {
+    throw new PolicyLoadError(`${MODEL_FILE}: ${(error as Error).message}`, { cause: error });
+  }
+  const ruleSource = new Map<string, string>();
+  for (const rule of source.rules) {
+    const key = [rule.sub, rule.org, rule.ns, rule.path, rule.method].join("\0");
+    if (!ruleSource.has(key)) ruleSource.set(key, rule.where);
+  }
   return {
     info,
+    rules: source.rules,
+    links: source.links,
     decide({ roles, org, namespace, path, method }) {
       for (const role of roles) {
         const [allowed, rule] = enforcer.enforceExSync(role, org, namespace, path, method);
@@ -150,6 +172,7 @@ function createCasbinPolicy(enforcer: Enforcer, ruleSource: Map<string, string>,
       }
       return { allowed: false, rule: "" };
     },
+    explain: () => [],
     async inheritedRoles(roles, org) {
       const result = new Set<string>(roles);
       for (const role of roles) {
@@ -158,4 +181,10 @@ function createCasbinPolicy(enforcer: Enforcer, ruleSource: Map<string, string>,
       return result;
     },
   };
+}
+
+function addRule(model: Model, ptype: "p" | "g", values: string[]): void {
+  const assertion = model.model.get(ptype)?.get(ptype);
+  if (!assertion) throw new PolicyLoadError(`${MODEL_FILE}: the model has no "${ptype}" definition, but the rules use it`);
+  assertion.policy.push(values);
 }

@@ -421,7 +421,9 @@ describe("loadPolicy errors name the file and line", () => {
     ["an unknown ptype", "x, reader, *, *, /x, ^GET$", /bad\.csv:3: expected a "p" or "g" line/],
     ["a p2 ptype the model does not define", "p2, reader, *, *, /x, ^GET$", /bad\.csv:3: expected a "p" or "g" line/],
     ["an upper-case ptype", "P, reader, *, *, /x, ^GET$", /bad\.csv:3: expected a "p" or "g" line/],
-    ["an invalid method regex", "p, reader, *, *, /x, ^(GET$", /bad\.csv:3: invalid method pattern "\^\(GET\$"/],
+    ["an unbalanced bracket in a method regex", "p, reader, *, *, /x, ^(GET$", /bad\.csv:3: cannot parse .*unmatched "\("/],
+    ["an invalid method regex (quantifier)", "p, reader, *, *, /x, ^GET++$", /bad\.csv:3: invalid method pattern "\^GET\+\+\$"/],
+    ["a path parameter with no name (Casbin would loop forever)", "p, reader, *, *, /x/:, ^GET$", /bad\.csv:3: invalid path pattern "\/x\/:"/],
     ["an invalid method regex (bracket)", "p, reader, *, *, /x, [GET", /bad\.csv:3: invalid method pattern/],
     ["an empty field", "p, reader, *, , /x, ^GET$", /bad\.csv:3: empty field/],
   ])("%s", async (_label, badLine, message) => {
