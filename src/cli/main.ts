@@ -2,6 +2,7 @@ import { parseArgs, type ParseArgsConfig } from "node:util";
 import { ConnectError } from "@connectrpc/connect";
 import { readRuntimeConfig, readStorageConfig, type ConfigResult, type Flags } from "../config/config.js";
 import { runCheck, runKeygen, runKeys } from "./key-commands.js";
+import { runPolicy } from "./policy-commands.js";
 import { runMigrate, runServe, runShim, runStatus } from "./server-commands.js";
 import { CliError } from "./connect.js";
 
@@ -97,6 +98,8 @@ export async function main(argv: string[]): Promise<number> {
         return await runKeys(rest);
       case "check":
         return await runCheck(rest);
+      case "policy":
+        return await runPolicy(rest);
       case undefined:
       case "help":
       case "--help":
