@@ -31,8 +31,18 @@ Keys
   keys rotate ID [--grace DUR]   new key now; old one works until revoked or for DUR ("0s" = stop at once)
   keys update ID [--name N] [--role R]... [--expire DUR | --no-expire]
   keys reset [--org ORG] --yes   revoke every key (of ORG, or of every org)
-  check --key K --path P [--method M] [--namespace NS] [--org ORG]
-                        explain one decision (exit 0 allowed, 1 denied)
+  check --key K --path P [--method M] [--namespace NS] [--org ORG] [--explain]
+                        explain one decision (exit 0 allowed, 1 denied); --explain lists the
+                        closest rules that did not match and why
+
+Policy (read files only, never the database)
+  policy lint [DIR]     check the policy: syntax, undefined roles, g cycles, shadowed rules,
+                        over-broad paths, unknown methods, unanchored regexes (exit 1 on errors)
+  policy test [FILES…]  run YAML decision tables (default: <policy-dir>/tests/*.yaml);
+                        exit 0 all pass, 1 a failure, 2 an invalid table or policy
+  policy diff --against OLD_DIR [--requests FILE] [--limit N]
+                        the decisions that flip between OLD_DIR and --policy-dir, grouped by
+                        rule (exit 1 when any flips)
 
 Durations: 30s 15m 24h 7d 2w 3mo 1y (m = minutes, mo = 30 days, y = 365 days).
 Database: DATABASE_URL=postgres://… uses Postgres; otherwise embedded PGlite in --data-dir.
