@@ -2,7 +2,7 @@ import { createHash } from "node:crypto";
 import { readdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { BracketAwareCsvParser } from "casbin";
-import { compileKeyMatch2, compileMethodPattern } from "./patterns.js";
+import { compileKeyMatch2, compileMethodPattern, type Compiled } from "./patterns.js";
 
 /**
  * Reading a policy directory: `model.conf` and every `*.csv` file, in name
@@ -63,37 +63,49 @@ const parser = new BracketAwareCsvParser();
  * unescaped), with a fast path for the common quote-free line.
  */
 export function tokenizePolicyLine(line: string): string[] | undefined {
-  let tokens: string[];
-  if (!line.includes('"')) {
-    const raw = line.split(",").map((t) => t.trim());
-    tokens = [];
-    let current = "";
-    let depth = 0;
-    let open = false;
-    for (const token of raw) {
-      for (const char of token) {
-        if (char === "(") depth++;
-        else if (char === ")") depth--;
-      }
-      current = open ? `${current},${token}` : token;
-      open = true;
-      if (depth === 0) {
-        tokens.push(current);
-        current = "";
-        open = false;
-      }
-    }
-    if (depth !== 0) throw new Error('unmatched "(" or ")" (a bracket in one field joins it to the next, as in Casbin)');
-  } else {
-    const parsed = parser.parse(line);
-    if (!parsed || !parsed[0]) return undefined;
-    tokens = parsed[0];
-  }
-  return tokens.map((value) => {
+  if (!line.includes('"')) return splitUnquoted(line);
+  const parsed = parser.parse(line);
+  if (!parsed || !parsed[0]) return undefined;
+  return parsed[0].map((value) => {
     let v = value.trim();
     if (v.startsWith('"') && v.endsWith('"') && v.length >= 2) v = v.slice(1, -1);
     return v.replace(/""/g, '"').trim();
   });
+}
+
+/**
+ * The common quote-free line: split on ",", trim each piece, and re-join
+ * pieces while a "(" is open (Casbin's BracketAwareCsvParser). Values come
+ * out trimmed and, without quotes, need no unescaping.
+ */
+function splitUnquoted(line: string): string[] {
+  const tokens: string[] = [];
+  let current = "";
+  let depth = 0;
+  let open = false;
+  let start = 0;
+  for (;;) {
+    const comma = line.indexOf(",", start);
+    const token = (comma === -1 ? line.slice(start) : line.slice(start, comma)).trim();
+    if (token.includes("(") || token.includes(")")) {
+      for (let i = 0; i < token.length; i++) {
+        const code = token.charCodeAt(i);
+        if (code === 40 /* ( */) depth++;
+        else if (code === 41 /* ) */) depth--;
+      }
+    }
+    current = open ? `${current},${token}` : token;
+    open = true;
+    if (depth === 0) {
+      tokens.push(current);
+      current = "";
+      open = false;
+    }
+    if (comma === -1) break;
+    start = comma + 1;
+  }
+  if (depth !== 0) throw new Error('unmatched "(" or ")" (a bracket in one field joins it to the next, as in Casbin)');
+  return tokens;
 }
 
 export async function readPolicySource(dir: string): Promise<PolicySource> {
@@ -114,6 +126,8 @@ export async function readPolicySource(dir: string): Promise<PolicySource> {
   if (entries.length > 0 && files.length === 0) diagnostics.push({ where: "", severity: "error", message: `no .csv policy files in ${dir}` });
 
   const hash = createHash("sha256").update(modelText);
+  // Patterns repeat across lines (the same routes in many orgs): check each once.
+  const checked: PatternChecks = { paths: new Map(), methods: new Map() };
   const rules: PolicyRule[] = [];
   const links: RoleLink[] = [];
   for (const file of files) {
@@ -127,13 +141,34 @@ export async function readPolicySource(dir: string): Promise<PolicySource> {
     hash.update(`\0${file}\0${text}`);
     const lines = text.split(/\r?\n/);
     for (let i = 0; i < lines.length; i++) {
-      parseLine(lines[i]!, `${file}:${i + 1}`, rules, links, diagnostics);
+      parseLine(lines[i]!, `${file}:${i + 1}`, rules, links, diagnostics, checked);
     }
   }
   return { dir, modelText, files, rules, links, diagnostics, version: hash.digest("hex").slice(0, 12) };
 }
 
-function parseLine(raw: string, where: string, rules: PolicyRule[], links: RoleLink[], diagnostics: Diagnostic[]): void {
+interface PatternChecks {
+  /** Pattern → undefined when valid, else the error. */
+  paths: Map<string, string | undefined>;
+  methods: Map<string, string | undefined>;
+}
+
+function check(cache: Map<string, string | undefined>, pattern: string, compile: (pattern: string) => Compiled<unknown>): string | undefined {
+  if (cache.has(pattern)) return cache.get(pattern);
+  const result = compile(pattern);
+  const error = result.ok ? undefined : result.error;
+  cache.set(pattern, error);
+  return error;
+}
+
+function parseLine(
+  raw: string,
+  where: string,
+  rules: PolicyRule[],
+  links: RoleLink[],
+  diagnostics: Diagnostic[],
+  checked: PatternChecks,
+): void {
   const line = raw.trim();
   if (line === "" || line.startsWith("#")) return;
   const error = (message: string) => diagnostics.push({ where, severity: "error", message });
@@ -162,14 +197,14 @@ function parseLine(raw: string, where: string, rules: PolicyRule[], links: RoleL
     return;
   }
   const [, sub, org, ns, path, method] = tokens as [string, string, string, string, string, string];
-  const pathResult = compileKeyMatch2(path);
-  if (!pathResult.ok) {
-    error(`invalid path pattern "${path}": ${pathResult.error}`);
+  const pathError = check(checked.paths, path, compileKeyMatch2);
+  if (pathError !== undefined) {
+    error(`invalid path pattern "${path}": ${pathError}`);
     return;
   }
-  const methodResult = compileMethodPattern(method);
-  if (!methodResult.ok) {
-    error(`invalid method pattern "${method}": ${methodResult.error}`);
+  const methodError = check(checked.methods, method, compileMethodPattern);
+  if (methodError !== undefined) {
+    error(`invalid method pattern "${method}": ${methodError}`);
     return;
   }
   rules.push({ index: rules.length, where, sub, org, ns, path, method, text: line });
