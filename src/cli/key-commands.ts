@@ -258,12 +258,14 @@ export async function runCheck(args: string[]): Promise<number> {
     method: { type: "string" },
     namespace: { type: "string" },
     org: { type: "string" },
+    explain: { type: "boolean" },
   });
   if (parsed.flags.help) return help();
   const key = (parsed.flags.key as string | undefined) ?? process.env.KEYGATE_CHECK_KEY ?? "";
   const path = parsed.flags.path as string | undefined;
   if (!key) throw new CliError("check needs --key KEY");
   if (path === undefined) throw new CliError("check needs --path PATH");
+  const explain = Boolean(parsed.flags.explain);
   const out = createOut(Boolean(parsed.flags.json));
   return withConnection(parsed, "check", async (c) => {
     const response = await c.authorize.authorize({
@@ -272,8 +274,10 @@ export async function runCheck(args: string[]): Promise<number> {
       method: (parsed.flags.method as string | undefined) ?? "",
       namespace: (parsed.flags.namespace as string | undefined) ?? "",
       org: (parsed.flags.org as string | undefined) ?? "",
+      explain,
     });
     const reason = reasonFromProto(response.reason) ?? Reason[response.reason] ?? "unknown";
+    const explanation = response.explanation.map((miss) => ({ rule: miss.rule, text: miss.text, reasons: miss.reasons }));
     if (out.json) {
       out.print(
         JSON.stringify({
@@ -282,6 +286,7 @@ export async function runCheck(args: string[]): Promise<number> {
           message: response.message,
           matched_rule: response.matchedRule,
           key: response.key ? { id: response.key.id, name: response.key.name, org: response.key.org, namespace: response.key.namespace, roles: response.key.roles } : null,
+          ...(explain && { explanation }),
         }),
       );
     } else {
@@ -291,7 +296,21 @@ export async function runCheck(args: string[]): Promise<number> {
         out.print(`key:       ${response.key.id} (org ${response.key.org}, namespace ${response.key.namespace}, roles ${response.key.roles.join(",")})`);
       }
       out.print(`rule:      ${response.matchedRule || (response.allowed ? "-" : "no rule allows this request")}`);
+      if (explain && !response.allowed) printExplanation(out, explanation, reason);
     }
     return response.allowed ? 0 : 1;
   });
+}
+
+/** The closest rules that did not match a denied request, each with what differed. */
+function printExplanation(out: Out, explanation: { rule: string; text: string; reasons: string[] }[], reason: string): void {
+  if (explanation.length === 0) {
+    out.print(reason === "forbidden" ? "closest:   none to show (no rules, or a custom model, which keygate does not explain)" : `closest:   - (denied before the policy was consulted: ${reason})`);
+    return;
+  }
+  out.print("closest rules that did not match:");
+  for (const miss of explanation) {
+    out.print(miss.rule ? `  ${miss.rule}  ${miss.text}` : "  (the key's scope, checked before any rule)");
+    for (const why of miss.reasons) out.print(`      - ${why}`);
+  }
 }

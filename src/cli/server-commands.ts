@@ -79,6 +79,9 @@ export async function runServe(args: string[]): Promise<number> {
       await runtime.close();
       throw new CliError(`cannot listen on ${config.host}:${config.port}: ${(error as Error).message}`, { cause: error });
     });
+    // SIGHUP reloads the policy now (the outcome is logged); without a handler it would end the process.
+    const onHangup = () => void server.reloadPolicy("SIGHUP");
+    process.on("SIGHUP", onHangup);
     if (config.dev) {
       process.stderr.write(DEV_WARNING + "\n");
       log.warn("DEV MODE: every request is allowed");
@@ -97,6 +100,7 @@ export async function runServe(args: string[]): Promise<number> {
     });
     const signal = await waitForSignal();
     log.info("shutting down", { signal });
+    process.off("SIGHUP", onHangup);
     await server.stop();
     await runtime.close();
     log.info("stopped");
@@ -200,6 +204,15 @@ export async function runStatus(args: string[]): Promise<number> {
     out.print(`mode:      ${status.dev ? "DEV MODE — every request is allowed" : "enforcing"}`);
     out.print(`database:  ${status.database.kind} (${status.database.location}), migration ${status.database.migration}`);
     out.print(`policy:    ${status.policy.dir} [${status.policy.files.join(", ")}], ${status.policy.rules} rules, version ${status.policy.version}`);
+    const reload = status.policy.reload;
+    if (reload) {
+      const count = `${reload.reloads} reload${reload.reloads === 1 ? "" : "s"}`;
+      out.print(`loaded:    ${status.policy.loadedAt} (${count} since start; ${reload.watching ? "watching for changes" : "NOT watching the policy dir: SIGHUP reloads"})`);
+      if (reload.lastError) {
+        out.print(`reload:    FAILED at ${reload.lastError.at} (${reload.lastError.trigger}): ${reload.lastError.message}`);
+        out.print(`           still serving version ${status.policy.version}; fix the policy and save it again, or send SIGHUP`);
+      }
+    }
     out.print(`keys:      ${status.keys.total} (${status.keys.enabled} enabled)`);
     return 0;
   } finally {

@@ -35,6 +35,8 @@ export interface ServeConfig extends RuntimeConfig {
   credentialPriority: CredentialSource[];
   shimPath: string;
   shutdownTimeoutMs: number;
+  /** Quiet period after a policy-dir change before the policy is reloaded. */
+  policyReloadDebounceMs: number;
 }
 
 export interface ShimConfig {
@@ -104,6 +106,19 @@ class Reader {
     if (!parsed.ok) {
       this.errors.push(`${this.raw(flag, envName).source}: ${parsed.error}`);
       return parseDuration(fallback).ok ? (parseDuration(fallback) as { ms: number }).ms : 0;
+    }
+    return parsed.ms;
+  }
+
+  /** A delay up to an hour: "200ms", or a duration such as "1s" ("0s" = none). */
+  delay(envName: string, fallbackMs: number): number {
+    const maxMs = 3_600_000;
+    const text = this.string(undefined, envName, `${fallbackMs}ms`).trim();
+    const millis = /^(\d{1,9})ms$/.exec(text);
+    const parsed = millis ? { ok: true as const, ms: Number(millis[1]) } : parseDuration(text);
+    if (!parsed.ok || parsed.ms > maxMs) {
+      this.errors.push(`${envName}: "${text}" is not a duration from 0ms to 1h (e.g. 200ms, 1s)`);
+      return fallbackMs;
     }
     return parsed.ms;
   }
@@ -197,6 +212,7 @@ export function readServeConfig(flags: Flags, env: Env, cwd: string): ConfigResu
     credentialPriority: r.credentialPriority(),
     shimPath: r.shimPath(),
     shutdownTimeoutMs: r.duration(undefined, "KEYGATE_SHUTDOWN_TIMEOUT", "10s"),
+    policyReloadDebounceMs: r.delay("KEYGATE_POLICY_RELOAD_DEBOUNCE", 200),
   });
 }
 

@@ -7,6 +7,7 @@ import { createKeyLookup, type LookupKey } from "../keys/key-lookup.js";
 import { createKeyManager, type KeyManager } from "../keys/key-manager.js";
 import { createUsageRecorder, type UsageRecorder } from "../keys/usage-recorder.js";
 import { loadPolicy, type Policy } from "../policy/policy.js";
+import { createPolicyHolder, type PolicyHolder } from "../policy/policy-watcher.js";
 
 /**
  * keygate's core wired together: store, policy, key cache, lookup,
@@ -16,7 +17,10 @@ import { loadPolicy, type Policy } from "../policy/policy.js";
 export interface Runtime {
   store: Store;
   migration: MigrateOutcome;
+  /** The policy in force now; a reload swaps it (every decision calls this once). */
   policy: () => Policy;
+  /** Holds the policy, reloads it on demand, keeps reload status. Watching is serve's job. */
+  policyHolder: PolicyHolder;
   authorize: Authorize;
   lookupKey: LookupKey;
   keys: KeyManager;
@@ -44,7 +48,7 @@ export async function openRuntime(config: RuntimeConfig, options: RuntimeOptions
   const now = options.now ?? (() => new Date());
   const onError = options.onError ?? (() => {});
   // Load the policy first: a broken policy should fail before the database opens.
-  const policy = await loadPolicy(config.policyDir, now);
+  const policyHolder = createPolicyHolder({ initial: await loadPolicy(config.policyDir, now), load: () => loadPolicy(config.policyDir, now), now });
   const store = await openStore(options.storeTarget ?? storeTargetFor(config));
   try {
     const migration = await migrateToLatest(store.db);
@@ -56,13 +60,16 @@ export async function openRuntime(config: RuntimeConfig, options: RuntimeOptions
     });
     const usage = createUsageRecorder(store.db, config.usageFlushMs, onError);
     const lookupKey = createKeyLookup({ db: store.db, cache, keyPrefix: config.keyPrefix, now });
-    const currentPolicy = () => policy;
+    // Everything derived from the policy (its compiled index, role closures) lives inside it,
+    // so taking the holder's current one is all a reload needs.
+    const currentPolicy = policyHolder.current;
     const authorize = createAuthorizer({ lookupKey, policy: currentPolicy, now, onUsed: usage.touch, onError, dev: config.dev });
     const keys = createKeyManager({ db: store.db, policy: currentPolicy, cache, keyPrefix: config.keyPrefix, now, pendingLastUsed: usage.pending });
     return {
       store,
       migration,
       policy: currentPolicy,
+      policyHolder,
       authorize,
       lookupKey,
       keys,

@@ -1,8 +1,17 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import type { Decision, KeyIdentity, Reason as CoreReason } from "../authorize/decision.js";
+import type { AuthorizeInput, Decision, KeyIdentity, Reason as CoreReason } from "../authorize/decision.js";
 import type { KeyRecord } from "../keys/key-record.js";
-import { AuthorizeResponseSchema, KeyIdentitySchema, Reason, type AuthorizeResponse } from "../../gen/keygate/v1/authorize_pb.js";
+import type { RuleMiss as CoreRuleMiss } from "../policy/policy.js";
+import {
+  AuthorizeResponseSchema,
+  KeyIdentitySchema,
+  Reason,
+  RuleMissSchema,
+  type AuthorizeRequest,
+  type AuthorizeResponse,
+  type RuleMiss,
+} from "../../gen/keygate/v1/authorize_pb.js";
 import { ApiKeySchema, type ApiKey } from "../../gen/keygate/v1/key_pb.js";
 
 /** Core values ↔ protobuf messages, at the edge only (the core never imports gen/). */
@@ -29,6 +38,17 @@ export function reasonFromProto(reason: Reason): CoreReason | undefined {
   return REASON_FROM_PROTO.get(reason);
 }
 
+export function authorizeInputFromProto(request: AuthorizeRequest): AuthorizeInput {
+  return {
+    credential: request.credential,
+    path: request.path,
+    method: request.method,
+    namespace: request.namespace,
+    org: request.org,
+    ...(request.explain && { explain: true }),
+  };
+}
+
 export function decisionToProto(decision: Decision): AuthorizeResponse {
   return create(AuthorizeResponseSchema, {
     allowed: decision.allowed,
@@ -36,7 +56,16 @@ export function decisionToProto(decision: Decision): AuthorizeResponse {
     message: decision.message,
     matchedRule: decision.matchedRule,
     ...(decision.key && { key: create(KeyIdentitySchema, decision.key) }),
+    explanation: (decision.explanation ?? []).map(ruleMissToProto),
   });
+}
+
+export function ruleMissToProto(miss: CoreRuleMiss): RuleMiss {
+  return create(RuleMissSchema, { rule: miss.rule, text: miss.text, reasons: miss.reasons });
+}
+
+export function ruleMissFromProto(miss: RuleMiss): CoreRuleMiss {
+  return { rule: miss.rule, text: miss.text, reasons: [...miss.reasons] };
 }
 
 export function decisionFromProto(response: AuthorizeResponse): Decision {
@@ -50,7 +79,14 @@ export function decisionFromProto(response: AuthorizeResponse): Decision {
   };
   // Fail closed: only an explicit allow with the allowed reason allows.
   const allowed = response.allowed && reason === "allowed";
-  return { allowed, reason: allowed ? "allowed" : reason === "allowed" ? "unavailable" : reason, message: response.message, matchedRule: response.matchedRule, ...(key && { key }) };
+  return {
+    allowed,
+    reason: allowed ? "allowed" : reason === "allowed" ? "unavailable" : reason,
+    message: response.message,
+    matchedRule: response.matchedRule,
+    ...(key && { key }),
+    ...(response.explanation.length > 0 && { explanation: response.explanation.map(ruleMissFromProto) }),
+  };
 }
 
 export function keyToProto(key: KeyRecord): ApiKey {

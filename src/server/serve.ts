@@ -7,6 +7,7 @@ import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { ServeConfig } from "../config/config.js";
 import type { DataDirLock } from "../db/data-dir-lock.js";
 import { countKeys } from "../keys/key.repository.js";
+import { watchPolicy, type PolicyWatcher, type ReloadOutcome } from "../policy/policy-watcher.js";
 import type { Logger } from "../runtime/logger.js";
 import { errorFields } from "../runtime/logger.js";
 import type { Runtime } from "../runtime/runtime.js";
@@ -21,6 +22,8 @@ export interface RunningServer {
   host: string;
   /** The local control socket (PGlite only), for the CLI on this machine. */
   controlSocket: string | undefined;
+  /** Reloads the policy now (SIGHUP), logging the outcome as a file change would. */
+  reloadPolicy(trigger: string): Promise<ReloadOutcome>;
   stop(): Promise<void>;
 }
 
@@ -44,13 +47,21 @@ export async function startServer(config: ServeConfig, runtime: Runtime, log: Lo
     if (isCallbackUrl(req.url, config.shimPath)) void shim(req, res);
     else rpc(req as http.IncomingMessage, res as http.ServerResponse);
   };
-  // Before listening: from the first request on, changes made elsewhere reach the cache.
+  // Before listening: from the first request on, key changes and policy edits made elsewhere are seen.
   let keyChanges: KeyChangeListener | undefined;
   if (config.databaseUrl) {
     keyChanges = await listenForKeyChanges({ url: config.databaseUrl, defaultUser: config.defaultDbUser, cache: runtime.cache, log });
   }
+  const policyWatcher = await watchPolicy({
+    dir: config.policyDir,
+    holder: runtime.policyHolder,
+    debounceMs: config.policyReloadDebounceMs,
+    onOutcome: (outcome) => logReload(log, outcome),
+    onWatchError: (error) => log.warn("policy directory not watched", { dir: config.policyDir, ...errorFields(error) }),
+  });
   const listener = createListener(handler);
   const address = await listener.listen(config.port, config.host).catch(async (error: unknown) => {
+    policyWatcher.close();
     await keyChanges?.close();
     throw error;
   });
@@ -60,7 +71,7 @@ export async function startServer(config: ServeConfig, runtime: Runtime, log: Lo
 
   let control: { server: http.Server; path: string; cleanup: () => Promise<void> } | undefined;
   if (!config.databaseUrl) {
-    control = await startControlSocket(config.dataDir, runtime, config, `${address.host}:${address.port}`, log);
+    control = await startControlSocket(config.dataDir, runtime, config, `${address.host}:${address.port}`, log, policyWatcher);
     await lock?.update({ socket: control.path, role: "server" });
   }
 
@@ -68,7 +79,9 @@ export async function startServer(config: ServeConfig, runtime: Runtime, log: Lo
     port: address.port,
     host: address.host,
     controlSocket: control?.path,
+    reloadPolicy: (trigger) => policyWatcher.reloadNow(trigger),
     async stop() {
+      policyWatcher.close();
       const closing = [listener.close(config.shutdownTimeoutMs)];
       if (control) closing.push(new Promise<void>((resolve) => control!.server.close(() => resolve())));
       control?.server.closeAllConnections();
@@ -79,7 +92,7 @@ export async function startServer(config: ServeConfig, runtime: Runtime, log: Lo
   };
 }
 
-async function startControlSocket(dataDir: string, runtime: Runtime, config: ServeConfig, listen: string, log: Logger) {
+async function startControlSocket(dataDir: string, runtime: Runtime, config: ServeConfig, listen: string, log: Logger, watcher: PolicyWatcher) {
   // A Unix socket path is limited to ~107 bytes; fall back to a private temp dir.
   let path = join(dataDir, CONTROL_SOCKET);
   let privateDir: string | undefined;
@@ -91,7 +104,7 @@ async function startControlSocket(dataDir: string, runtime: Runtime, config: Ser
   const rpc = connectNodeAdapter({ routes: createRoutes(runtime, config.credentialPriority, log, true) });
   const server = http.createServer((req, res) => {
     if (req.url === "/status" && req.method === "GET") {
-      void localStatus(runtime, listen)
+      void localStatus(runtime, listen, watcher)
         .then((body) => {
           res.writeHead(200, { "content-type": "application/json" });
           res.end(JSON.stringify(body));
@@ -119,26 +132,82 @@ async function startControlSocket(dataDir: string, runtime: Runtime, config: Ser
   };
 }
 
+/**
+ * One line per reload that matters: "policy reloaded" only when the version
+ * changed, "policy reload failed" (naming file:line) when the last good
+ * policy stays in force. An explicit SIGHUP that finds nothing new says so.
+ */
+export function logReload(log: Logger, outcome: ReloadOutcome): void {
+  const { info } = outcome.policy;
+  switch (outcome.kind) {
+    case "swapped":
+      log.info("policy reloaded", { version: info.version, rules: info.rules, previous_version: outcome.previous.version, trigger: outcome.trigger });
+      return;
+    case "unchanged":
+      // Whoever sent SIGHUP is waiting for an answer; a file event that changed nothing is noise.
+      if (outcome.trigger === "SIGHUP") log.info("policy unchanged", { version: info.version, trigger: outcome.trigger });
+      else log.debug("policy unchanged", { version: info.version, trigger: outcome.trigger });
+      return;
+    case "failed":
+      log.error("policy reload failed", { ...errorFields(outcome.error), serving_version: info.version, trigger: outcome.trigger });
+      return;
+  }
+}
+
 export interface ServerStatus {
   pid: number;
   dev: boolean;
   startedAt: string;
   database: { kind: string; location: string; migration: string };
-  policy: { dir: string; files: string[]; rules: number; version: string; loadedAt: string };
+  policy: {
+    dir: string;
+    files: string[];
+    rules: number;
+    version: string;
+    loadedAt: string;
+    /** Hot reload, as the running server sees it (absent when the CLI loaded the policy itself). */
+    reload?: PolicyReloadReport;
+  };
   keys: { total: number; enabled: number };
   listen: string;
   /** Over Postgres: the servers connected to the database (this process is not one of them). */
   servers?: ServerEntry[];
 }
 
-export async function localStatus(runtime: Runtime, listen: string): Promise<ServerStatus> {
+export interface PolicyReloadReport {
+  watching: boolean;
+  /** Policies swapped in since start. */
+  reloads: number;
+  failures: number;
+  lastCheckedAt: string | null;
+  /** The latest failed reload, until one succeeds; the policy above is still in force. */
+  lastError: { message: string; at: string; trigger: string } | null;
+}
+
+export async function localStatus(runtime: Runtime, listen: string, watcher?: PolicyWatcher): Promise<ServerStatus> {
   const policy = runtime.policy().info;
+  const reload = runtime.policyHolder.status();
   return {
     pid: process.pid,
     dev: runtime.dev,
     startedAt: runtime.startedAt.toISOString(),
     database: { kind: runtime.store.kind, location: runtime.store.location, migration: runtime.migration.current },
-    policy: { dir: policy.dir, files: policy.files, rules: policy.rules, version: policy.version, loadedAt: policy.loadedAt.toISOString() },
+    policy: {
+      dir: policy.dir,
+      files: policy.files,
+      rules: policy.rules,
+      version: policy.version,
+      loadedAt: policy.loadedAt.toISOString(),
+      ...(watcher && {
+        reload: {
+          watching: watcher.watching(),
+          reloads: reload.reloads,
+          failures: reload.failures,
+          lastCheckedAt: reload.lastCheckedAt?.toISOString() ?? null,
+          lastError: reload.lastError ? { ...reload.lastError, at: reload.lastError.at.toISOString() } : null,
+        },
+      }),
+    },
     keys: await countKeys(runtime.store.db),
     listen,
   };

@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file keygate/v1/authorize.proto.
  */
 export const file_keygate_v1_authorize: GenFile = /*@__PURE__*/
-  fileDesc("ChprZXlnYXRlL3YxL2F1dGhvcml6ZS5wcm90bxIKa2V5Z2F0ZS52MSJkChBBdXRob3JpemVSZXF1ZXN0EhIKCmNyZWRlbnRpYWwYASABKAkSDAoEcGF0aBgCIAEoCRIOCgZtZXRob2QYAyABKAkSEQoJbmFtZXNwYWNlGAQgASgJEgsKA29yZxgFIAEoCSLGAQoRQXV0aG9yaXplUmVzcG9uc2USDwoHYWxsb3dlZBgBIAEoCBIiCgZyZWFzb24YAiABKA4yEi5rZXlnYXRlLnYxLlJlYXNvbhIPCgdtZXNzYWdlGAMgASgJEiQKA2tleRgEIAEoCzIXLmtleWdhdGUudjEuS2V5SWRlbnRpdHkSFAoMbWF0Y2hlZF9ydWxlGAUgASgJEi8KCnJhdGVfbGltaXQYBiABKAsyGy5rZXlnYXRlLnYxLlJhdGVMaW1pdFN0YXR1cyJWCgtLZXlJZGVudGl0eRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEgsKA29yZxgDIAEoCRIRCgluYW1lc3BhY2UYBCABKAkSDQoFcm9sZXMYBSADKAkiSgoPUmF0ZUxpbWl0U3RhdHVzEg0KBWxpbWl0GAEgASgNEhEKCXJlbWFpbmluZxgCIAEoDRIVCg1yZXNldF9zZWNvbmRzGAMgASgNKvIBCgZSZWFzb24SFgoSUkVBU09OX1VOU1BFQ0lGSUVEEAASEgoOUkVBU09OX0FMTE9XRUQQARIdChlSRUFTT05fTUlTU0lOR19DUkVERU5USUFMEAISFgoSUkVBU09OX0lOVkFMSURfS0VZEAMSEgoOUkVBU09OX1JFVk9LRUQQBBISCg5SRUFTT05fRVhQSVJFRBAFEhQKEFJFQVNPTl9GT1JCSURERU4QBhIXChNSRUFTT05fUkFURV9MSU1JVEVEEAcSFgoSUkVBU09OX0JBRF9SRVFVRVNUEAgSFgoSUkVBU09OX1VOQVZBSUxBQkxFEAkyXgoQQXV0aG9yaXplU2VydmljZRJKCglBdXRob3JpemUSHC5rZXlnYXRlLnYxLkF1dGhvcml6ZVJlcXVlc3QaHS5rZXlnYXRlLnYxLkF1dGhvcml6ZVJlc3BvbnNlIgBiBnByb3RvMw");
+  fileDesc("ChprZXlnYXRlL3YxL2F1dGhvcml6ZS5wcm90bxIKa2V5Z2F0ZS52MSJ1ChBBdXRob3JpemVSZXF1ZXN0EhIKCmNyZWRlbnRpYWwYASABKAkSDAoEcGF0aBgCIAEoCRIOCgZtZXRob2QYAyABKAkSEQoJbmFtZXNwYWNlGAQgASgJEgsKA29yZxgFIAEoCRIPCgdleHBsYWluGAYgASgIIvEBChFBdXRob3JpemVSZXNwb25zZRIPCgdhbGxvd2VkGAEgASgIEiIKBnJlYXNvbhgCIAEoDjISLmtleWdhdGUudjEuUmVhc29uEg8KB21lc3NhZ2UYAyABKAkSJAoDa2V5GAQgASgLMhcua2V5Z2F0ZS52MS5LZXlJZGVudGl0eRIUCgxtYXRjaGVkX3J1bGUYBSABKAkSLwoKcmF0ZV9saW1pdBgGIAEoCzIbLmtleWdhdGUudjEuUmF0ZUxpbWl0U3RhdHVzEikKC2V4cGxhbmF0aW9uGAcgAygLMhQua2V5Z2F0ZS52MS5SdWxlTWlzcyI3CghSdWxlTWlzcxIMCgRydWxlGAEgASgJEgwKBHRleHQYAiABKAkSDwoHcmVhc29ucxgDIAMoCSJWCgtLZXlJZGVudGl0eRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEgsKA29yZxgDIAEoCRIRCgluYW1lc3BhY2UYBCABKAkSDQoFcm9sZXMYBSADKAkiSgoPUmF0ZUxpbWl0U3RhdHVzEg0KBWxpbWl0GAEgASgNEhEKCXJlbWFpbmluZxgCIAEoDRIVCg1yZXNldF9zZWNvbmRzGAMgASgNKvIBCgZSZWFzb24SFgoSUkVBU09OX1VOU1BFQ0lGSUVEEAASEgoOUkVBU09OX0FMTE9XRUQQARIdChlSRUFTT05fTUlTU0lOR19DUkVERU5USUFMEAISFgoSUkVBU09OX0lOVkFMSURfS0VZEAMSEgoOUkVBU09OX1JFVk9LRUQQBBISCg5SRUFTT05fRVhQSVJFRBAFEhQKEFJFQVNPTl9GT1JCSURERU4QBhIXChNSRUFTT05fUkFURV9MSU1JVEVEEAcSFgoSUkVBU09OX0JBRF9SRVFVRVNUEAgSFgoSUkVBU09OX1VOQVZBSUxBQkxFEAkyXgoQQXV0aG9yaXplU2VydmljZRJKCglBdXRob3JpemUSHC5rZXlnYXRlLnYxLkF1dGhvcml6ZVJlcXVlc3QaHS5rZXlnYXRlLnYxLkF1dGhvcml6ZVJlc3BvbnNlIgBiBnByb3RvMw");
 
 /**
  * @generated from message keygate.v1.AuthorizeRequest
@@ -54,6 +54,16 @@ export type AuthorizeRequest = Message<"keygate.v1.AuthorizeRequest"> & {
    * @generated from field: string org = 5;
    */
   org: string;
+
+  /**
+   * Ask for an explanation of a policy deny: the response's explanation then
+   * lists the rules closest to matching and why each did not. For debugging
+   * (`keygate check --explain`); leave it off on the hot path, since ranking
+   * the rules costs more than the decision.
+   *
+   * @generated from field: bool explain = 6;
+   */
+  explain: boolean;
 };
 
 /**
@@ -105,6 +115,16 @@ export type AuthorizeResponse = Message<"keygate.v1.AuthorizeResponse"> & {
    * @generated from field: keygate.v1.RateLimitStatus rate_limit = 6;
    */
   rateLimit?: RateLimitStatus | undefined;
+
+  /**
+   * Only when the request set explain and the policy denied it (reason
+   * FORBIDDEN): the rules closest to matching, best first, each with what
+   * differed. Empty otherwise: for an allow, matched_rule names the rule;
+   * other denies (unknown, revoked or expired key) never reach the policy.
+   *
+   * @generated from field: repeated keygate.v1.RuleMiss explanation = 7;
+   */
+  explanation: RuleMiss[];
 };
 
 /**
@@ -113,6 +133,46 @@ export type AuthorizeResponse = Message<"keygate.v1.AuthorizeResponse"> & {
  */
 export const AuthorizeResponseSchema: GenMessage<AuthorizeResponse> = /*@__PURE__*/
   messageDesc(file_keygate_v1_authorize, 1);
+
+/**
+ * A policy rule that did not match a request, and why.
+ *
+ * @generated from message keygate.v1.RuleMiss
+ */
+export type RuleMiss = Message<"keygate.v1.RuleMiss"> & {
+  /**
+   * Where the rule is, as "FILE:LINE" (e.g. "policy.csv:17"). Empty when the
+   * request was denied before any rule was consulted (wrong org or namespace
+   * for the key); reasons then says why.
+   *
+   * @generated from field: string rule = 1;
+   */
+  rule: string;
+
+  /**
+   * The rule as written in the policy file, e.g.
+   * "p, reader, *, *, /sandboxes/:id, ^(GET|HEAD)$". Empty when rule is.
+   *
+   * @generated from field: string text = 2;
+   */
+  text: string;
+
+  /**
+   * Each way the request differs from the rule, e.g. "method DELETE does not
+   * match ^(GET|HEAD)$", a role the key does not hold, a wrong org or
+   * namespace, or a path the rule's pattern does not match.
+   *
+   * @generated from field: repeated string reasons = 3;
+   */
+  reasons: string[];
+};
+
+/**
+ * Describes the message keygate.v1.RuleMiss.
+ * Use `create(RuleMissSchema)` to create a new message.
+ */
+export const RuleMissSchema: GenMessage<RuleMiss> = /*@__PURE__*/
+  messageDesc(file_keygate_v1_authorize, 2);
 
 /**
  * The public identity of a key, as returned with a decision.
@@ -153,7 +213,7 @@ export type KeyIdentity = Message<"keygate.v1.KeyIdentity"> & {
  * Use `create(KeyIdentitySchema)` to create a new message.
  */
 export const KeyIdentitySchema: GenMessage<KeyIdentity> = /*@__PURE__*/
-  messageDesc(file_keygate_v1_authorize, 2);
+  messageDesc(file_keygate_v1_authorize, 3);
 
 /**
  * @generated from message keygate.v1.RateLimitStatus
@@ -186,7 +246,7 @@ export type RateLimitStatus = Message<"keygate.v1.RateLimitStatus"> & {
  * Use `create(RateLimitStatusSchema)` to create a new message.
  */
 export const RateLimitStatusSchema: GenMessage<RateLimitStatus> = /*@__PURE__*/
-  messageDesc(file_keygate_v1_authorize, 3);
+  messageDesc(file_keygate_v1_authorize, 4);
 
 /**
  * Why a decision came out the way it did.
