@@ -1,6 +1,6 @@
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { ConnectError } from "@connectrpc/connect";
-import { readRuntimeConfig, readStorageConfig, type ConfigResult, type Flags } from "../config/config.js";
+import { readPolicyDir, readRuntimeConfig, readStorageConfig, type ConfigResult, type Flags } from "../config/config.js";
 import { runCheck, runKeygen, runKeys } from "./key-commands.js";
 import { runPolicy } from "./policy-commands.js";
 import { runMigrate, runServe, runShim, runStatus } from "./server-commands.js";
@@ -83,7 +83,7 @@ export function configOrThrow<T>(result: ConfigResult<T>): T {
   return result.config;
 }
 
-export { readRuntimeConfig, readStorageConfig };
+export { readPolicyDir, readRuntimeConfig, readStorageConfig };
 
 export function help(): number {
   process.stdout.write(USAGE);

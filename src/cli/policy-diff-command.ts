@@ -15,7 +15,7 @@ import {
   type SynthesizedRequests,
 } from "../policy/replay-diff.js";
 import { CliError } from "./connect.js";
-import { configOrThrow, parse, readRuntimeConfig } from "./main.js";
+import { configOrThrow, parse, readPolicyDir } from "./main.js";
 import { createOut, type Out } from "./output.js";
 
 const DIFF_USAGE = `Usage: keygate policy diff --against OLD_DIR [--requests FILE] [--policy-dir NEW_DIR] [--json] [--limit N]
@@ -60,9 +60,8 @@ export async function runPolicyDiff(args: string[]): Promise<number> {
   if (typeof against !== "string" || against === "") throw new CliError(`policy diff needs --against OLD_DIR (the policy before the edit)\n\n${DIFF_USAGE}`);
   const limit = parseLimit(flags.limit);
   const cwd = process.cwd();
-  const config = configOrThrow(readRuntimeConfig(flags, process.env, cwd));
+  const newDir = configOrThrow(readPolicyDir(flags, process.env, cwd));
   const oldDir = isAbsolute(against) ? against : resolve(cwd, against);
-  const newDir = config.policyDir;
   const out = createOut(flags.json === true);
 
   const oldPolicy = await loadSide("old", "--against", oldDir);

@@ -2,7 +2,7 @@ import { isAbsolute, resolve } from "node:path";
 import { lintPolicy } from "../policy/lint.js";
 import { readPolicySource, type Diagnostic } from "../policy/policy-source.js";
 import { CliError } from "./connect.js";
-import { configOrThrow, help, parse, readRuntimeConfig } from "./main.js";
+import { configOrThrow, help, parse, readPolicyDir } from "./main.js";
 import { createOut } from "./output.js";
 
 /**
@@ -17,7 +17,7 @@ export async function runPolicyLint(args: string[]): Promise<number> {
   const out = createOut(Boolean(parsed.flags.json));
   const given = parsed.positionals[0];
   // An explicit DIR needs no configuration (so a bad DATABASE_URL cannot stop a lint).
-  const dir = given === undefined ? configOrThrow(readRuntimeConfig(parsed.flags, process.env, process.cwd())).policyDir : isAbsolute(given) ? given : resolve(given);
+  const dir = given === undefined ? configOrThrow(readPolicyDir(parsed.flags, process.env, process.cwd())) : isAbsolute(given) ? given : resolve(given);
 
   const diagnostics = lintPolicy(await readPolicySource(dir));
   const errors = diagnostics.filter((d) => d.severity === "error").length;

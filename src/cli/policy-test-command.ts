@@ -3,7 +3,7 @@ import { isAbsolute, join, relative, resolve } from "node:path";
 import { parseDecisionTable, runDecisionTables, type CaseResult, type DecisionTable } from "../policy/decision-table.js";
 import { loadPolicy, PolicyLoadError, type Policy } from "../policy/policy.js";
 import { CliError } from "./connect.js";
-import { configOrThrow, help, parse, readRuntimeConfig } from "./main.js";
+import { configOrThrow, help, parse, readPolicyDir } from "./main.js";
 import { createOut, type Out } from "./output.js";
 
 /**
@@ -19,7 +19,7 @@ export async function runPolicyTest(args: string[]): Promise<number> {
   if (parsed.flags.help) return help();
   const out = createOut(Boolean(parsed.flags.json));
   const cwd = process.cwd();
-  const { policyDir } = configOrThrow(readRuntimeConfig(parsed.flags, process.env, cwd));
+  const policyDir = configOrThrow(readPolicyDir(parsed.flags, process.env, cwd));
 
   const files = await tableFiles(parsed.positionals, policyDir, cwd);
   const tables = await readTables(files, cwd);

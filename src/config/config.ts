@@ -182,13 +182,23 @@ function storage(r: Reader, env: Env, cwd: string): StorageConfig {
   };
 }
 
+function policyDir(r: Reader, cwd: string): string {
+  const dir = r.string("policy-dir", "KEYGATE_POLICY_DIR", "policies");
+  return isAbsolute(dir) ? dir : resolve(cwd, dir);
+}
+
+/** Only the policy directory: the policy tools read files, so no other setting may stop them. */
+export function readPolicyDir(flags: Flags, env: Env, cwd: string): ConfigResult<string> {
+  const r = new Reader(flags, env);
+  return r.result(policyDir(r, cwd));
+}
+
 function runtime(r: Reader, env: Env, cwd: string): RuntimeConfig {
-  const policyDir = r.string("policy-dir", "KEYGATE_POLICY_DIR", "policies");
   const keyPrefix = r.string("key-prefix", "KEYGATE_KEY_PREFIX", DEFAULT_KEY_PREFIX);
   if (!isValidKeyPrefix(keyPrefix)) r.errors.push(`--key-prefix/KEYGATE_KEY_PREFIX: "${keyPrefix}" must be 1-16 letters, digits, _ or -`);
   return {
     ...storage(r, env, cwd),
-    policyDir: isAbsolute(policyDir) ? policyDir : resolve(cwd, policyDir),
+    policyDir: policyDir(r, cwd),
     dev: r.bool("dev", "KEYGATE_DEV"),
     keyPrefix,
     keyCacheTtlMs: r.duration("key-cache-ttl", "KEYGATE_KEY_CACHE_TTL", "5s"),

@@ -110,17 +110,20 @@ function splitUnquoted(line: string): string[] {
 
 export async function readPolicySource(dir: string): Promise<PolicySource> {
   const diagnostics: Diagnostic[] = [];
+  let entries: string[];
+  try {
+    entries = await readdir(dir);
+  } catch (error) {
+    const reason = (error as NodeJS.ErrnoException).code === "ENOENT" ? "does not exist" : `cannot be read: ${(error as Error).message}`;
+    diagnostics.push({ where: "", severity: "error", message: `policy directory ${dir} ${reason}` });
+    return { dir, modelText: "", files: [], rules: [], links: [], diagnostics, version: "" };
+  }
   let modelText = "";
   try {
     modelText = await readFile(join(dir, MODEL_FILE), "utf8");
   } catch (error) {
-    diagnostics.push({ where: MODEL_FILE, severity: "error", message: `cannot read ${join(dir, MODEL_FILE)}: ${(error as Error).message}` });
-  }
-  let entries: string[] = [];
-  try {
-    entries = await readdir(dir);
-  } catch (error) {
-    diagnostics.push({ where: "", severity: "error", message: `cannot read policy directory ${dir}: ${(error as Error).message}` });
+    const reason = (error as NodeJS.ErrnoException).code === "ENOENT" ? "is missing" : `cannot be read: ${(error as Error).message}`;
+    diagnostics.push({ where: "", severity: "error", message: `${join(dir, MODEL_FILE)} ${reason}` });
   }
   const files = entries.filter((name) => name.endsWith(".csv")).sort();
   if (entries.length > 0 && files.length === 0) diagnostics.push({ where: "", severity: "error", message: `no .csv policy files in ${dir}` });

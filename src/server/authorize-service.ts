@@ -3,11 +3,19 @@ import type { Authorize } from "../authorize/authorizer.js";
 import { AuthorizeService } from "../../gen/keygate/v1/authorize_pb.js";
 import { authorizeInputFromProto, decisionToProto } from "./convert.js";
 
-/** AuthorizeService over the core authorizer. A deny is a response; an outage is UNAVAILABLE. */
-export function createAuthorizeService(authorize: Authorize): ServiceImpl<typeof AuthorizeService> {
+/**
+ * AuthorizeService over the core authorizer. A deny is a response; an outage
+ * is UNAVAILABLE. `explain` is honoured only for the local operator (control
+ * socket, CLI): an explanation shows policy rule text and scans every rule,
+ * so on the public port any key holder could read the policy or make each
+ * call cost a full scan.
+ */
+export function createAuthorizeService(authorize: Authorize, allowExplain: boolean): ServiceImpl<typeof AuthorizeService> {
   return {
     async authorize(request) {
-      const decision = await authorize(authorizeInputFromProto(request));
+      const input = authorizeInputFromProto(request);
+      if (!allowExplain) input.explain = false;
+      const decision = await authorize(input);
       if (decision.reason === "unavailable") throw new ConnectError(decision.message, Code.Unavailable);
       return decisionToProto(decision);
     },

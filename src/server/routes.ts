@@ -12,7 +12,7 @@ export function createRoutes(runtime: Runtime, credentialPriority: readonly Cred
   // Over Postgres other processes may cache the same keys: tell them about every change.
   const announce = runtime.store.kind === "postgres" ? createKeyChangeAnnouncer(runtime.store.db) : undefined;
   return (router: ConnectRouter) => {
-    router.service(AuthorizeService, createAuthorizeService(runtime.authorize));
+    router.service(AuthorizeService, createAuthorizeService(runtime.authorize, localOperator));
     router.service(
       KeyService,
       createKeyService({ keys: runtime.keys, lookupKey: runtime.lookupKey, credentialPriority, dev: runtime.dev, localOperator, log, ...(announce && { announce }) }),

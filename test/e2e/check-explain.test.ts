@@ -122,20 +122,16 @@ describe("while the server runs", () => {
 
   explainsDenies();
 
-  it("Authorize over Connect: explain = true returns the explanation; without it, none", async () => {
+  // The CLI above reaches the explanation as the local operator (control socket
+  // or in-process). On the public port explain is ignored: it would show any
+  // key holder the policy's rule text and cost a scan of every rule per call.
+  it("Authorize over Connect on the public port: explain = true is ignored", async () => {
     const client = createClient(AuthorizeService, createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" }));
     const ask = { credential: reader.key, path: "/sandboxes/x", method: "DELETE" };
 
     const explained = await client.authorize({ ...ask, explain: true });
     expect({ allowed: explained.allowed, reason: explained.reason }).toEqual({ allowed: false, reason: Reason.FORBIDDEN });
-    expect(explained.explanation.slice(0, 2).map(({ rule, text, reasons }) => ({ rule, text, reasons }))).toEqual([
-      { rule: policyLine(READER_SANDBOX), text: READER_SANDBOX, reasons: ["method DELETE does not match ^(GET|HEAD)$"] },
-      { rule: policyLine(WRITER_SANDBOX), text: WRITER_SANDBOX, reasons: ['role "writer" is not held (the key has reader)'] },
-    ]);
-
-    const plain = await client.authorize(ask);
-    expect(plain.allowed).toBe(false);
-    expect(plain.explanation).toEqual([]);
+    expect(explained.explanation).toEqual([]);
 
     const allowed = await client.authorize({ ...ask, method: "GET", explain: true });
     expect(allowed.allowed).toBe(true);

@@ -93,7 +93,7 @@ describe("keygate policy lint", () => {
   it("fails on a directory that does not exist (exit 1)", async () => {
     const result = await lint(["test/fixtures/lint-no-such-dir"]);
     expect(result.code).toBe(1);
-    expect(result.stdout).toMatch(/^error: cannot read policy directory .*lint-no-such-dir/m);
+    expect(result.stdout).toMatch(/^error: policy directory .*lint-no-such-dir does not exist/m);
     expect(result.stdout).toMatch(/^model\.conf: error: cannot read/m);
   });
 

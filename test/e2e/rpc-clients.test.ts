@@ -73,7 +73,7 @@ interface AuthorizeInput {
   org?: string;
 }
 
-type GrpcAuthorizeResponse = WireDecision & { rate_limit: unknown };
+type GrpcAuthorizeResponse = WireDecision & { rate_limit: unknown; explanation: unknown };
 type GrpcAuthorizeClient = grpc.Client & {
   authorize(request: object, callback: (error: grpc.ServiceError | null, response: GrpcAuthorizeResponse) => void): void;
 };
@@ -121,7 +121,7 @@ const CLIENTS: [string, AuthorizeCall][] = [
       new Promise((done, fail) =>
         grpcJs.authorize({ namespace: "", org: "", ...input }, (error, response) => {
           if (error) return fail(error);
-          const { rate_limit: _, ...decision } = response;
+          const { rate_limit: _, explanation: __, ...decision } = response;
           done({ decision: { ...decision, key: decision.key && { ...decision.key, roles: [...decision.key.roles] } }, raw: JSON.stringify(response) });
         }),
       ),

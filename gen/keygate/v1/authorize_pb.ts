@@ -58,8 +58,9 @@ export type AuthorizeRequest = Message<"keygate.v1.AuthorizeRequest"> & {
   /**
    * Ask for an explanation of a policy deny: the response's explanation then
    * lists the rules closest to matching and why each did not. For debugging
-   * (`keygate check --explain`); leave it off on the hot path, since ranking
-   * the rules costs more than the decision.
+   * (`keygate check --explain`). Honoured only for the local operator (the
+   * server's control socket, the CLI): on the public port it is ignored, since
+   * it shows policy rule text and scans every rule.
    *
    * @generated from field: bool explain = 6;
    */
