@@ -6,6 +6,7 @@ import type { KeyCache } from "./key-cache.js";
 import { displayPrefix, generateKey, generateKeyId, hashKey, KEY_ID_PATTERN } from "./key-format.js";
 import { ALL_NAMESPACES, isValidName, isValidNamespace, NAME_RULE, type KeyRecord } from "./key-record.js";
 import * as repo from "./key.repository.js";
+import { managementDecision } from "./management.js";
 
 /**
  * The life of keys: create, get, list, update, revoke, rotate, delete,
@@ -82,8 +83,7 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, pendingLas
   /** The policy check for a key caller, on a management resource. */
   function allowedByPolicy(principal: Principal, method: string, resource: string): ManageResult<void> {
     if (principal.kind === "local") return ok(undefined);
-    const { key } = principal;
-    const decision = policy().decide({ roles: key.roles, org: key.org, namespace: key.namespace, path: resource, method });
+    const decision = managementDecision(policy(), principal.key, method, resource);
     return decision.allowed ? ok(undefined) : fail("permission_denied", `API key is not allowed to ${method} ${resource}`);
   }
 

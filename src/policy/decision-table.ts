@@ -4,6 +4,7 @@ import { decideForSubject, normalizeRequest } from "../authorize/authorizer.js";
 import { deny, forbiddenMessage, type Decision } from "../authorize/decision.js";
 import { normalizeMethod } from "../authorize/normalize.js";
 import { isValidName, isValidNamespace, NAME_RULE } from "../keys/key-record.js";
+import { isManagementResource, managementDecision } from "../keys/management.js";
 import type { Policy } from "./policy.js";
 
 /**
@@ -77,10 +78,6 @@ export interface CaseResult {
   mismatches: string[];
 }
 
-/** Management resources (README, "Managing keys over the network"). */
-export function isManagementResource(path: string): boolean {
-  return path === "keys" || path.startsWith("keys/");
-}
 
 const REASONS: readonly ExpectedReason[] = ["allowed", "forbidden", "bad_request"];
 const RULE_PATTERN = /^[^\s:]+:[1-9]\d*$/;
@@ -349,8 +346,8 @@ export function decideCase(policy: Policy, c: DecisionCase, explain = false): De
   if (isManagementResource(c.path)) {
     const method = normalizeMethod(c.method);
     const upper = method.ok ? method.value : c.method;
+    const decided = managementDecision(policy, subject, upper, c.path);
     const asked = { roles: c.roles, org: c.org, namespace: c.keyNamespace, path: c.path, method: upper };
-    const decided = policy.decide(asked);
     if (decided.allowed) return { allowed: true, reason: "allowed", message: "", matchedRule: decided.rule };
     return { ...deny("forbidden", forbiddenMessage(upper, c.path)), ...(explain && { explanation: policy.explain(asked) }) };
   }

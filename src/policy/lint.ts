@@ -1,6 +1,7 @@
 import { newModelFromString, type Model } from "casbin";
 import { KNOWN_METHODS } from "../authorize/normalize.js";
 import { isValidName, NAME_RULE } from "../keys/key-record.js";
+import { MANAGEMENT_RESOURCES } from "../keys/management.js";
 import { compileKeyMatch2, compileMethodPattern, keyMatch2Source, methodsMatched } from "./patterns.js";
 import { isStandardModel } from "./policy.js";
 import { MODEL_FILE, type Diagnostic, type PolicyRule, type PolicySource, type RoleLink } from "./policy-source.js";
@@ -17,7 +18,6 @@ import { MODEL_FILE, type Diagnostic, type PolicyRule, type PolicySource, type R
  */
 
 /** ManageKey's resources (README, "Managing keys"), as the key service names them. */
-export const MANAGEMENT_RESOURCES = ["keys", "keys/:id", "keys/:id/revoke", "keys/:id/rotate", "keys/reset-all"] as const;
 const MANAGEMENT_EXAMPLES = ["keys", "keys/key_x", "keys/key_x/revoke", "keys/key_x/rotate", "keys/reset-all"];
 
 const KNOWN = new Set<string>(KNOWN_METHODS);
@@ -76,8 +76,8 @@ const warning = (where: string, message: string): Diagnostic => ({ where, severi
 // --- 1. the model --------------------------------------------------------
 
 function checkModel(source: PolicySource): Diagnostic[] {
-  // readPolicySource already said it cannot read the file.
-  if (source.diagnostics.some((d) => d.where === MODEL_FILE)) return [];
+  // readPolicySource already said it cannot read the file (or the directory).
+  if (source.diagnostics.some((d) => d.where === MODEL_FILE || d.where === "")) return [];
   let model: Model;
   try {
     model = newModelFromString(source.modelText);

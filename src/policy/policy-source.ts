@@ -122,8 +122,8 @@ export async function readPolicySource(dir: string): Promise<PolicySource> {
   try {
     modelText = await readFile(join(dir, MODEL_FILE), "utf8");
   } catch (error) {
-    const reason = (error as NodeJS.ErrnoException).code === "ENOENT" ? "is missing" : `cannot be read: ${(error as Error).message}`;
-    diagnostics.push({ where: "", severity: "error", message: `${join(dir, MODEL_FILE)} ${reason}` });
+    const reason = (error as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : (error as Error).message;
+    diagnostics.push({ where: MODEL_FILE, severity: "error", message: `cannot read ${join(dir, MODEL_FILE)}: ${reason}` });
   }
   const files = entries.filter((name) => name.endsWith(".csv")).sort();
   if (entries.length > 0 && files.length === 0) diagnostics.push({ where: "", severity: "error", message: `no .csv policy files in ${dir}` });

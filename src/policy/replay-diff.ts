@@ -2,6 +2,7 @@ import { decideForSubject, normalizeRequest, type NormalizedRequest } from "../a
 import type { Decision } from "../authorize/decision.js";
 import { KNOWN_METHODS, normalizeMethod, normalizePath } from "../authorize/normalize.js";
 import { ALL_NAMESPACES, isValidNamespace } from "../keys/key-record.js";
+import { isManagementResource } from "../keys/management.js";
 import type { Policy } from "./policy.js";
 import type { PolicyRule } from "./policy-source.js";
 
@@ -79,15 +80,13 @@ export interface ReplayOptions {
 
 export const DEFAULT_EXAMPLE_LIMIT = 5;
 
-/** Management resources as KeyManager names them: "keys", "keys/key_…", "keys/key_…/revoke", "keys/reset-all". */
-const MANAGEMENT_RESOURCE = /^keys(\/[A-Za-z0-9_.~-]+)*$/;
 
 /**
  * The request after normalization, or the bad-request message. Policy
  * independent, so computed once per request for both policies.
  */
 export function prepareRequest(request: ReplayRequest): NormalizedRequest | { message: string } {
-  if (!request.path.startsWith("/") && MANAGEMENT_RESOURCE.test(request.path)) {
+  if (isManagementResource(request.path)) {
     // ManageKey decides policy().decide({ …key, path: resource, method }) with the key's own namespace.
     const method = normalizeMethod(request.method);
     if (!method.ok) return { message: method.error };
@@ -343,7 +342,7 @@ export function samplePaths(pattern: string): string[] {
 
 /** A synthesized path in the form a request would carry it, or undefined when no request could. */
 function requestPath(path: string): string | undefined {
-  if (!path.startsWith("/")) return MANAGEMENT_RESOURCE.test(path) ? path : undefined;
+  if (!path.startsWith("/")) return isManagementResource(path) ? path : undefined;
   const normalized = normalizePath(path);
   return normalized.ok ? normalized.value : undefined;
 }

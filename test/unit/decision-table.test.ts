@@ -4,10 +4,10 @@ import { beforeAll, describe, expect, it } from "vitest";
 import { createAuthorizer } from "../../src/authorize/authorizer.js";
 import { KNOWN_METHODS } from "../../src/authorize/normalize.js";
 import type { KeyRecord } from "../../src/keys/key-record.js";
+import { isManagementResource } from "../../src/keys/management.js";
 import {
   decideCase,
   evaluateCase,
-  isManagementResource,
   parseDecisionTable,
   runDecisionTables,
   type DecisionCase,
