@@ -1,4 +1,6 @@
+import { existsSync } from "node:fs";
 import { isAbsolute, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
 import { parseDuration } from "../keys/duration.js";
 import { DEFAULT_KEY_PREFIX, isValidKeyPrefix } from "../keys/key-format.js";
 
@@ -182,7 +184,22 @@ function storage(r: Reader, env: Env, cwd: string): StorageConfig {
   };
 }
 
+/** The default policy shipped with keygate: from dist/src/config/ (built) or src/config/ (tests). */
+export const SHIPPED_POLICY_DIR = [new URL("../../../policies", import.meta.url), new URL("../../policies", import.meta.url)]
+  .map((url) => fileURLToPath(url))
+  .find((dir) => existsSync(resolve(dir, "model.conf"))) ?? resolve("policies");
+
+/**
+ * --policy-dir / KEYGATE_POLICY_DIR; by default ./policies when the working
+ * directory has one, else the default policy keygate ships, so `keygate`
+ * run from any directory still has a policy.
+ */
 function policyDir(r: Reader, cwd: string): string {
+  const given = r.raw("policy-dir", "KEYGATE_POLICY_DIR").value;
+  if (given === undefined) {
+    const local = resolve(cwd, "policies");
+    return existsSync(local) ? local : SHIPPED_POLICY_DIR;
+  }
   const dir = r.string("policy-dir", "KEYGATE_POLICY_DIR", "policies");
   return isAbsolute(dir) ? dir : resolve(cwd, dir);
 }
