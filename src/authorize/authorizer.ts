@@ -2,6 +2,8 @@ import type { KeyRecord } from "../keys/key-record.js";
 import { ALL_NAMESPACES, isValidName, isValidNamespace } from "../keys/key-record.js";
 import type { LookupKey } from "../keys/key-lookup.js";
 import type { Policy, RuleMiss } from "../policy/policy.js";
+import type { RateLimit } from "../ratelimit/rate-limit.js";
+import type { RateLimiter } from "../ratelimit/rate-limiter.js";
 import { deny, forbiddenMessage, MESSAGES, type AuthorizeInput, type Decision, type KeyIdentity } from "./decision.js";
 import { KNOWN_METHODS, normalizeMethod, normalizePath, type HttpMethod } from "./normalize.js";
 
@@ -15,6 +17,10 @@ export interface AuthorizerDeps {
   /** Called when a decision could not be made (an outage), before denying. */
   onError?: (error: unknown) => void;
   dev?: boolean;
+  /** Enforces per-key allocations; unset = no rate limits at all. */
+  rateLimiter?: RateLimiter;
+  /** The allocation of keys without their own; null = unlimited. */
+  defaultRateLimit?: RateLimit | null;
 }
 
 export type Authorize = (input: AuthorizeInput) => Promise<Decision>;
@@ -33,9 +39,10 @@ const DEV_DECISION: Decision = {
 /**
  * Request → Decision. Pure of transport: the RPC services and the HTTP shim
  * both call this. Order: credential present, credential shape, request
- * shape, key state, org, namespace, policy. Any internal error denies.
+ * shape, key state, org, namespace, policy, then the key's rate limit.
+ * Any internal error denies.
  */
-export function createAuthorizer({ lookupKey, policy, now, onUsed, onError, dev = false }: AuthorizerDeps): Authorize {
+export function createAuthorizer({ lookupKey, policy, now, onUsed, onError, dev = false, rateLimiter, defaultRateLimit = null }: AuthorizerDeps): Authorize {
   return async function authorize(input) {
     if (dev) return DEV_DECISION;
     if (input.credential === "") return deny("missing_credential", MESSAGES.missing_credential);
@@ -68,7 +75,21 @@ export function createAuthorizer({ lookupKey, policy, now, onUsed, onError, dev 
       onError?.(error);
       return deny("unavailable", "authorization unavailable: the policy could not be evaluated, request denied", identityOf(key));
     }
-    if (decision.allowed) onUsed?.(key.id, now());
+    if (!decision.allowed) return decision;
+    // Only a request the policy allows costs a point: denied requests never drain a budget.
+    const limit = key.rateLimit ?? defaultRateLimit;
+    if (limit && rateLimiter) {
+      let consumed;
+      try {
+        consumed = await rateLimiter.consume(key.id, limit);
+      } catch (error) {
+        onError?.(error);
+        return deny("unavailable", "authorization unavailable: the rate limiter failed, request denied", identityOf(key));
+      }
+      if (!consumed.allowed) return { ...deny("rate_limited", MESSAGES.rate_limited, identityOf(key)), rateLimit: consumed.status };
+      decision = { ...decision, rateLimit: consumed.status };
+    }
+    onUsed?.(key.id, now());
     return decision;
   };
 }

@@ -1,4 +1,5 @@
 import type { RuleMiss } from "../policy/policy.js";
+import type { RateLimitStatus } from "../ratelimit/rate-limit.js";
 
 /** Why a decision came out as it did. A deny is data, not an exception. */
 export type Reason =
@@ -29,6 +30,8 @@ export interface Decision {
   matchedRule: string;
   /** On a policy deny, when asked: the closest rules that did not match, and why. */
   explanation?: RuleMiss[];
+  /** The key's rate-limit budget, when the policy allowed and the key has a limit (its own or the default). */
+  rateLimit?: RateLimitStatus;
 }
 
 export interface AuthorizeInput {

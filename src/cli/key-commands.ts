@@ -10,6 +10,7 @@ import {
   type ManageKeyResponse,
 } from "../../gen/keygate/v1/key_pb.js";
 import { parseExpiry, parseDuration } from "../keys/duration.js";
+import { parseRateLimit } from "../ratelimit/rate-limit.js";
 import { reasonFromProto } from "../server/convert.js";
 import { CliError, connectLocal, connectRemote, type Connection } from "./connect.js";
 import { configOrThrow, help, parse, readRuntimeConfig, type Options, type Parsed } from "./main.js";
@@ -40,6 +41,12 @@ function checkDuration(flag: string, value: string | undefined, allowZero = fals
   if (!result.ok) throw new CliError(`--${flag}: ${result.error}`);
 }
 
+function checkRateLimit(value: string | undefined): void {
+  if (value === undefined) return;
+  const result = parseRateLimit(value);
+  if (!result.ok) throw new CliError(`--rate-limit: ${result.error}`);
+}
+
 function printCreated(out: Out, response: ManageKeyResponse, verb: string): void {
   if (response.result.case !== "created" || !response.result.value.key) throw new CliError("unexpected response from server");
   const { key, plaintext } = response.result.value;
@@ -48,7 +55,9 @@ function printCreated(out: Out, response: ManageKeyResponse, verb: string): void
     return;
   }
   out.print(plaintext);
-  out.note(`${verb} ${key.id} (org ${key.org}, namespace ${key.namespace}, roles ${key.roles.join(",")}, expires ${key.expiresAt ? keyJson(key).expires_at : "never"}).`);
+  out.note(
+    `${verb} ${key.id} (org ${key.org}, namespace ${key.namespace}, roles ${key.roles.join(",")}, expires ${key.expiresAt ? keyJson(key).expires_at : "never"}, rate limit ${key.rateLimit || "server default"}).`,
+  );
   out.note("This is the only time the key is shown: store it now.");
 }
 
@@ -63,6 +72,7 @@ const KEYGEN_OPTIONS: Options = {
   org: { type: "string" },
   role: { type: "string", multiple: true },
   name: { type: "string" },
+  "rate-limit": { type: "string" },
 };
 
 export async function runKeygen(args: string[]): Promise<number> {
@@ -72,11 +82,14 @@ export async function runKeygen(args: string[]): Promise<number> {
   const out = createOut(Boolean(parsed.flags.json));
   const expire = parsed.flags.expire as string | undefined;
   checkDuration("expire", expire);
+  const rateLimit = parsed.flags["rate-limit"] as string | undefined;
+  checkRateLimit(rateLimit);
   const action = create(CreateKeyActionSchema, {
     name: (parsed.flags.name as string | undefined) ?? "",
     org: (parsed.flags.org as string | undefined) ?? "",
     namespace: (parsed.flags.namespace as string | undefined) ?? "",
     roles: (parsed.flags.role as string[] | undefined) ?? [],
+    rateLimit: rateLimit ?? "",
     ...(expire !== undefined && { expiry: { case: "expiresIn" as const, value: expire } }),
   });
   return withConnection(parsed, "keygen", async (c) => {
@@ -208,6 +221,8 @@ async function keysUpdate(args: string[]): Promise<number> {
     role: { type: "string", multiple: true },
     expire: { type: "string" },
     "no-expire": { type: "boolean" },
+    "rate-limit": { type: "string" },
+    "no-rate-limit": { type: "boolean" },
   });
   if (parsed.flags.help) return help();
   const id = oneId(parsed, "update");
@@ -215,6 +230,9 @@ async function keysUpdate(args: string[]): Promise<number> {
   const expire = parsed.flags.expire as string | undefined;
   if (expire !== undefined && parsed.flags["no-expire"]) throw new CliError("use either --expire or --no-expire");
   checkDuration("expire", expire);
+  const rateLimit = parsed.flags["rate-limit"] as string | undefined;
+  if (rateLimit !== undefined && parsed.flags["no-rate-limit"]) throw new CliError("use either --rate-limit or --no-rate-limit");
+  checkRateLimit(rateLimit);
   const roles = parsed.flags.role as string[] | undefined;
   const action = create(UpdateKeyActionSchema, {
     id,
@@ -222,6 +240,8 @@ async function keysUpdate(args: string[]): Promise<number> {
     ...(roles && { roles: create(RoleListSchema, { roles }) }),
     ...(expire !== undefined && { expiry: { case: "expiresIn" as const, value: expire } }),
     ...(parsed.flags["no-expire"] && { expiry: { case: "neverExpires" as const, value: true } }),
+    ...(rateLimit !== undefined && { rateLimitChange: { case: "rateLimit" as const, value: rateLimit } }),
+    ...(parsed.flags["no-rate-limit"] && { rateLimitChange: { case: "noRateLimit" as const, value: true } }),
   });
   return withConnection(parsed, "keys update", async (c) => {
     const response = await manage(c, { case: "update", value: action });
@@ -286,6 +306,7 @@ export async function runCheck(args: string[]): Promise<number> {
           message: response.message,
           matched_rule: response.matchedRule,
           key: response.key ? { id: response.key.id, name: response.key.name, org: response.key.org, namespace: response.key.namespace, roles: response.key.roles } : null,
+          rate_limit: response.rateLimit ? { limit: response.rateLimit.limit, remaining: response.rateLimit.remaining, reset_seconds: response.rateLimit.resetSeconds } : null,
           ...(explain && { explanation }),
         }),
       );
@@ -296,6 +317,10 @@ export async function runCheck(args: string[]): Promise<number> {
         out.print(`key:       ${response.key.id} (org ${response.key.org}, namespace ${response.key.namespace}, roles ${response.key.roles.join(",")})`);
       }
       out.print(`rule:      ${response.matchedRule || (response.allowed ? "-" : "no rule allows this request")}`);
+      if (response.rateLimit) {
+        const { limit, remaining, resetSeconds } = response.rateLimit;
+        out.print(`rate:      ${remaining} of ${limit} left, resets in ${resetSeconds}s`);
+      }
       if (explain && !response.allowed) printExplanation(out, explanation, reason);
     }
     return response.allowed ? 0 : 1;

@@ -38,6 +38,7 @@ export function keyJson(key: ApiKey): Record<string, unknown> {
     last_used_at: iso(key.lastUsedAt),
     rotated_from: key.rotatedFrom || null,
     created_by: key.createdBy,
+    rate_limit: key.rateLimit || null,
   };
 }
 
@@ -56,12 +57,13 @@ export function keyText(key: ApiKey): string {
     ["last used", iso(key.lastUsedAt) ?? "never"],
     ["rotated from", key.rotatedFrom || "-"],
     ["created by", key.createdBy],
+    ["rate limit", key.rateLimit || "server default"],
   ];
   return rows.map(([k, v]) => `${k.padEnd(13)}${v}`).join("\n");
 }
 
 export function keyTable(keys: ApiKey[]): string {
-  const head = ["ID", "NAME", "ORG", "NAMESPACE", "ROLES", "STATE", "EXPIRES", "LAST USED"];
+  const head = ["ID", "NAME", "ORG", "NAMESPACE", "ROLES", "STATE", "RATE LIMIT", "EXPIRES", "LAST USED"];
   const rows = keys.map((k) => [
     k.id,
     k.name || "-",
@@ -69,6 +71,7 @@ export function keyTable(keys: ApiKey[]): string {
     k.namespace,
     k.roles.join(","),
     k.enabled ? "enabled" : "revoked",
+    k.rateLimit || "default",
     iso(k.expiresAt) ?? "never",
     iso(k.lastUsedAt) ?? "never",
   ]);

@@ -7,7 +7,8 @@ import { acquireLock, type DataDirLock } from "../db/data-dir-lock.js";
 import { migrateToLatest } from "../db/migrate.js";
 import { createLogger, errorFields, type LogLevel } from "../runtime/logger.js";
 import { openRuntime, storeTargetFor } from "../runtime/runtime.js";
-import { startServer } from "../server/serve.js";
+import { formatRateLimit } from "../ratelimit/rate-limit.js";
+import { startServer, type ServerStatus } from "../server/serve.js";
 import { createCubeCallbackHandler, isCallbackUrl } from "../shim/cube-callback.js";
 import { createRemoteAuthorizer } from "../shim/remote-authorizer.js";
 import { CliError, connectLocal, openError } from "./connect.js";
@@ -65,6 +66,8 @@ export async function runServe(args: string[]): Promise<number> {
     "credential-priority": { type: "string" },
     "shim-path": { type: "string" },
     "key-cache-ttl": { type: "string" },
+    "default-rate-limit": { type: "string" },
+    "redis-url": { type: "string" },
   });
   if (flags.help) return help();
   const config = configOrThrow(readServeConfig(flags, process.env, process.cwd()));
@@ -72,7 +75,7 @@ export async function runServe(args: string[]): Promise<number> {
   const started = performance.now();
   const lock = config.databaseUrl ? undefined : await lockDataDir(config.dataDir, "server");
   try {
-    const runtime = await openRuntime(config, { onError: (error) => log.error("decision failed, denied", errorFields(error)) }).catch((error: unknown) => {
+    const runtime = await openRuntime(config, { onError: (error) => log.error("decision failed, denied", errorFields(error)), log }).catch((error: unknown) => {
       throw openError(config, error);
     });
     const server = await startServer(config, runtime, log, lock).catch(async (error: unknown) => {
@@ -95,6 +98,8 @@ export async function runServe(args: string[]): Promise<number> {
       policy_version: policy.version,
       policy_rules: policy.rules,
       shim_path: config.shimPath,
+      rate_limits: config.redisUrl ? "redis" : "memory",
+      default_rate_limit: config.defaultRateLimit ? formatRateLimit(config.defaultRateLimit) : null,
       dev: config.dev,
       startup_ms: Math.round(performance.now() - started),
     });
@@ -214,8 +219,16 @@ export async function runStatus(args: string[]): Promise<number> {
       }
     }
     out.print(`keys:      ${status.keys.total} (${status.keys.enabled} enabled)`);
+    out.print(`rate limits: ${rateLimitLine(status.rateLimits)}`);
     return 0;
   } finally {
     await connection.close();
   }
+}
+
+function rateLimitLine(limits: ServerStatus["rateLimits"]): string {
+  const fallback = `default ${limits.default ?? "none (keys without a limit are unlimited)"}`;
+  if (limits.backend === "memory") return `per instance, in memory; ${fallback}`;
+  if (limits.shared) return `redis ${limits.redis}, shared by every instance using it; ${fallback}`;
+  return `redis ${limits.redis} unreachable since ${limits.unreachableSince}, using per-instance limits${limits.lastError ? ` (${limits.lastError})` : ""}; ${fallback}`;
 }

@@ -3,6 +3,7 @@ import { isAbsolute, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseDuration } from "../keys/duration.js";
 import { DEFAULT_KEY_PREFIX, isValidKeyPrefix } from "../keys/key-format.js";
+import { parseRateLimit, type RateLimit } from "../ratelimit/rate-limit.js";
 
 /**
  * The only reader of process.env. Flags win over environment variables,
@@ -29,6 +30,10 @@ export interface RuntimeConfig extends StorageConfig {
   negativeCacheTtlMs: number;
   keyCacheMaxEntries: number;
   usageFlushMs: number;
+  /** The allocation of keys without their own; null = unlimited. */
+  defaultRateLimit: RateLimit | null;
+  /** Set: rate-limit counters in this Redis, shared by every instance using it. Unset: per instance, in memory. */
+  redisUrl: string | undefined;
 }
 
 export interface ServeConfig extends RuntimeConfig {
@@ -145,6 +150,33 @@ class Reader {
     return mapped as CredentialSource[];
   }
 
+  defaultRateLimit(): RateLimit | null {
+    const { value, source } = this.raw("default-rate-limit", "KEYGATE_DEFAULT_RATE_LIMIT");
+    if (value === undefined) return null;
+    const parsed = parseRateLimit(String(value));
+    if (!parsed.ok) {
+      this.errors.push(`${source}: ${parsed.error}`);
+      return null;
+    }
+    return parsed.limit;
+  }
+
+  redisUrl(): string | undefined {
+    const { value, source } = this.raw("redis-url", "REDIS_URL");
+    if (value === undefined) return undefined;
+    const text = String(value);
+    let valid = false;
+    try {
+      const url = new URL(text);
+      valid = (url.protocol === "redis:" || url.protocol === "rediss:") && url.hostname !== "";
+    } catch {
+      valid = false;
+    }
+    // Never echo the URL: it may hold a password.
+    if (!valid) this.errors.push(`${source}: not a redis:// or rediss:// URL with a host`);
+    return valid ? text : undefined;
+  }
+
   shimPath(): string {
     const path = this.string("shim-path", "KEYGATE_SHIM_PATH", "/verify");
     if (!/^\/[A-Za-z0-9._~\/-]{0,200}$/.test(path) || path.includes("//") || path.startsWith("/keygate.v1.")) {
@@ -222,6 +254,8 @@ function runtime(r: Reader, env: Env, cwd: string): RuntimeConfig {
     negativeCacheTtlMs: r.duration(undefined, "KEYGATE_NEGATIVE_CACHE_TTL", "2s"),
     keyCacheMaxEntries: r.int(undefined, "KEYGATE_KEY_CACHE_SIZE", 100_000, 1, 100_000_000),
     usageFlushMs: Math.max(r.duration(undefined, "KEYGATE_USAGE_FLUSH_INTERVAL", "10s"), 100),
+    defaultRateLimit: r.defaultRateLimit(),
+    redisUrl: r.redisUrl(),
   };
 }
 

@@ -1,6 +1,7 @@
 import type { Kysely } from "kysely";
 import { Migrator, type Migration, type MigrationProvider, type MigrationResultSet } from "kysely/migration";
 import * as createApiKeys from "./migrations/2026-11-24T00-00_create-api-keys.js";
+import * as addKeyRateLimit from "./migrations/2026-11-25T00-00_add-key-rate-limit.js";
 
 /**
  * Migrations are imported statically (not read from a folder at run time), so
@@ -8,6 +9,7 @@ import * as createApiKeys from "./migrations/2026-11-24T00-00_create-api-keys.js
  */
 const MIGRATIONS: Record<string, Migration> = {
   "2026-11-24T00-00_create-api-keys": createApiKeys,
+  "2026-11-25T00-00_add-key-rate-limit": addKeyRateLimit,
 };
 
 const provider: MigrationProvider = { getMigrations: async () => MIGRATIONS };

@@ -24,6 +24,9 @@ export interface ApiKeyTable {
   last_used_at: Date | null;
   rotated_from: string | null;
   created_by: string;
+  /** Requests per window; null (with the window) = the server default. */
+  rate_limit_points: ColumnType<number | null, number | null | undefined, number | null>;
+  rate_limit_window_seconds: ColumnType<number | null, number | null | undefined, number | null>;
 }
 
 export type ApiKeyRow = Selectable<ApiKeyTable>;

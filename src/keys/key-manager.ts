@@ -1,6 +1,7 @@
 import type { Kysely } from "kysely";
 import type { Database } from "../db/schema.js";
 import type { Policy } from "../policy/policy.js";
+import { formatRateLimit, isHigherRate, parseRateLimit, type RateLimit } from "../ratelimit/rate-limit.js";
 import { parseDuration, parseExpiry, printable } from "./duration.js";
 import type { KeyCache } from "./key-cache.js";
 import { displayPrefix, generateKey, generateKeyId, hashKey, KEY_ID_PATTERN } from "./key-format.js";
@@ -29,6 +30,8 @@ export interface CreateKeyInput {
   namespace?: string;
   roles?: string[];
   expiry?: Expiry;
+  /** "N/WINDOW" (e.g. "100/1s"). Unset or "": a key caller's own limit, else none (the server default). */
+  rateLimit?: string;
 }
 
 export interface UpdateKeyInput {
@@ -37,6 +40,8 @@ export interface UpdateKeyInput {
   enabled?: boolean;
   expiry?: Expiry;
   roles?: string[];
+  /** "N/WINDOW" sets the key's own limit; null removes it (the server default applies). */
+  rateLimit?: string | null;
 }
 
 export interface ListKeysInput {
@@ -95,7 +100,7 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, pendingLas
   }
 
   /** Why `target` would have more power than the caller, or undefined. */
-  async function escalation(principal: Principal, target: Pick<KeyRecord, "org" | "namespace" | "roles" | "expiresAt">): Promise<string | undefined> {
+  async function escalation(principal: Principal, target: Pick<KeyRecord, "org" | "namespace" | "roles" | "expiresAt" | "rateLimit">): Promise<string | undefined> {
     if (principal.kind === "local") return undefined;
     const { key } = principal;
     if (target.org !== key.org) return `a key may not act on another org ("${target.org}")`;
@@ -107,6 +112,12 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, pendingLas
     if (extra.length > 0) return `a key may not grant roles it does not hold: ${extra.join(", ")}`;
     if (key.expiresAt && (!target.expiresAt || target.expiresAt > key.expiresAt)) {
       return `a key may not grant an expiry later than its own (${key.expiresAt.toISOString()})`;
+    }
+    if (key.rateLimit) {
+      if (!target.rateLimit) return `a key with a rate limit (${formatRateLimit(key.rateLimit)}) may not grant a key without one`;
+      if (isHigherRate(target.rateLimit, key.rateLimit)) {
+        return `a key may not grant a rate limit higher than its own (${formatRateLimit(target.rateLimit)} is more requests per second than ${formatRateLimit(key.rateLimit)})`;
+      }
     }
     return undefined;
   }
@@ -125,6 +136,11 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, pendingLas
         return parsed.ok ? ok(new Date(at.getTime() + parsed.ms)) : fail("invalid_argument", parsed.error);
       }
     }
+  }
+
+  function checkRateLimit(text: string): ManageResult<RateLimit> {
+    const parsed = parseRateLimit(text);
+    return parsed.ok ? ok(parsed.limit) : fail("invalid_argument", parsed.error);
   }
 
   function checkRoles(roles: string[]): ManageResult<string[]> {
@@ -186,7 +202,13 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, pendingLas
       if (!expiry.ok) return expiry;
       // A key caller's new key expires no later than the caller, by default too.
       const expiresAt = expiry.value === undefined ? (caller?.expiresAt ?? null) : expiry.value;
-      const why = await escalation(principal, { org, namespace, roles: roles.value, expiresAt });
+      let rateLimit = caller?.rateLimit ?? null;
+      if (input.rateLimit) {
+        const parsed = checkRateLimit(input.rateLimit);
+        if (!parsed.ok) return parsed;
+        rateLimit = parsed.value;
+      }
+      const why = await escalation(principal, { org, namespace, roles: roles.value, expiresAt, rateLimit });
       if (why) return fail("permission_denied", why);
 
       const plaintext = generateKey(keyPrefix);
@@ -202,6 +224,7 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, pendingLas
         createdAt: at,
         rotatedFrom: null,
         createdBy: createdBy(principal),
+        rateLimit,
       });
       cache.dropNegatives();
       return ok({ key, plaintext });
@@ -264,11 +287,24 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, pendingLas
       const expiry = resolveExpiry(input.expiry, at);
       if (!expiry.ok) return expiry;
       if (expiry.value !== undefined) changes.expiresAt = expiry.value;
+      if (input.rateLimit !== undefined) {
+        if (input.rateLimit === null) changes.rateLimit = null;
+        else {
+          const parsed = checkRateLimit(input.rateLimit);
+          if (!parsed.ok) return parsed;
+          changes.rateLimit = parsed.value;
+        }
+      }
       if (input.enabled !== undefined) {
         changes.enabled = input.enabled;
         if (input.enabled !== found.value.enabled) changes.revokedAt = input.enabled ? null : at;
       }
-      const after = { ...found.value, ...("roles" in changes && { roles: changes.roles! }), ...("expiresAt" in changes && { expiresAt: changes.expiresAt! }) };
+      const after = {
+        ...found.value,
+        ...("roles" in changes && { roles: changes.roles! }),
+        ...("expiresAt" in changes && { expiresAt: changes.expiresAt! }),
+        ...("rateLimit" in changes && { rateLimit: changes.rateLimit! }),
+      };
       const why = await escalation(principal, after);
       if (why) return fail("permission_denied", why);
       const updated = await repo.updateKey(db, input.id, changes, at);
@@ -320,6 +356,8 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, pendingLas
           createdAt: at,
           rotatedFrom: old.id,
           createdBy: createdBy(principal),
+          // The allocation moves with the key; the new key starts with a full budget of its own.
+          rateLimit: old.rateLimit,
         });
         if (graceMs === 0) {
           await repo.updateKey(trx, old.id, { enabled: false, revokedAt: at }, at);

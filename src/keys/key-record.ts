@@ -1,3 +1,5 @@
+import type { RateLimit } from "../ratelimit/rate-limit.js";
+
 /** An API key as the core sees it. Never holds the secret or its hash. */
 export interface KeyRecord {
   id: string;
@@ -16,6 +18,8 @@ export interface KeyRecord {
   rotatedFrom: string | null;
   /** A key id, or "local" for the operator's CLI. */
   createdBy: string;
+  /** Its own allocation; null = the server default (unlimited when none). */
+  rateLimit: RateLimit | null;
 }
 
 export const ALL_NAMESPACES = "*";

@@ -1,5 +1,6 @@
 import { sql, type Kysely, type Transaction } from "kysely";
 import type { ApiKeyRow, Database, NewApiKeyRow } from "../db/schema.js";
+import type { RateLimit } from "../ratelimit/rate-limit.js";
 import type { KeyRecord } from "./key-record.js";
 
 /** Repository functions take the database (or a transaction) first. */
@@ -21,6 +22,10 @@ export function toRecord(row: ApiKeyRow): KeyRecord {
     lastUsedAt: row.last_used_at,
     rotatedFrom: row.rotated_from,
     createdBy: row.created_by,
+    rateLimit:
+      row.rate_limit_points !== null && row.rate_limit_window_seconds !== null
+        ? { points: Number(row.rate_limit_points), windowSeconds: Number(row.rate_limit_window_seconds) }
+        : null,
   };
 }
 
@@ -36,6 +41,7 @@ export interface NewKey {
   createdAt: Date;
   rotatedFrom: string | null;
   createdBy: string;
+  rateLimit: RateLimit | null;
 }
 
 export async function insertKey(db: Db, key: NewKey): Promise<KeyRecord> {
@@ -53,6 +59,8 @@ export async function insertKey(db: Db, key: NewKey): Promise<KeyRecord> {
     updated_at: key.createdAt,
     rotated_from: key.rotatedFrom,
     created_by: key.createdBy,
+    rate_limit_points: key.rateLimit?.points ?? null,
+    rate_limit_window_seconds: key.rateLimit?.windowSeconds ?? null,
   };
   return toRecord(await db.insertInto("api_keys").values(row).returningAll().executeTakeFirstOrThrow());
 }
@@ -98,6 +106,8 @@ export interface KeyChanges {
   expiresAt?: Date | null;
   roles?: string[];
   revokedAt?: Date | null;
+  /** null removes the key's own limit. */
+  rateLimit?: RateLimit | null;
 }
 
 export async function updateKey(db: Db, id: string, changes: KeyChanges, now: Date): Promise<KeyRecord | undefined> {
@@ -109,6 +119,10 @@ export async function updateKey(db: Db, id: string, changes: KeyChanges, now: Da
       ...(changes.expiresAt !== undefined && { expires_at: changes.expiresAt }),
       ...(changes.roles !== undefined && { roles: JSON.stringify(changes.roles) }),
       ...(changes.revokedAt !== undefined && { revoked_at: changes.revokedAt }),
+      ...(changes.rateLimit !== undefined && {
+        rate_limit_points: changes.rateLimit?.points ?? null,
+        rate_limit_window_seconds: changes.rateLimit?.windowSeconds ?? null,
+      }),
       updated_at: now,
     })
     .where("id", "=", id)

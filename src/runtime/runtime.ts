@@ -8,6 +8,8 @@ import { createKeyManager, type KeyManager } from "../keys/key-manager.js";
 import { createUsageRecorder, type UsageRecorder } from "../keys/usage-recorder.js";
 import { loadPolicy, type Policy } from "../policy/policy.js";
 import { createPolicyHolder, type PolicyHolder } from "../policy/policy-watcher.js";
+import type { RateLimit } from "../ratelimit/rate-limit.js";
+import { createRateLimiter, type HealthLog, type RateLimiter } from "../ratelimit/rate-limiter.js";
 
 /**
  * keygate's core wired together: store, policy, key cache, lookup,
@@ -26,6 +28,10 @@ export interface Runtime {
   keys: KeyManager;
   cache: KeyCache;
   usage: UsageRecorder;
+  /** Per-key rate limits: in memory, or in Redis shared by every instance. */
+  rateLimiter: RateLimiter;
+  /** The allocation of keys without their own; null = unlimited. */
+  defaultRateLimit: RateLimit | null;
   dev: boolean;
   startedAt: Date;
   close(): Promise<void>;
@@ -36,6 +42,8 @@ export interface RuntimeOptions {
   onError?: (error: unknown) => void;
   /** Overrides where the data is (tests pass an in-memory PGlite). */
   storeTarget?: StoreTarget;
+  /** Where rate-limit backend changes are reported (Redis lost, Redis back). */
+  log?: HealthLog;
 }
 
 export function storeTargetFor(config: Pick<RuntimeConfig, "databaseUrl" | "dataDir" | "defaultDbUser" | "dbPoolSize">): StoreTarget {
@@ -63,7 +71,20 @@ export async function openRuntime(config: RuntimeConfig, options: RuntimeOptions
     // Everything derived from the policy (its compiled index, role closures) lives inside it,
     // so taking the holder's current one is all a reload needs.
     const currentPolicy = policyHolder.current;
-    const authorize = createAuthorizer({ lookupKey, policy: currentPolicy, now, onUsed: usage.touch, onError, dev: config.dev });
+    const rateLimiter = createRateLimiter({ redisUrl: config.redisUrl, ...(options.log && { log: options.log }) });
+    // Give Redis its first connection attempt (about a second at most), so counting starts there;
+    // unreachable, decisions use per-instance limits meanwhile and it is logged.
+    if (config.redisUrl) await rateLimiter.health();
+    const authorize = createAuthorizer({
+      lookupKey,
+      policy: currentPolicy,
+      now,
+      onUsed: usage.touch,
+      onError,
+      dev: config.dev,
+      rateLimiter,
+      defaultRateLimit: config.defaultRateLimit,
+    });
     const keys = createKeyManager({ db: store.db, policy: currentPolicy, cache, keyPrefix: config.keyPrefix, now, pendingLastUsed: usage.pending });
     return {
       store,
@@ -75,10 +96,13 @@ export async function openRuntime(config: RuntimeConfig, options: RuntimeOptions
       keys,
       cache,
       usage,
+      rateLimiter,
+      defaultRateLimit: config.defaultRateLimit,
       dev: config.dev,
       startedAt: now(),
       async close() {
         await usage.stop();
+        await rateLimiter.close();
         await store.close();
       },
     };

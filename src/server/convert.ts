@@ -3,9 +3,11 @@ import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { AuthorizeInput, Decision, KeyIdentity, Reason as CoreReason } from "../authorize/decision.js";
 import type { KeyRecord } from "../keys/key-record.js";
 import type { RuleMiss as CoreRuleMiss } from "../policy/policy.js";
+import { formatRateLimit } from "../ratelimit/rate-limit.js";
 import {
   AuthorizeResponseSchema,
   KeyIdentitySchema,
+  RateLimitStatusSchema,
   Reason,
   RuleMissSchema,
   type AuthorizeRequest,
@@ -56,6 +58,7 @@ export function decisionToProto(decision: Decision): AuthorizeResponse {
     message: decision.message,
     matchedRule: decision.matchedRule,
     ...(decision.key && { key: create(KeyIdentitySchema, decision.key) }),
+    ...(decision.rateLimit && { rateLimit: create(RateLimitStatusSchema, decision.rateLimit) }),
     explanation: (decision.explanation ?? []).map(ruleMissToProto),
   });
 }
@@ -85,6 +88,9 @@ export function decisionFromProto(response: AuthorizeResponse): Decision {
     message: response.message,
     matchedRule: response.matchedRule,
     ...(key && { key }),
+    ...(response.rateLimit && {
+      rateLimit: { limit: response.rateLimit.limit, remaining: response.rateLimit.remaining, resetSeconds: response.rateLimit.resetSeconds },
+    }),
     ...(response.explanation.length > 0 && { explanation: response.explanation.map(ruleMissFromProto) }),
   };
 }
@@ -105,5 +111,6 @@ export function keyToProto(key: KeyRecord): ApiKey {
     ...(key.lastUsedAt && { lastUsedAt: timestampFromDate(key.lastUsedAt) }),
     rotatedFrom: key.rotatedFrom ?? "",
     createdBy: key.createdBy,
+    rateLimit: key.rateLimit ? formatRateLimit(key.rateLimit) : "",
   });
 }

@@ -77,6 +77,7 @@ export function createKeyService({ keys, lookupKey, credentialPriority, dev, loc
             org: value.org,
             namespace: value.namespace,
             roles: value.roles,
+            rateLimit: value.rateLimit,
             ...(expiryOf(value.expiry) && { expiry: expiryOf(value.expiry)! }),
           }),
         );
@@ -112,6 +113,8 @@ export function createKeyService({ keys, lookupKey, credentialPriority, dev, loc
               ...(value.enabled !== undefined && { enabled: value.enabled }),
               ...(expiry && { expiry }),
               ...(value.roles && { roles: value.roles.roles }),
+              ...(value.rateLimitChange.case === "rateLimit" && { rateLimit: value.rateLimitChange.value }),
+              ...(value.rateLimitChange.case === "noRateLimit" && value.rateLimitChange.value && { rateLimit: null }),
             }),
           ),
         );

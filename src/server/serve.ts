@@ -11,6 +11,8 @@ import { watchPolicy, type PolicyWatcher, type ReloadOutcome } from "../policy/p
 import type { Logger } from "../runtime/logger.js";
 import { errorFields } from "../runtime/logger.js";
 import type { Runtime } from "../runtime/runtime.js";
+import { formatRateLimit } from "../ratelimit/rate-limit.js";
+import type { RateLimiterHealth } from "../ratelimit/rate-limiter.js";
 import { createCubeCallbackHandler, isCallbackUrl } from "../shim/cube-callback.js";
 import { listenForKeyChanges, type KeyChangeListener } from "./key-changes.js";
 import { createListener, type Handler } from "./listener.js";
@@ -169,6 +171,8 @@ export interface ServerStatus {
     reload?: PolicyReloadReport;
   };
   keys: { total: number; enabled: number };
+  /** Where rate-limit counters live, whether Redis is reachable, and the default allocation. */
+  rateLimits: RateLimiterHealth & { default: string | null };
   listen: string;
   /** Over Postgres: the servers connected to the database (this process is not one of them). */
   servers?: ServerEntry[];
@@ -209,6 +213,7 @@ export async function localStatus(runtime: Runtime, listen: string, watcher?: Po
       }),
     },
     keys: await countKeys(runtime.store.db),
+    rateLimits: { ...(await runtime.rateLimiter.health()), default: runtime.defaultRateLimit ? formatRateLimit(runtime.defaultRateLimit) : null },
     listen,
   };
 }

@@ -69,13 +69,24 @@ export function isCallbackUrl(url: string | undefined, shimPath: string): boolea
 
 const ALLOW_BODY = "{}";
 
+/**
+ * RateLimit-Limit / -Remaining / -Reset (seconds), as the IETF RateLimit
+ * header fields draft and most gateways spell them, for any limited key.
+ */
+export function rateLimitHeaders(decision: Decision): Record<string, string> {
+  const limit = decision.rateLimit;
+  if (!limit) return {};
+  return { "ratelimit-limit": String(limit.limit), "ratelimit-remaining": String(limit.remaining), "ratelimit-reset": String(limit.resetSeconds) };
+}
+
 export function writeDecision(res: Response, decision: Decision): void {
   if (decision.allowed) {
-    writeRaw(res, 200, ALLOW_BODY, { "x-auth-user": decision.key?.id ?? "dev-mode" });
+    writeRaw(res, 200, ALLOW_BODY, { "x-auth-user": decision.key?.id ?? "dev-mode", ...rateLimitHeaders(decision) });
     return;
   }
   const status = httpStatusFor(decision.reason);
-  writeJson(res, status, { code: status, message: decision.message }, status === 429 ? { "retry-after": "1" } : {});
+  const headers = status === 429 ? { "retry-after": String(Math.max(1, decision.rateLimit?.resetSeconds ?? 1)), ...rateLimitHeaders(decision) } : {};
+  writeJson(res, status, { code: status, message: decision.message }, headers);
 }
 
 function writeJson(res: Response, status: number, body: unknown, headers: Record<string, string>): void {

@@ -262,7 +262,7 @@ describe.each([
   });
 
   it("create: returns the plaintext once; the key is in the caller's org and works at once", async () => {
-    const response = await manage(admin, { case: "create", value: { $typeName: "keygate.v1.CreateKeyAction", name: "made-over-the-wire", org: "", namespace: "", roles: ["reader"], expiry: { case: undefined } } });
+    const response = await manage(admin, { case: "create", value: { $typeName: "keygate.v1.CreateKeyAction", name: "made-over-the-wire", org: "", namespace: "", roles: ["reader"], expiry: { case: undefined }, rateLimit: "" } });
     expect(response.result.case).toBe("created");
     if (response.result.case !== "created") return;
     const { key, plaintext } = response.result.value;
@@ -334,7 +334,7 @@ describe("ManageKey refuses callers it cannot authenticate", () => {
 
   it.each<[KeyName, string, ManageKeyRequest["action"]]>([
     ["writer", "list", list],
-    ["writer", "create", { case: "create", value: { $typeName: "keygate.v1.CreateKeyAction", name: "", org: "", namespace: "", roles: ["reader"], expiry: { case: undefined } } }],
+    ["writer", "create", { case: "create", value: { $typeName: "keygate.v1.CreateKeyAction", name: "", org: "", namespace: "", roles: ["reader"], expiry: { case: undefined }, rateLimit: "" } }],
     ["reader", "get", { case: "get", value: { $typeName: "keygate.v1.GetKeyAction", id: "key_00000000000000000000" } }],
     ["writer", "reset_all", { case: "resetAll", value: { $typeName: "keygate.v1.ResetAllAction", org: "" } }],
   ])("a %s key may not %s keys → PermissionDenied", async (who, _, action) => {
@@ -355,6 +355,7 @@ describe("ManageKey keeps orgs apart and never escalates", () => {
       namespace: fields.namespace ?? "",
       roles: fields.roles ?? [],
       expiry: fields.expiresIn ? { case: "expiresIn", value: fields.expiresIn } : { case: undefined },
+      rateLimit: "",
     },
   });
 
@@ -372,7 +373,7 @@ describe("ManageKey keeps orgs apart and never escalates", () => {
     await expectRpcError(manage(acme, { case: "rotate", value: { $typeName: "keygate.v1.RotateKeyAction", id, grace: "0s" } }), Code.NotFound, notFound);
     await expectRpcError(manage(acme, { case: "delete", value: { $typeName: "keygate.v1.DeleteKeyAction", id } }), Code.NotFound, notFound);
     await expectRpcError(
-      manage(acme, { case: "update", value: { $typeName: "keygate.v1.UpdateKeyAction", id, enabled: false, expiry: { case: undefined } } }),
+      manage(acme, { case: "update", value: { $typeName: "keygate.v1.UpdateKeyAction", id, enabled: false, expiry: { case: undefined }, rateLimitChange: { case: undefined } } }),
       Code.NotFound,
       notFound,
     );
@@ -412,12 +413,12 @@ describe("ManageKey keeps orgs apart and never escalates", () => {
     expect(child).toMatchObject({ org: "acme", namespace: "team-alpha", roles: ["reader"], createdBy: keys.alphaAdmin.id });
     expect(child.expiresAt?.seconds).toBe(BigInt(Math.floor(Date.parse(keys.alphaAdmin.expires_at!) / 1000)));
     await expectRpcError(
-      manage(alpha, { case: "update", value: { $typeName: "keygate.v1.UpdateKeyAction", id: child.id, expiry: { case: "neverExpires", value: true } } }),
+      manage(alpha, { case: "update", value: { $typeName: "keygate.v1.UpdateKeyAction", id: child.id, expiry: { case: "neverExpires", value: true }, rateLimitChange: { case: undefined } } }),
       Code.PermissionDenied,
       /expiry later than its own/,
     );
     await expectRpcError(
-      manage(alpha, { case: "update", value: { $typeName: "keygate.v1.UpdateKeyAction", id: child.id, roles: { $typeName: "keygate.v1.RoleList", roles: ["superuser"] }, expiry: { case: undefined } } }),
+      manage(alpha, { case: "update", value: { $typeName: "keygate.v1.UpdateKeyAction", id: child.id, roles: { $typeName: "keygate.v1.RoleList", roles: ["superuser"] }, expiry: { case: undefined }, rateLimitChange: { case: undefined } } }),
       Code.PermissionDenied,
       /superuser/,
     );

@@ -12,6 +12,8 @@ import { createKeyManager, type CreatedKey, type CreateKeyInput, type KeyManager
 import type { KeyRecord } from "../../src/keys/key-record.js";
 import { createUsageRecorder, type UsageRecorder } from "../../src/keys/usage-recorder.js";
 import { loadPolicy, type Policy } from "../../src/policy/policy.js";
+import type { RateLimit } from "../../src/ratelimit/rate-limit.js";
+import { createRateLimiter, type RateLimiter } from "../../src/ratelimit/rate-limiter.js";
 
 /**
  * keygate's core wired as `openRuntime` wires it, over a test database, with
@@ -54,6 +56,7 @@ export interface Core {
   authorize: Authorize;
   keys: KeyManager;
   usage: UsageRecorder;
+  rateLimiter: RateLimiter;
   /** Errors the core reported (outages), newest last. */
   errors: unknown[];
   close(): Promise<void>;
@@ -65,6 +68,10 @@ export interface CoreOptions {
   policy?: Policy;
   /** Replaces the key lookup the authorizer uses (to simulate an outage). */
   lookupKey?: LookupKey;
+  /** Default: a fresh in-memory limiter per core. */
+  rateLimiter?: RateLimiter;
+  /** The allocation of keys without their own (default: unlimited). */
+  defaultRateLimit?: RateLimit | null;
 }
 
 let defaultPolicy: Promise<Policy> | undefined;
@@ -82,9 +89,34 @@ export async function createCore(db: Kysely<Database>, options: CoreOptions = {}
   const cache = createKeyCache({ ttlMs: 60_000, negativeTtlMs: 5_000, maxEntries: 10_000, now: () => clock.now().getTime() });
   const usage = createUsageRecorder(db, HOUR, onError);
   const lookupKey = options.lookupKey ?? createKeyLookup({ db, cache, keyPrefix: DEFAULT_KEY_PREFIX, now: clock.now });
-  const authorize = createAuthorizer({ lookupKey, policy: () => policy, now: clock.now, onUsed: usage.touch, onError, dev: options.dev ?? false });
+  const rateLimiter = options.rateLimiter ?? createRateLimiter();
+  const authorize = createAuthorizer({
+    lookupKey,
+    policy: () => policy,
+    now: clock.now,
+    onUsed: usage.touch,
+    onError,
+    dev: options.dev ?? false,
+    rateLimiter,
+    defaultRateLimit: options.defaultRateLimit ?? null,
+  });
   const keys = createKeyManager({ db, policy: () => policy, cache, keyPrefix: DEFAULT_KEY_PREFIX, now: clock.now, pendingLastUsed: usage.pending });
-  return { clock, db, policy, cache, lookupKey, authorize, keys, usage, errors, close: () => usage.stop() };
+  return {
+    clock,
+    db,
+    policy,
+    cache,
+    lookupKey,
+    authorize,
+    keys,
+    usage,
+    rateLimiter,
+    errors,
+    async close() {
+      await usage.stop();
+      await rateLimiter.close();
+    },
+  };
 }
 
 export const LOCAL: Principal = { kind: "local" };

@@ -223,6 +223,7 @@ function keyFor(c: DecisionCase): KeyRecord {
     revokedAt: null,
     lastUsedAt: null,
     rotatedFrom: null,
+    rateLimit: null,
     createdBy: "local",
   };
 }

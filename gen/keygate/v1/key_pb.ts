@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file keygate/v1/key.proto.
  */
 export const file_keygate_v1_key: GenFile = /*@__PURE__*/
-  fileDesc("ChRrZXlnYXRlL3YxL2tleS5wcm90bxIKa2V5Z2F0ZS52MSKNAwoQTWFuYWdlS2V5UmVxdWVzdBItCgZjcmVhdGUYASABKAsyGy5rZXlnYXRlLnYxLkNyZWF0ZUtleUFjdGlvbkgAEicKA2dldBgCIAEoCzIYLmtleWdhdGUudjEuR2V0S2V5QWN0aW9uSAASKgoEbGlzdBgDIAEoCzIaLmtleWdhdGUudjEuTGlzdEtleXNBY3Rpb25IABItCgZ1cGRhdGUYBCABKAsyGy5rZXlnYXRlLnYxLlVwZGF0ZUtleUFjdGlvbkgAEi0KBnJldm9rZRgFIAEoCzIbLmtleWdhdGUudjEuUmV2b2tlS2V5QWN0aW9uSAASLQoGcm90YXRlGAYgASgLMhsua2V5Z2F0ZS52MS5Sb3RhdGVLZXlBY3Rpb25IABItCgZkZWxldGUYByABKAsyGy5rZXlnYXRlLnYxLkRlbGV0ZUtleUFjdGlvbkgAEi8KCXJlc2V0X2FsbBgIIAEoCzIaLmtleWdhdGUudjEuUmVzZXRBbGxBY3Rpb25IAEIICgZhY3Rpb24i7AEKEU1hbmFnZUtleVJlc3BvbnNlEikKB2NyZWF0ZWQYASABKAsyFi5rZXlnYXRlLnYxLkNyZWF0ZWRLZXlIABIhCgNrZXkYAiABKAsyEi5rZXlnYXRlLnYxLkFwaUtleUgAEiMKBHBhZ2UYAyABKAsyEy5rZXlnYXRlLnYxLktleVBhZ2VIABIpCgdkZWxldGVkGAQgASgLMhYua2V5Z2F0ZS52MS5EZWxldGVkS2V5SAASLwoJcmVzZXRfYWxsGAUgASgLMhoua2V5Z2F0ZS52MS5SZXNldEFsbFJlc3VsdEgAQggKBnJlc3VsdCKgAQoPQ3JlYXRlS2V5QWN0aW9uEgwKBG5hbWUYASABKAkSCwoDb3JnGAIgASgJEhEKCW5hbWVzcGFjZRgDIAEoCRINCgVyb2xlcxgEIAMoCRIUCgpleHBpcmVzX2luGAUgASgJSAASMAoKZXhwaXJlc19hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBIAEIICgZleHBpcnkiGgoMR2V0S2V5QWN0aW9uEgoKAmlkGAEgASgJInkKDkxpc3RLZXlzQWN0aW9uEgsKA29yZxgBIAEoCRIRCgluYW1lc3BhY2UYAiABKAkSFAoHZW5hYmxlZBgDIAEoCEgAiAEBEhEKCXBhZ2Vfc2l6ZRgEIAEoDRISCgpwYWdlX3Rva2VuGAUgASgJQgoKCF9lbmFibGVkIusBCg9VcGRhdGVLZXlBY3Rpb24SCgoCaWQYASABKAkSEQoEbmFtZRgCIAEoCUgBiAEBEhQKB2VuYWJsZWQYAyABKAhIAogBARIUCgpleHBpcmVzX2luGAQgASgJSAASMAoKZXhwaXJlc19hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBIABIXCg1uZXZlcl9leHBpcmVzGAYgASgISAASIwoFcm9sZXMYByABKAsyFC5rZXlnYXRlLnYxLlJvbGVMaXN0QggKBmV4cGlyeUIHCgVfbmFtZUIKCghfZW5hYmxlZCIZCghSb2xlTGlzdBINCgVyb2xlcxgBIAMoCSIdCg9SZXZva2VLZXlBY3Rpb24SCgoCaWQYASABKAkiLAoPUm90YXRlS2V5QWN0aW9uEgoKAmlkGAEgASgJEg0KBWdyYWNlGAIgASgJIh0KD0RlbGV0ZUtleUFjdGlvbhIKCgJpZBgBIAEoCSIdCg5SZXNldEFsbEFjdGlvbhILCgNvcmcYASABKAkilgMKBkFwaUtleRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEgsKA29yZxgDIAEoCRIRCgluYW1lc3BhY2UYBCABKAkSDQoFcm9sZXMYBSADKAkSDwoHZW5hYmxlZBgGIAEoCBIWCg5kaXNwbGF5X3ByZWZpeBgHIAEoCRIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpleHBpcmVzX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpyZXZva2VkX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxsYXN0X3VzZWRfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKDHJvdGF0ZWRfZnJvbRgNIAEoCRISCgpjcmVhdGVkX2J5GA4gASgJIkAKCkNyZWF0ZWRLZXkSHwoDa2V5GAEgASgLMhIua2V5Z2F0ZS52MS5BcGlLZXkSEQoJcGxhaW50ZXh0GAIgASgJIkQKB0tleVBhZ2USIAoEa2V5cxgBIAMoCzISLmtleWdhdGUudjEuQXBpS2V5EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIYCgpEZWxldGVkS2V5EgoKAmlkGAEgASgJIicKDlJlc2V0QWxsUmVzdWx0EhUKDXJldm9rZWRfY291bnQYASABKA0yWAoKS2V5U2VydmljZRJKCglNYW5hZ2VLZXkSHC5rZXlnYXRlLnYxLk1hbmFnZUtleVJlcXVlc3QaHS5rZXlnYXRlLnYxLk1hbmFnZUtleVJlc3BvbnNlIgBiBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChRrZXlnYXRlL3YxL2tleS5wcm90bxIKa2V5Z2F0ZS52MSKNAwoQTWFuYWdlS2V5UmVxdWVzdBItCgZjcmVhdGUYASABKAsyGy5rZXlnYXRlLnYxLkNyZWF0ZUtleUFjdGlvbkgAEicKA2dldBgCIAEoCzIYLmtleWdhdGUudjEuR2V0S2V5QWN0aW9uSAASKgoEbGlzdBgDIAEoCzIaLmtleWdhdGUudjEuTGlzdEtleXNBY3Rpb25IABItCgZ1cGRhdGUYBCABKAsyGy5rZXlnYXRlLnYxLlVwZGF0ZUtleUFjdGlvbkgAEi0KBnJldm9rZRgFIAEoCzIbLmtleWdhdGUudjEuUmV2b2tlS2V5QWN0aW9uSAASLQoGcm90YXRlGAYgASgLMhsua2V5Z2F0ZS52MS5Sb3RhdGVLZXlBY3Rpb25IABItCgZkZWxldGUYByABKAsyGy5rZXlnYXRlLnYxLkRlbGV0ZUtleUFjdGlvbkgAEi8KCXJlc2V0X2FsbBgIIAEoCzIaLmtleWdhdGUudjEuUmVzZXRBbGxBY3Rpb25IAEIICgZhY3Rpb24i7AEKEU1hbmFnZUtleVJlc3BvbnNlEikKB2NyZWF0ZWQYASABKAsyFi5rZXlnYXRlLnYxLkNyZWF0ZWRLZXlIABIhCgNrZXkYAiABKAsyEi5rZXlnYXRlLnYxLkFwaUtleUgAEiMKBHBhZ2UYAyABKAsyEy5rZXlnYXRlLnYxLktleVBhZ2VIABIpCgdkZWxldGVkGAQgASgLMhYua2V5Z2F0ZS52MS5EZWxldGVkS2V5SAASLwoJcmVzZXRfYWxsGAUgASgLMhoua2V5Z2F0ZS52MS5SZXNldEFsbFJlc3VsdEgAQggKBnJlc3VsdCK0AQoPQ3JlYXRlS2V5QWN0aW9uEgwKBG5hbWUYASABKAkSCwoDb3JnGAIgASgJEhEKCW5hbWVzcGFjZRgDIAEoCRINCgVyb2xlcxgEIAMoCRIUCgpleHBpcmVzX2luGAUgASgJSAASMAoKZXhwaXJlc19hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBIABISCgpyYXRlX2xpbWl0GAcgASgJQggKBmV4cGlyeSIaCgxHZXRLZXlBY3Rpb24SCgoCaWQYASABKAkieQoOTGlzdEtleXNBY3Rpb24SCwoDb3JnGAEgASgJEhEKCW5hbWVzcGFjZRgCIAEoCRIUCgdlbmFibGVkGAMgASgISACIAQESEQoJcGFnZV9zaXplGAQgASgNEhIKCnBhZ2VfdG9rZW4YBSABKAlCCgoIX2VuYWJsZWQirwIKD1VwZGF0ZUtleUFjdGlvbhIKCgJpZBgBIAEoCRIRCgRuYW1lGAIgASgJSAKIAQESFAoHZW5hYmxlZBgDIAEoCEgDiAEBEhQKCmV4cGlyZXNfaW4YBCABKAlIABIwCgpleHBpcmVzX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEgAEhcKDW5ldmVyX2V4cGlyZXMYBiABKAhIABIjCgVyb2xlcxgHIAEoCzIULmtleWdhdGUudjEuUm9sZUxpc3QSFAoKcmF0ZV9saW1pdBgIIAEoCUgBEhcKDW5vX3JhdGVfbGltaXQYCSABKAhIAUIICgZleHBpcnlCEwoRcmF0ZV9saW1pdF9jaGFuZ2VCBwoFX25hbWVCCgoIX2VuYWJsZWQiGQoIUm9sZUxpc3QSDQoFcm9sZXMYASADKAkiHQoPUmV2b2tlS2V5QWN0aW9uEgoKAmlkGAEgASgJIiwKD1JvdGF0ZUtleUFjdGlvbhIKCgJpZBgBIAEoCRINCgVncmFjZRgCIAEoCSIdCg9EZWxldGVLZXlBY3Rpb24SCgoCaWQYASABKAkiHQoOUmVzZXRBbGxBY3Rpb24SCwoDb3JnGAEgASgJIqoDCgZBcGlLZXkSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRILCgNvcmcYAyABKAkSEQoJbmFtZXNwYWNlGAQgASgJEg0KBXJvbGVzGAUgAygJEg8KB2VuYWJsZWQYBiABKAgSFgoOZGlzcGxheV9wcmVmaXgYByABKAkSLgoKY3JlYXRlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKZXhwaXJlc19hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKcmV2b2tlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMbGFzdF91c2VkX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxyb3RhdGVkX2Zyb20YDSABKAkSEgoKY3JlYXRlZF9ieRgOIAEoCRISCgpyYXRlX2xpbWl0GA8gASgJIkAKCkNyZWF0ZWRLZXkSHwoDa2V5GAEgASgLMhIua2V5Z2F0ZS52MS5BcGlLZXkSEQoJcGxhaW50ZXh0GAIgASgJIkQKB0tleVBhZ2USIAoEa2V5cxgBIAMoCzISLmtleWdhdGUudjEuQXBpS2V5EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIYCgpEZWxldGVkS2V5EgoKAmlkGAEgASgJIicKDlJlc2V0QWxsUmVzdWx0EhUKDXJldm9rZWRfY291bnQYASABKA0yWAoKS2V5U2VydmljZRJKCglNYW5hZ2VLZXkSHC5rZXlnYXRlLnYxLk1hbmFnZUtleVJlcXVlc3QaHS5rZXlnYXRlLnYxLk1hbmFnZUtleVJlc3BvbnNlIgBiBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message keygate.v1.ManageKeyRequest
@@ -187,6 +187,16 @@ export type CreateKeyAction = Message<"keygate.v1.CreateKeyAction"> & {
     value: Timestamp;
     case: "expiresAt";
   } | { case: undefined; value?: undefined };
+
+  /**
+   * The key's own rate limit, "N/WINDOW": at most N requests per WINDOW, a
+   * duration as above (e.g. "100/1s", "5000/1h"). Empty: a key caller's own
+   * limit, else none (the server's default limit applies, if any). A key
+   * caller with a limit cannot grant a higher rate or no limit.
+   *
+   * @generated from field: string rate_limit = 7;
+   */
+  rateLimit: string;
 };
 
 /**
@@ -306,6 +316,28 @@ export type UpdateKeyAction = Message<"keygate.v1.UpdateKeyAction"> & {
    * @generated from field: keygate.v1.RoleList roles = 7;
    */
   roles?: RoleList | undefined;
+
+  /**
+   * @generated from oneof keygate.v1.UpdateKeyAction.rate_limit_change
+   */
+  rateLimitChange: {
+    /**
+     * Sets the key's own rate limit, "N/WINDOW" (e.g. "10/1m"). It takes
+     * effect at once, with a fresh budget.
+     *
+     * @generated from field: string rate_limit = 8;
+     */
+    value: string;
+    case: "rateLimit";
+  } | {
+    /**
+     * true removes the key's own limit: the server default applies.
+     *
+     * @generated from field: bool no_rate_limit = 9;
+     */
+    value: boolean;
+    case: "noRateLimit";
+  } | { case: undefined; value?: undefined };
 };
 
 /**
@@ -494,6 +526,14 @@ export type ApiKey = Message<"keygate.v1.ApiKey"> & {
    * @generated from field: string created_by = 14;
    */
   createdBy: string;
+
+  /**
+   * The key's own rate limit, "N/WINDOW" (e.g. "100/1s"); empty when it has
+   * none (the server default, if any, applies).
+   *
+   * @generated from field: string rate_limit = 15;
+   */
+  rateLimit: string;
 };
 
 /**
