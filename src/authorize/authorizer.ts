@@ -12,8 +12,10 @@ export interface AuthorizerDeps {
   /** The policy in force now (it may be swapped by a reload). */
   policy: () => Policy;
   now: () => Date;
-  /** Called with each allowed key, to keep last_used_at. */
+  /** Called with each allowed key, to keep last_used_at and the allowed count. */
   onUsed?: (keyId: string, at: Date) => void;
+  /** Called with each known key denied a request (revoked, expired, forbidden, rate limited, …), to count it. */
+  onDenied?: (keyId: string, at: Date) => void;
   /** Called when a decision could not be made (an outage), before denying. */
   onError?: (error: unknown) => void;
   dev?: boolean;
@@ -42,8 +44,15 @@ const DEV_DECISION: Decision = {
  * shape, key state, org, namespace, policy, then the key's rate limit.
  * Any internal error denies.
  */
-export function createAuthorizer({ lookupKey, policy, now, onUsed, onError, dev = false, rateLimiter, defaultRateLimit = null }: AuthorizerDeps): Authorize {
+export function createAuthorizer({ lookupKey, policy, now, onUsed, onDenied, onError, dev = false, rateLimiter, defaultRateLimit = null }: AuthorizerDeps): Authorize {
   return async function authorize(input) {
+    const decision = await decide(input);
+    // A deny that names a key is about a known key; one without (no or invalid credential) is not.
+    if (!decision.allowed && decision.key) onDenied?.(decision.key.id, now());
+    return decision;
+  };
+
+  async function decide(input: AuthorizeInput): Promise<Decision> {
     if (dev) return DEV_DECISION;
     if (input.credential === "") return deny("missing_credential", MESSAGES.missing_credential);
 
@@ -91,7 +100,7 @@ export function createAuthorizer({ lookupKey, policy, now, onUsed, onError, dev 
     }
     onUsed?.(key.id, now());
     return decision;
-  };
+  }
 }
 
 /** A request after normalization: what the policy sees. */

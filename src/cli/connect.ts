@@ -11,12 +11,13 @@ import { openRuntime, type Runtime } from "../runtime/runtime.js";
 import { localStatus, type ServerStatus } from "../server/serve.js";
 import { createRoutes } from "../server/routes.js";
 import { findServers } from "../server/server-registry.js";
+import { AuditService } from "../../gen/keygate/v1/audit_pb.js";
 import { AuthorizeService } from "../../gen/keygate/v1/authorize_pb.js";
 import { KeyService } from "../../gen/keygate/v1/key_pb.js";
 
 /**
  * How the CLI reaches keygate. Every mode is a Connect transport to the same
- * two services, so every command has one code path:
+ * services (Authorize, KeyService, AuditService), so every command has one code path:
  * - remote (`--server URL`): ManageKey over the network, authenticated with
  *   an admin key (KEYGATE_API_KEY);
  * - control socket: a server holds this PGlite data dir, so go through its
@@ -28,6 +29,7 @@ export interface Connection {
   mode: "remote" | "socket" | "local";
   keys: Client<typeof KeyService>;
   authorize: Client<typeof AuthorizeService>;
+  audit: Client<typeof AuditService>;
   status(): Promise<ServerStatus & { server: "running" | "not running" | "unknown" }>;
   close(): Promise<void>;
 }
@@ -126,7 +128,7 @@ function viaSocket(socketPath: string): Connection {
 }
 
 function clients(transport: Transport) {
-  return { keys: createClient(KeyService, transport), authorize: createClient(AuthorizeService, transport) };
+  return { keys: createClient(KeyService, transport), authorize: createClient(AuthorizeService, transport), audit: createClient(AuditService, transport) };
 }
 
 function getJson<T>(socketPath: string, path: string): Promise<T> {

@@ -14,7 +14,7 @@ import { parseRateLimit } from "../ratelimit/rate-limit.js";
 import { reasonFromProto } from "../server/convert.js";
 import { CliError, connectLocal, connectRemote, type Connection } from "./connect.js";
 import { configOrThrow, help, parse, readRuntimeConfig, type Options, type Parsed } from "./main.js";
-import { createOut, keyJson, keyTable, keyText, type Out } from "./output.js";
+import { createOut, keyJson, keyTable, keyText, usageJson, usageText, type Out } from "./output.js";
 
 async function connect(parsed: Parsed, command: string): Promise<Connection> {
   const server = parsed.flags.server as string | undefined;
@@ -22,7 +22,7 @@ async function connect(parsed: Parsed, command: string): Promise<Connection> {
   return connectLocal(configOrThrow(readRuntimeConfig(parsed.flags, process.env, process.cwd())), command);
 }
 
-async function withConnection<T>(parsed: Parsed, command: string, run: (c: Connection) => Promise<T>): Promise<T> {
+export async function withConnection<T>(parsed: Parsed, command: string, run: (c: Connection) => Promise<T>): Promise<T> {
   const connection = await connect(parsed, command);
   try {
     return await run(connection);
@@ -61,9 +61,10 @@ function printCreated(out: Out, response: ManageKeyResponse, verb: string): void
   out.note("This is the only time the key is shown: store it now.");
 }
 
-function printKey(out: Out, key: ApiKey | undefined): void {
+function printKey(out: Out, key: ApiKey | undefined, withUsage = false): void {
   if (!key) throw new CliError("unexpected response from server");
-  out.print(out.json ? JSON.stringify(keyJson(key)) : keyText(key));
+  if (out.json) out.print(JSON.stringify({ ...keyJson(key), ...(withUsage && usageJson(key)) }));
+  else out.print(withUsage ? `${keyText(key)}\n\n${usageText(key)}` : keyText(key));
 }
 
 const KEYGEN_OPTIONS: Options = {
@@ -160,7 +161,7 @@ async function keysList(args: string[]): Promise<number> {
       next = response.result.value.nextPageToken;
       token = next;
     } while (parsed.flags.all && next !== "");
-    if (out.json) out.print(JSON.stringify({ keys: keys.map(keyJson), next_page_token: next }));
+    if (out.json) out.print(JSON.stringify({ keys: keys.map((k) => ({ ...keyJson(k), ...usageJson(k) })), next_page_token: next }));
     else {
       out.print(keys.length > 0 ? keyTable(keys) : "no keys");
       if (next) out.note(`more: --page-token ${next} (or --all)`);
@@ -193,7 +194,7 @@ async function keysSimple(command: "get" | "revoke" | "enable" | "delete", args:
         else out.print(`deleted ${id}`);
         return 0;
     }
-    printKey(out, response.result.case === "key" ? response.result.value : undefined);
+    printKey(out, response.result.case === "key" ? response.result.value : undefined, command === "get");
     return 0;
   });
 }

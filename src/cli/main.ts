@@ -1,6 +1,7 @@
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { ConnectError } from "@connectrpc/connect";
 import { readPolicyDir, readRuntimeConfig, readStorageConfig, type ConfigResult, type Flags } from "../config/config.js";
+import { runAudit } from "./audit-command.js";
 import { runCheck, runKeygen, runKeys } from "./key-commands.js";
 import { runPolicy } from "./policy-commands.js";
 import { runMigrate, runServe, runShim, runStatus } from "./server-commands.js";
@@ -36,6 +37,9 @@ Keys
   check --key K --path P [--method M] [--namespace NS] [--org ORG] [--explain]
                         explain one decision (exit 0 allowed, 1 denied); --explain lists the
                         closest rules that did not match and why
+  audit [--org ORG] [--key KEY_ID] [--since DUR|ISO] [--limit N]
+                        who changed keys, and refused attempts, newest first (--since 24h =
+                        the last 24 hours; default --limit 100)
 
 Policy (read files only, never the database)
   policy lint [DIR]     check the policy: syntax, undefined roles, g cycles, shadowed rules,
@@ -111,6 +115,8 @@ export async function main(argv: string[]): Promise<number> {
         return await runKeys(rest);
       case "check":
         return await runCheck(rest);
+      case "audit":
+        return await runAudit(rest);
       case "policy":
         return await runPolicy(rest);
       case undefined:

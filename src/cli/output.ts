@@ -42,6 +42,24 @@ export function keyJson(key: ApiKey): Record<string, unknown> {
   };
 }
 
+/** Usage as get and list show it (JSON numbers: counts stay far below 2^53). */
+export function usageJson(key: ApiKey): Record<string, unknown> {
+  return {
+    usage: key.usage.map((d) => ({ day: d.day, allowed: Number(d.allowed), denied: Number(d.denied) })),
+    requests_allowed_7d: Number(key.requestsAllowed7d),
+    requests_denied_7d: Number(key.requestsDenied7d),
+  };
+}
+
+/** Requests per UTC day, for `keys get`. */
+export function usageText(key: ApiKey): string {
+  const total = `requests 7d  ${key.requestsAllowed7d} allowed, ${key.requestsDenied7d} denied`;
+  if (key.usage.length === 0) return `${total}\nno requests in the last 30 days`;
+  const rows = [["DAY (UTC)", "ALLOWED", "DENIED"], ...key.usage.map((d) => [d.day, String(d.allowed), String(d.denied)])];
+  const widths = [0, 1, 2].map((i) => Math.max(...rows.map((r) => r[i]!.length)));
+  return [total, "", ...rows.map((r) => r.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join("  "))].join("\n");
+}
+
 export function keyText(key: ApiKey): string {
   const rows: [string, string][] = [
     ["id", key.id],
@@ -63,7 +81,7 @@ export function keyText(key: ApiKey): string {
 }
 
 export function keyTable(keys: ApiKey[]): string {
-  const head = ["ID", "NAME", "ORG", "NAMESPACE", "ROLES", "STATE", "RATE LIMIT", "EXPIRES", "LAST USED"];
+  const head = ["ID", "NAME", "ORG", "NAMESPACE", "ROLES", "STATE", "RATE LIMIT", "EXPIRES", "LAST USED", "ALLOWED 7D", "DENIED 7D"];
   const rows = keys.map((k) => [
     k.id,
     k.name || "-",
@@ -74,6 +92,8 @@ export function keyTable(keys: ApiKey[]): string {
     k.rateLimit || "default",
     iso(k.expiresAt) ?? "never",
     iso(k.lastUsedAt) ?? "never",
+    String(k.requestsAllowed7d),
+    String(k.requestsDenied7d),
   ]);
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   return [head, ...rows].map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join("  ").trimEnd()).join("\n");

@@ -2,6 +2,8 @@ import type { Kysely } from "kysely";
 import { Migrator, type Migration, type MigrationProvider, type MigrationResultSet } from "kysely/migration";
 import * as createApiKeys from "./migrations/2026-11-24T00-00_create-api-keys.js";
 import * as addKeyRateLimit from "./migrations/2026-11-25T00-00_add-key-rate-limit.js";
+import * as createKeyUsage from "./migrations/2026-11-25T01-01_create-key-usage.js";
+import * as createAuditLog from "./migrations/2026-11-25T01-00_create-audit-log.js";
 
 /**
  * Migrations are imported statically (not read from a folder at run time), so
@@ -10,6 +12,8 @@ import * as addKeyRateLimit from "./migrations/2026-11-25T00-00_add-key-rate-lim
 const MIGRATIONS: Record<string, Migration> = {
   "2026-11-24T00-00_create-api-keys": createApiKeys,
   "2026-11-25T00-00_add-key-rate-limit": addKeyRateLimit,
+  "2026-11-25T01-01_create-key-usage": createKeyUsage,
+  "2026-11-25T01-00_create-audit-log": createAuditLog,
 };
 
 const provider: MigrationProvider = { getMigrations: async () => MIGRATIONS };

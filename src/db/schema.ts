@@ -3,6 +3,8 @@ import type { ColumnType, Insertable, Selectable, Updateable } from "kysely";
 /** The database as Kysely sees it. Migrations never import this file. */
 export interface Database {
   api_keys: ApiKeyTable;
+  key_usage: KeyUsageTable;
+  audit_log: AuditLogTable;
 }
 
 export interface ApiKeyTable {
@@ -29,6 +31,37 @@ export interface ApiKeyTable {
   rate_limit_window_seconds: ColumnType<number | null, number | null | undefined, number | null>;
 }
 
+/** Requests decided per key and UTC day; rows go with their key (ON DELETE CASCADE). */
+export interface KeyUsageTable {
+  key_id: string;
+  /** A UTC day; read it as text ("YYYY-MM-DD"), drivers turn dates into local-time Dates. */
+  day: ColumnType<Date | string, string, never>;
+  /** bigint: drivers may return a string. */
+  allowed: ColumnType<string | number | bigint, number, number>;
+  denied: ColumnType<string | number | bigint, number, number>;
+}
+
 export type ApiKeyRow = Selectable<ApiKeyTable>;
 export type NewApiKeyRow = Insertable<ApiKeyTable>;
 export type ApiKeyUpdate = Updateable<ApiKeyTable>;
+
+/** One key change or refused ManageKey attempt. Never a key or a hash. */
+export interface AuditLogTable {
+  /** bigserial: a string, as int8 comes back. */
+  id: ColumnType<string, never, never>;
+  at: ColumnType<Date, Date, never>;
+  /** A key id, or "local" for the operator. */
+  actor: string;
+  action: string;
+  target: string | null;
+  /** rotate: the new key. */
+  new_target: string | null;
+  /** null: unknown, or every org. */
+  org: string | null;
+  /** "ok", "denied: <code>: <message>" or "invalid: <message>". */
+  outcome: string;
+  detail: ColumnType<Record<string, unknown>, string, never>;
+}
+
+export type AuditLogRow = Selectable<AuditLogTable>;
+export type NewAuditLogRow = Insertable<AuditLogTable>;

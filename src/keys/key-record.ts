@@ -20,6 +20,24 @@ export interface KeyRecord {
   createdBy: string;
   /** Its own allocation; null = the server default (unlimited when none). */
   rateLimit: RateLimit | null;
+  /** Requests decided for it, when asked for (ManageKey get and list). */
+  usage?: KeyUsage;
+}
+
+/** Requests decided for a key, counts not yet written included. */
+export interface KeyUsage {
+  /** Per UTC day, oldest first, days without requests left out; empty when only totals were asked. */
+  days: DailyUsage[];
+  /** The last 7 UTC days, today included. */
+  allowed7d: number;
+  denied7d: number;
+}
+
+export interface DailyUsage {
+  /** "YYYY-MM-DD", UTC. */
+  day: string;
+  allowed: number;
+  denied: number;
 }
 
 export const ALL_NAMESPACES = "*";

@@ -1,4 +1,4 @@
-import { sql, type Kysely, type Transaction } from "kysely";
+import type { Kysely, Transaction } from "kysely";
 import type { ApiKeyRow, Database, NewApiKeyRow } from "../db/schema.js";
 import type { RateLimit } from "../ratelimit/rate-limit.js";
 import type { KeyRecord } from "./key-record.js";
@@ -143,17 +143,6 @@ export async function revokeAll(db: Db, scope: { org?: string; namespace?: strin
   if (scope.namespace !== undefined) query = query.where("namespace", "=", scope.namespace);
   const result = await query.executeTakeFirst();
   return Number(result.numUpdatedRows);
-}
-
-/** One statement for a whole batch of last-used times; never moves a time backwards. */
-export async function recordLastUsed(db: Db, usage: ReadonlyMap<string, Date>): Promise<void> {
-  if (usage.size === 0) return;
-  const batch = JSON.stringify([...usage].map(([id, at]) => ({ id, at: at.toISOString() })));
-  await sql`
-    update api_keys as k
-    set last_used_at = greatest(coalesce(k.last_used_at, v.at), v.at)
-    from jsonb_to_recordset(${batch}::jsonb) as v(id text, at timestamptz)
-    where k.id = v.id`.execute(db);
 }
 
 export async function countKeys(db: Db): Promise<{ total: number; enabled: number }> {

@@ -5,6 +5,7 @@ import { migrateToLatest, type MigrateOutcome } from "../db/migrate.js";
 import { createKeyCache, type KeyCache } from "../keys/key-cache.js";
 import { createKeyLookup, type LookupKey } from "../keys/key-lookup.js";
 import { createKeyManager, type KeyManager } from "../keys/key-manager.js";
+import { createKeyUsageReader, withKeyUsage } from "../keys/key-usage.js";
 import { createUsageRecorder, type UsageRecorder } from "../keys/usage-recorder.js";
 import { loadPolicy, type Policy } from "../policy/policy.js";
 import { createPolicyHolder, type PolicyHolder } from "../policy/policy-watcher.js";
@@ -80,12 +81,16 @@ export async function openRuntime(config: RuntimeConfig, options: RuntimeOptions
       policy: currentPolicy,
       now,
       onUsed: usage.touch,
+      onDenied: usage.countDenied,
       onError,
       dev: config.dev,
       rateLimiter,
       defaultRateLimit: config.defaultRateLimit,
     });
-    const keys = createKeyManager({ db: store.db, policy: currentPolicy, cache, keyPrefix: config.keyPrefix, now, pendingLastUsed: usage.pending });
+    const keys = withKeyUsage(
+      createKeyManager({ db: store.db, policy: currentPolicy, cache, keyPrefix: config.keyPrefix, now, pendingLastUsed: usage.pending }),
+      createKeyUsageReader({ db: store.db, now, pendingCounts: usage.pendingCounts }),
+    );
     return {
       store,
       migration,

@@ -14,7 +14,7 @@ import {
   type AuthorizeResponse,
   type RuleMiss,
 } from "../../gen/keygate/v1/authorize_pb.js";
-import { ApiKeySchema, type ApiKey } from "../../gen/keygate/v1/key_pb.js";
+import { ApiKeySchema, DailyUsageSchema, type ApiKey } from "../../gen/keygate/v1/key_pb.js";
 
 /** Core values ↔ protobuf messages, at the edge only (the core never imports gen/). */
 
@@ -112,5 +112,10 @@ export function keyToProto(key: KeyRecord): ApiKey {
     rotatedFrom: key.rotatedFrom ?? "",
     createdBy: key.createdBy,
     rateLimit: key.rateLimit ? formatRateLimit(key.rateLimit) : "",
+    ...(key.usage && {
+      usage: key.usage.days.map((d) => create(DailyUsageSchema, { day: d.day, allowed: BigInt(d.allowed), denied: BigInt(d.denied) })),
+      requestsAllowed7d: BigInt(key.usage.allowed7d),
+      requestsDenied7d: BigInt(key.usage.denied7d),
+    }),
   });
 }

@@ -1,11 +1,9 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
-import { MESSAGES } from "../authorize/decision.js";
+import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import type { CredentialSource } from "../config/config.js";
 import type { LookupKey } from "../keys/key-lookup.js";
 import type { Expiry, KeyManager, ManageResult, Principal } from "../keys/key-manager.js";
-import { credentialFromHeaders } from "../shim/credential-headers.js";
 import type { Logger } from "../runtime/logger.js";
 import { errorFields } from "../runtime/logger.js";
 import {
@@ -19,6 +17,7 @@ import {
   type ManageKeyResponse,
 } from "../../gen/keygate/v1/key_pb.js";
 import { keyToProto } from "./convert.js";
+import { createPrincipalOf } from "./principal.js";
 import type { AnnounceKeyChange, KeyChange } from "./key-changes.js";
 
 export interface KeyServiceDeps {
@@ -49,22 +48,7 @@ function unwrap<T>(result: ManageResult<T>): T {
 }
 
 export function createKeyService({ keys, lookupKey, credentialPriority, dev, localOperator, log, announce }: KeyServiceDeps): ServiceImpl<typeof KeyService> {
-  async function principalOf(context: HandlerContext): Promise<Principal> {
-    if (localOperator || dev) return { kind: "local" };
-    const credential = credentialFromHeaders((name) => context.requestHeader.get(name) ?? undefined, credentialPriority);
-    if (credential === "") throw new ConnectError(MESSAGES.missing_credential, Code.Unauthenticated);
-    const found = await lookupKey(credential);
-    switch (found.status) {
-      case "ok":
-        return { kind: "key", key: found.key };
-      case "invalid":
-        throw new ConnectError(MESSAGES.invalid_key, Code.Unauthenticated);
-      case "revoked":
-        throw new ConnectError(MESSAGES.revoked, Code.Unauthenticated);
-      case "expired":
-        throw new ConnectError(MESSAGES.expired, Code.Unauthenticated);
-    }
-  }
+  const principalOf = createPrincipalOf({ lookupKey, credentialPriority, dev, localOperator });
 
   async function run(request: ManageKeyRequest, principal: Principal): Promise<ManageKeyResponse> {
     const action = request.action;

@@ -58,6 +58,8 @@ function keyLifecycle(): void {
     const got = ok(await cli(["keys", "get", key.id]));
     expect(got.stdout).toMatch(new RegExp(`^id\\s+${key.id}$`, "m"));
     expect(got.stdout).toMatch(/^state\s+enabled$/m);
+    expect(got.stdout).toMatch(/^requests 7d\s+\d+ allowed, \d+ denied$/m);
+    expect(table.stdout).toMatch(/\sALLOWED 7D\s+DENIED 7D$/m);
     expect(got.stdout).toContain(`${key.display_prefix}…`);
     for (const output of [list, table, got]) expect(output.stdout + output.stderr).not.toContain(key.key);
   });

@@ -253,6 +253,21 @@ describe("keygate shim --credential-priority x-api-key,authorization", () => {
   });
 });
 
+describe("usage", () => {
+  it("decisions through the shim show in `keys get --json`, read through the running server", async () => {
+    const cli = { cwd: data.dir, env };
+    const used = await createKey(["--org", "acme", "--role", "reader", "--name", "usage"], cli);
+    for (let i = 0; i < 3; i++) expect((await cubeRequest(shim!.url, bearer(used.key, "/sandboxes", "GET"))).headers["x-auth-user"]).toBe(used.id);
+    for (let i = 0; i < 2; i++) expect((await cubeRequest(shim!.url, bearer(used.key, "/sandboxes", "POST"))).status).toBe(403);
+    // The server merges the counts it has not written yet.
+    const got = await runCli(["keys", "get", used.id, "--json", "--server", server!.url], { ...cli, env: { ...env, KEYGATE_API_KEY: keys.admin.key } });
+    expect(got.code, got.stderr).toBe(0);
+    const shown = JSON.parse(got.stdout) as { usage: { day: string; allowed: number; denied: number }[]; requests_allowed_7d: number; requests_denied_7d: number };
+    expect(shown.usage).toEqual([{ day: new Date().toISOString().slice(0, 10), allowed: 3, denied: 2 }]);
+    expect([shown.requests_allowed_7d, shown.requests_denied_7d]).toEqual([3, 2]);
+  });
+});
+
 describe("when the keygate behind the shim is stopped", () => {
   beforeAll(async () => {
     expect(await server!.stop()).toBe(0);

@@ -117,7 +117,7 @@ describe(`create on ${testDatabaseKind}`, () => {
 describe("get and list", () => {
   it("get returns the key's record", async () => {
     const { key } = await createKey(core, { name: "fetch me", org: "get-org", roles: ["reader"] });
-    expect(unwrap(await core.keys.get(LOCAL, key.id))).toEqual(key);
+    expect(unwrap(await core.keys.get(LOCAL, key.id))).toEqual({ ...key, usage: { days: [], allowed7d: 0, denied7d: 0 } });
   });
 
   it("pages through every key in creation order with page tokens, no key twice or missed", async () => {

@@ -42,7 +42,7 @@ afterAll(async () => {
 describe(`openRuntime on ${testDatabaseKind}`, () => {
   it("opens the store the suite targets, migrated to the latest schema", () => {
     expect(runtime.store.kind).toBe(testDatabaseKind);
-    expect(runtime.migration.current).toBe("2026-11-25T00-00_add-key-rate-limit");
+    expect(runtime.migration.current).toBe("2026-11-25T01-01_create-key-usage");
     expect(runtime.dev).toBe(false);
   });
 

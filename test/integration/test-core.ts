@@ -10,6 +10,7 @@ import { DEFAULT_KEY_PREFIX } from "../../src/keys/key-format.js";
 import { createKeyLookup, type LookupKey } from "../../src/keys/key-lookup.js";
 import { createKeyManager, type CreatedKey, type CreateKeyInput, type KeyManager, type ManageResult, type Principal } from "../../src/keys/key-manager.js";
 import type { KeyRecord } from "../../src/keys/key-record.js";
+import { createKeyUsageReader, withKeyUsage } from "../../src/keys/key-usage.js";
 import { createUsageRecorder, type UsageRecorder } from "../../src/keys/usage-recorder.js";
 import { loadPolicy, type Policy } from "../../src/policy/policy.js";
 import type { RateLimit } from "../../src/ratelimit/rate-limit.js";
@@ -95,12 +96,16 @@ export async function createCore(db: Kysely<Database>, options: CoreOptions = {}
     policy: () => policy,
     now: clock.now,
     onUsed: usage.touch,
+    onDenied: usage.countDenied,
     onError,
     dev: options.dev ?? false,
     rateLimiter,
     defaultRateLimit: options.defaultRateLimit ?? null,
   });
-  const keys = createKeyManager({ db, policy: () => policy, cache, keyPrefix: DEFAULT_KEY_PREFIX, now: clock.now, pendingLastUsed: usage.pending });
+  const keys = withKeyUsage(
+    createKeyManager({ db, policy: () => policy, cache, keyPrefix: DEFAULT_KEY_PREFIX, now: clock.now, pendingLastUsed: usage.pending }),
+    createKeyUsageReader({ db, now: clock.now, pendingCounts: usage.pendingCounts }),
+  );
   return {
     clock,
     db,

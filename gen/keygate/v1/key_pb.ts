@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file keygate/v1/key.proto.
  */
 export const file_keygate_v1_key: GenFile = /*@__PURE__*/
-  fileDesc("ChRrZXlnYXRlL3YxL2tleS5wcm90bxIKa2V5Z2F0ZS52MSKNAwoQTWFuYWdlS2V5UmVxdWVzdBItCgZjcmVhdGUYASABKAsyGy5rZXlnYXRlLnYxLkNyZWF0ZUtleUFjdGlvbkgAEicKA2dldBgCIAEoCzIYLmtleWdhdGUudjEuR2V0S2V5QWN0aW9uSAASKgoEbGlzdBgDIAEoCzIaLmtleWdhdGUudjEuTGlzdEtleXNBY3Rpb25IABItCgZ1cGRhdGUYBCABKAsyGy5rZXlnYXRlLnYxLlVwZGF0ZUtleUFjdGlvbkgAEi0KBnJldm9rZRgFIAEoCzIbLmtleWdhdGUudjEuUmV2b2tlS2V5QWN0aW9uSAASLQoGcm90YXRlGAYgASgLMhsua2V5Z2F0ZS52MS5Sb3RhdGVLZXlBY3Rpb25IABItCgZkZWxldGUYByABKAsyGy5rZXlnYXRlLnYxLkRlbGV0ZUtleUFjdGlvbkgAEi8KCXJlc2V0X2FsbBgIIAEoCzIaLmtleWdhdGUudjEuUmVzZXRBbGxBY3Rpb25IAEIICgZhY3Rpb24i7AEKEU1hbmFnZUtleVJlc3BvbnNlEikKB2NyZWF0ZWQYASABKAsyFi5rZXlnYXRlLnYxLkNyZWF0ZWRLZXlIABIhCgNrZXkYAiABKAsyEi5rZXlnYXRlLnYxLkFwaUtleUgAEiMKBHBhZ2UYAyABKAsyEy5rZXlnYXRlLnYxLktleVBhZ2VIABIpCgdkZWxldGVkGAQgASgLMhYua2V5Z2F0ZS52MS5EZWxldGVkS2V5SAASLwoJcmVzZXRfYWxsGAUgASgLMhoua2V5Z2F0ZS52MS5SZXNldEFsbFJlc3VsdEgAQggKBnJlc3VsdCK0AQoPQ3JlYXRlS2V5QWN0aW9uEgwKBG5hbWUYASABKAkSCwoDb3JnGAIgASgJEhEKCW5hbWVzcGFjZRgDIAEoCRINCgVyb2xlcxgEIAMoCRIUCgpleHBpcmVzX2luGAUgASgJSAASMAoKZXhwaXJlc19hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBIABISCgpyYXRlX2xpbWl0GAcgASgJQggKBmV4cGlyeSIaCgxHZXRLZXlBY3Rpb24SCgoCaWQYASABKAkieQoOTGlzdEtleXNBY3Rpb24SCwoDb3JnGAEgASgJEhEKCW5hbWVzcGFjZRgCIAEoCRIUCgdlbmFibGVkGAMgASgISACIAQESEQoJcGFnZV9zaXplGAQgASgNEhIKCnBhZ2VfdG9rZW4YBSABKAlCCgoIX2VuYWJsZWQirwIKD1VwZGF0ZUtleUFjdGlvbhIKCgJpZBgBIAEoCRIRCgRuYW1lGAIgASgJSAKIAQESFAoHZW5hYmxlZBgDIAEoCEgDiAEBEhQKCmV4cGlyZXNfaW4YBCABKAlIABIwCgpleHBpcmVzX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEgAEhcKDW5ldmVyX2V4cGlyZXMYBiABKAhIABIjCgVyb2xlcxgHIAEoCzIULmtleWdhdGUudjEuUm9sZUxpc3QSFAoKcmF0ZV9saW1pdBgIIAEoCUgBEhcKDW5vX3JhdGVfbGltaXQYCSABKAhIAUIICgZleHBpcnlCEwoRcmF0ZV9saW1pdF9jaGFuZ2VCBwoFX25hbWVCCgoIX2VuYWJsZWQiGQoIUm9sZUxpc3QSDQoFcm9sZXMYASADKAkiHQoPUmV2b2tlS2V5QWN0aW9uEgoKAmlkGAEgASgJIiwKD1JvdGF0ZUtleUFjdGlvbhIKCgJpZBgBIAEoCRINCgVncmFjZRgCIAEoCSIdCg9EZWxldGVLZXlBY3Rpb24SCgoCaWQYASABKAkiHQoOUmVzZXRBbGxBY3Rpb24SCwoDb3JnGAEgASgJIqoDCgZBcGlLZXkSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRILCgNvcmcYAyABKAkSEQoJbmFtZXNwYWNlGAQgASgJEg0KBXJvbGVzGAUgAygJEg8KB2VuYWJsZWQYBiABKAgSFgoOZGlzcGxheV9wcmVmaXgYByABKAkSLgoKY3JlYXRlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKZXhwaXJlc19hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKcmV2b2tlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMbGFzdF91c2VkX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxyb3RhdGVkX2Zyb20YDSABKAkSEgoKY3JlYXRlZF9ieRgOIAEoCRISCgpyYXRlX2xpbWl0GA8gASgJIkAKCkNyZWF0ZWRLZXkSHwoDa2V5GAEgASgLMhIua2V5Z2F0ZS52MS5BcGlLZXkSEQoJcGxhaW50ZXh0GAIgASgJIkQKB0tleVBhZ2USIAoEa2V5cxgBIAMoCzISLmtleWdhdGUudjEuQXBpS2V5EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIYCgpEZWxldGVkS2V5EgoKAmlkGAEgASgJIicKDlJlc2V0QWxsUmVzdWx0EhUKDXJldm9rZWRfY291bnQYASABKA0yWAoKS2V5U2VydmljZRJKCglNYW5hZ2VLZXkSHC5rZXlnYXRlLnYxLk1hbmFnZUtleVJlcXVlc3QaHS5rZXlnYXRlLnYxLk1hbmFnZUtleVJlc3BvbnNlIgBiBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChRrZXlnYXRlL3YxL2tleS5wcm90bxIKa2V5Z2F0ZS52MSKNAwoQTWFuYWdlS2V5UmVxdWVzdBItCgZjcmVhdGUYASABKAsyGy5rZXlnYXRlLnYxLkNyZWF0ZUtleUFjdGlvbkgAEicKA2dldBgCIAEoCzIYLmtleWdhdGUudjEuR2V0S2V5QWN0aW9uSAASKgoEbGlzdBgDIAEoCzIaLmtleWdhdGUudjEuTGlzdEtleXNBY3Rpb25IABItCgZ1cGRhdGUYBCABKAsyGy5rZXlnYXRlLnYxLlVwZGF0ZUtleUFjdGlvbkgAEi0KBnJldm9rZRgFIAEoCzIbLmtleWdhdGUudjEuUmV2b2tlS2V5QWN0aW9uSAASLQoGcm90YXRlGAYgASgLMhsua2V5Z2F0ZS52MS5Sb3RhdGVLZXlBY3Rpb25IABItCgZkZWxldGUYByABKAsyGy5rZXlnYXRlLnYxLkRlbGV0ZUtleUFjdGlvbkgAEi8KCXJlc2V0X2FsbBgIIAEoCzIaLmtleWdhdGUudjEuUmVzZXRBbGxBY3Rpb25IAEIICgZhY3Rpb24i7AEKEU1hbmFnZUtleVJlc3BvbnNlEikKB2NyZWF0ZWQYASABKAsyFi5rZXlnYXRlLnYxLkNyZWF0ZWRLZXlIABIhCgNrZXkYAiABKAsyEi5rZXlnYXRlLnYxLkFwaUtleUgAEiMKBHBhZ2UYAyABKAsyEy5rZXlnYXRlLnYxLktleVBhZ2VIABIpCgdkZWxldGVkGAQgASgLMhYua2V5Z2F0ZS52MS5EZWxldGVkS2V5SAASLwoJcmVzZXRfYWxsGAUgASgLMhoua2V5Z2F0ZS52MS5SZXNldEFsbFJlc3VsdEgAQggKBnJlc3VsdCK0AQoPQ3JlYXRlS2V5QWN0aW9uEgwKBG5hbWUYASABKAkSCwoDb3JnGAIgASgJEhEKCW5hbWVzcGFjZRgDIAEoCRINCgVyb2xlcxgEIAMoCRIUCgpleHBpcmVzX2luGAUgASgJSAASMAoKZXhwaXJlc19hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBIABISCgpyYXRlX2xpbWl0GAcgASgJQggKBmV4cGlyeSIaCgxHZXRLZXlBY3Rpb24SCgoCaWQYASABKAkieQoOTGlzdEtleXNBY3Rpb24SCwoDb3JnGAEgASgJEhEKCW5hbWVzcGFjZRgCIAEoCRIUCgdlbmFibGVkGAMgASgISACIAQESEQoJcGFnZV9zaXplGAQgASgNEhIKCnBhZ2VfdG9rZW4YBSABKAlCCgoIX2VuYWJsZWQirwIKD1VwZGF0ZUtleUFjdGlvbhIKCgJpZBgBIAEoCRIRCgRuYW1lGAIgASgJSAKIAQESFAoHZW5hYmxlZBgDIAEoCEgDiAEBEhQKCmV4cGlyZXNfaW4YBCABKAlIABIwCgpleHBpcmVzX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEgAEhcKDW5ldmVyX2V4cGlyZXMYBiABKAhIABIjCgVyb2xlcxgHIAEoCzIULmtleWdhdGUudjEuUm9sZUxpc3QSFAoKcmF0ZV9saW1pdBgIIAEoCUgBEhcKDW5vX3JhdGVfbGltaXQYCSABKAhIAUIICgZleHBpcnlCEwoRcmF0ZV9saW1pdF9jaGFuZ2VCBwoFX25hbWVCCgoIX2VuYWJsZWQiGQoIUm9sZUxpc3QSDQoFcm9sZXMYASADKAkiHQoPUmV2b2tlS2V5QWN0aW9uEgoKAmlkGAEgASgJIiwKD1JvdGF0ZUtleUFjdGlvbhIKCgJpZBgBIAEoCRINCgVncmFjZRgCIAEoCSIdCg9EZWxldGVLZXlBY3Rpb24SCgoCaWQYASABKAkiHQoOUmVzZXRBbGxBY3Rpb24SCwoDb3JnGAEgASgJIooECgZBcGlLZXkSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRILCgNvcmcYAyABKAkSEQoJbmFtZXNwYWNlGAQgASgJEg0KBXJvbGVzGAUgAygJEg8KB2VuYWJsZWQYBiABKAgSFgoOZGlzcGxheV9wcmVmaXgYByABKAkSLgoKY3JlYXRlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKZXhwaXJlc19hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKcmV2b2tlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMbGFzdF91c2VkX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxyb3RhdGVkX2Zyb20YDSABKAkSEgoKY3JlYXRlZF9ieRgOIAEoCRISCgpyYXRlX2xpbWl0GA8gASgJEiUKBXVzYWdlGBAgAygLMhYua2V5Z2F0ZS52MS5EYWlseVVzYWdlEhsKE3JlcXVlc3RzX2FsbG93ZWRfN2QYESABKAQSGgoScmVxdWVzdHNfZGVuaWVkXzdkGBIgASgEIjoKCkRhaWx5VXNhZ2USCwoDZGF5GAEgASgJEg8KB2FsbG93ZWQYAiABKAQSDgoGZGVuaWVkGAMgASgEIkAKCkNyZWF0ZWRLZXkSHwoDa2V5GAEgASgLMhIua2V5Z2F0ZS52MS5BcGlLZXkSEQoJcGxhaW50ZXh0GAIgASgJIkQKB0tleVBhZ2USIAoEa2V5cxgBIAMoCzISLmtleWdhdGUudjEuQXBpS2V5EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIYCgpEZWxldGVkS2V5EgoKAmlkGAEgASgJIicKDlJlc2V0QWxsUmVzdWx0EhUKDXJldm9rZWRfY291bnQYASABKA0yWAoKS2V5U2VydmljZRJKCglNYW5hZ2VLZXkSHC5rZXlnYXRlLnYxLk1hbmFnZUtleVJlcXVlc3QaHS5rZXlnYXRlLnYxLk1hbmFnZUtleVJlc3BvbnNlIgBiBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message keygate.v1.ManageKeyRequest
@@ -534,6 +534,28 @@ export type ApiKey = Message<"keygate.v1.ApiKey"> & {
    * @generated from field: string rate_limit = 15;
    */
   rateLimit: string;
+
+  /**
+   * Requests decided for the key per UTC day, oldest first, days without
+   * requests left out; counts not yet written to the database included.
+   * Set by get (the last 30 days); empty elsewhere (list has the totals).
+   *
+   * @generated from field: repeated keygate.v1.DailyUsage usage = 16;
+   */
+  usage: DailyUsage[];
+
+  /**
+   * Requests allowed and denied in the last 7 UTC days, today included. Set
+   * by get and list; 0 elsewhere.
+   *
+   * @generated from field: uint64 requests_allowed_7d = 17;
+   */
+  requestsAllowed7d: bigint;
+
+  /**
+   * @generated from field: uint64 requests_denied_7d = 18;
+   */
+  requestsDenied7d: bigint;
 };
 
 /**
@@ -542,6 +564,39 @@ export type ApiKey = Message<"keygate.v1.ApiKey"> & {
  */
 export const ApiKeySchema: GenMessage<ApiKey> = /*@__PURE__*/
   messageDesc(file_keygate_v1_key, 11);
+
+/**
+ * Requests decided for a key on one UTC day. Denied counts every deny of a
+ * known key (revoked, expired, forbidden, rate limited); requests without a
+ * valid key are no key's.
+ *
+ * @generated from message keygate.v1.DailyUsage
+ */
+export type DailyUsage = Message<"keygate.v1.DailyUsage"> & {
+  /**
+   * "YYYY-MM-DD", UTC.
+   *
+   * @generated from field: string day = 1;
+   */
+  day: string;
+
+  /**
+   * @generated from field: uint64 allowed = 2;
+   */
+  allowed: bigint;
+
+  /**
+   * @generated from field: uint64 denied = 3;
+   */
+  denied: bigint;
+};
+
+/**
+ * Describes the message keygate.v1.DailyUsage.
+ * Use `create(DailyUsageSchema)` to create a new message.
+ */
+export const DailyUsageSchema: GenMessage<DailyUsage> = /*@__PURE__*/
+  messageDesc(file_keygate_v1_key, 12);
 
 /**
  * @generated from message keygate.v1.CreatedKey
@@ -565,7 +620,7 @@ export type CreatedKey = Message<"keygate.v1.CreatedKey"> & {
  * Use `create(CreatedKeySchema)` to create a new message.
  */
 export const CreatedKeySchema: GenMessage<CreatedKey> = /*@__PURE__*/
-  messageDesc(file_keygate_v1_key, 12);
+  messageDesc(file_keygate_v1_key, 13);
 
 /**
  * @generated from message keygate.v1.KeyPage
@@ -589,7 +644,7 @@ export type KeyPage = Message<"keygate.v1.KeyPage"> & {
  * Use `create(KeyPageSchema)` to create a new message.
  */
 export const KeyPageSchema: GenMessage<KeyPage> = /*@__PURE__*/
-  messageDesc(file_keygate_v1_key, 13);
+  messageDesc(file_keygate_v1_key, 14);
 
 /**
  * @generated from message keygate.v1.DeletedKey
@@ -606,7 +661,7 @@ export type DeletedKey = Message<"keygate.v1.DeletedKey"> & {
  * Use `create(DeletedKeySchema)` to create a new message.
  */
 export const DeletedKeySchema: GenMessage<DeletedKey> = /*@__PURE__*/
-  messageDesc(file_keygate_v1_key, 14);
+  messageDesc(file_keygate_v1_key, 15);
 
 /**
  * @generated from message keygate.v1.ResetAllResult
@@ -623,7 +678,7 @@ export type ResetAllResult = Message<"keygate.v1.ResetAllResult"> & {
  * Use `create(ResetAllResultSchema)` to create a new message.
  */
 export const ResetAllResultSchema: GenMessage<ResetAllResult> = /*@__PURE__*/
-  messageDesc(file_keygate_v1_key, 15);
+  messageDesc(file_keygate_v1_key, 16);
 
 /**
  * KeyService manages the life of API keys. The caller authenticates with its

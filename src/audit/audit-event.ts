@@ -1,0 +1,32 @@
+/**
+ * An audit event: who (actor) did what (action) to which key (target), in
+ * which org, and how it ended. `detail` says what changed; it never holds a
+ * key or a key hash.
+ */
+
+export type AuditAction = "create" | "get" | "list" | "update" | "enable" | "revoke" | "rotate" | "delete" | "reset_all" | "audit";
+
+export interface AuditEvent {
+  id: string;
+  at: Date;
+  /** A key id, or "local" for the operator. */
+  actor: string;
+  action: string;
+  target: string | null;
+  /** rotate: the new key. */
+  newTarget: string | null;
+  /** null: unknown, or every org. */
+  org: string | null;
+  /** "ok", "denied: <code>: <message>" or "invalid: <message>". */
+  outcome: string;
+  detail: Record<string, unknown>;
+}
+
+export type NewAuditEvent = Omit<AuditEvent, "id">;
+
+export const OUTCOME_OK = "ok";
+
+/** The outcome text of a refused attempt: a bad argument is "invalid", every other refusal "denied". */
+export function refusedOutcome(code: string, message: string): string {
+  return code === "invalid_argument" ? `invalid: ${message}` : `denied: ${code}: ${message}`;
+}

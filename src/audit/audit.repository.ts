@@ -1,0 +1,66 @@
+import { sql, type Kysely, type Transaction } from "kysely";
+import type { AuditLogRow, Database } from "../db/schema.js";
+import type { AuditEvent, NewAuditEvent } from "./audit-event.js";
+
+/** Repository functions take the database (or a transaction) first. */
+type Db = Kysely<Database> | Transaction<Database>;
+
+function toEvent(row: AuditLogRow): AuditEvent {
+  return {
+    id: String(row.id),
+    at: row.at,
+    actor: row.actor,
+    action: row.action,
+    target: row.target,
+    newTarget: row.new_target,
+    org: row.org,
+    outcome: row.outcome,
+    detail: typeof row.detail === "string" ? (JSON.parse(row.detail) as Record<string, unknown>) : row.detail,
+  };
+}
+
+export async function insertAuditEvent(db: Db, event: NewAuditEvent): Promise<void> {
+  await db
+    .insertInto("audit_log")
+    .values({
+      at: event.at,
+      actor: event.actor,
+      action: event.action,
+      target: event.target,
+      new_target: event.newTarget,
+      org: event.org,
+      outcome: event.outcome,
+      detail: JSON.stringify(event.detail),
+    })
+    .execute();
+}
+
+export interface AuditFilter {
+  org?: string;
+  /** Events whose target or new target is this key. */
+  keyId?: string;
+  since?: Date;
+}
+
+export interface AuditCursor {
+  at: Date;
+  id: string;
+}
+
+/** Newest first, ordered by (at, id) descending. */
+export async function listAuditEvents(db: Db, filter: AuditFilter, limit: number, before?: AuditCursor): Promise<AuditEvent[]> {
+  let query = db.selectFrom("audit_log").selectAll();
+  if (filter.org !== undefined) query = query.where("org", "=", filter.org);
+  if (filter.keyId !== undefined) {
+    const keyId = filter.keyId;
+    query = query.where((eb) => eb.or([eb("target", "=", keyId), eb("new_target", "=", keyId)]));
+  }
+  if (filter.since !== undefined) query = query.where("at", ">=", filter.since);
+  if (before) {
+    query = query.where((eb) =>
+      eb.or([eb("at", "<", before.at), eb.and([eb("at", "=", before.at), eb("id", "<", sql<string>`${before.id}::bigint`)])]),
+    );
+  }
+  const rows = await query.orderBy("at", "desc").orderBy("id", "desc").limit(limit).execute();
+  return rows.map(toEvent);
+}
