@@ -2,6 +2,7 @@ import type { KeyRecord } from "../keys/key-record.js";
 import { ALL_NAMESPACES, isValidName, isValidNamespace } from "../keys/key-record.js";
 import type { LookupKey } from "../keys/key-lookup.js";
 import type { Policy, RuleMiss } from "../policy/policy.js";
+import type { FailedAuthGuard } from "../authguard/failed-auth-guard.js";
 import type { RateLimit } from "../ratelimit/rate-limit.js";
 import type { RateLimiter } from "../ratelimit/rate-limiter.js";
 import { deny, forbiddenMessage, MESSAGES, type AuthorizeInput, type Decision, type KeyIdentity } from "./decision.js";
@@ -23,6 +24,12 @@ export interface AuthorizerDeps {
   rateLimiter?: RateLimiter;
   /** The allocation of keys without their own; null = unlimited. */
   defaultRateLimit?: RateLimit | null;
+  /** Slows, then refuses, invalid credentials from one source; only applied when the input has a source. */
+  guard?: FailedAuthGuard;
+  /** True when a credential is invalid without a database query (malformed, or in the negative cache). */
+  isKnownInvalid?: (credential: string) => boolean;
+  /** Every decision as it leaves the core (the decision log). Must not throw or wait. */
+  onDecision?: (input: AuthorizeInput, decision: Decision) => void;
 }
 
 export type Authorize = (input: AuthorizeInput) => Promise<Decision>;
@@ -44,11 +51,31 @@ const DEV_DECISION: Decision = {
  * shape, key state, org, namespace, policy, then the key's rate limit.
  * Any internal error denies.
  */
-export function createAuthorizer({ lookupKey, policy, now, onUsed, onDenied, onError, dev = false, rateLimiter, defaultRateLimit = null }: AuthorizerDeps): Authorize {
+export function createAuthorizer({
+  lookupKey,
+  policy,
+  now,
+  onUsed,
+  onDenied,
+  onError,
+  dev = false,
+  rateLimiter,
+  defaultRateLimit = null,
+  guard,
+  isKnownInvalid,
+  onDecision,
+}: AuthorizerDeps): Authorize {
   return async function authorize(input) {
     const decision = await decide(input);
     // A deny that names a key is about a known key; one without (no or invalid credential) is not.
     if (!decision.allowed && decision.key) onDenied?.(decision.key.id, now());
+    if (onDecision) {
+      try {
+        onDecision(input, decision);
+      } catch (error) {
+        onError?.(error);
+      }
+    }
     return decision;
   };
 
@@ -59,6 +86,13 @@ export function createAuthorizer({ lookupKey, policy, now, onUsed, onDenied, onE
     const request = normalizeRequest(input);
     if ("reason" in request) return request;
 
+    // Applied only to requests whose source is known (the shim, the RPC service).
+    const source = input.source;
+    const guarded = guard && source && guard.applies(source) ? { guard, source } : undefined;
+    // A blocked source is refused at once for credentials known invalid without the database;
+    // anything else (possibly a valid key) is looked up and decided as usual.
+    if (guarded && isKnownInvalid?.(input.credential) && (await guarded.guard.blocked(guarded.source))) return guarded.guard.failed(guarded.source);
+
     let found;
     try {
       found = await lookupKey(input.credential);
@@ -68,7 +102,7 @@ export function createAuthorizer({ lookupKey, policy, now, onUsed, onDenied, onE
     }
     switch (found.status) {
       case "invalid":
-        return deny("invalid_key", MESSAGES.invalid_key);
+        return guarded ? guarded.guard.failed(guarded.source) : deny("invalid_key", MESSAGES.invalid_key);
       case "revoked":
         return deny("revoked", MESSAGES.revoked, identityOf(found.key));
       case "expired":

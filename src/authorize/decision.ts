@@ -42,6 +42,13 @@ export interface AuthorizeInput {
   org: string;
   /** Explain a policy deny (closest rules and why they did not match). */
   explain?: boolean;
+  /**
+   * The client's address, set by the shim and the RPC service (the peer, or a
+   * trusted proxy's header); counts invalid credentials per source. Unset = unknown.
+   */
+  source?: string;
+  /** Which door the request came through, for the decision log. */
+  entry?: "rpc" | "shim";
 }
 
 /** The messages clients see (SandBase wording where it has one). */

@@ -11,6 +11,7 @@ import { formatRateLimit } from "../ratelimit/rate-limit.js";
 import { startServer, type ServerStatus } from "../server/serve.js";
 import { createCubeCallbackHandler, isCallbackUrl } from "../shim/cube-callback.js";
 import { createRemoteAuthorizer } from "../shim/remote-authorizer.js";
+import { openDecisionLog, type DecisionLog } from "../decisionlog/decision-log.js";
 import { CliError, connectLocal, openError } from "./connect.js";
 import { configOrThrow, help, parse, readRuntimeConfig } from "./main.js";
 import { createOut } from "./output.js";
@@ -68,14 +69,33 @@ export async function runServe(args: string[]): Promise<number> {
     "key-cache-ttl": { type: "string" },
     "default-rate-limit": { type: "string" },
     "redis-url": { type: "string" },
+    "decision-log": { type: "string" },
+    "trusted-proxy-header": { type: "string" },
+    "auth-fail-limit": { type: "string" },
   });
   if (flags.help) return help();
   const config = configOrThrow(readServeConfig(flags, process.env, process.cwd()));
   const log = createLogger(logLevel());
   const started = performance.now();
   const lock = config.databaseUrl ? undefined : await lockDataDir(config.dataDir, "server");
+  let decisionLog: DecisionLog | undefined;
   try {
-    const runtime = await openRuntime(config, { onError: (error) => log.error("decision failed, denied", errorFields(error)), log }).catch((error: unknown) => {
+    const { target, mode, sample } = config.decisionLog;
+    if (target !== undefined && mode !== "none") {
+      decisionLog = await openDecisionLog(target, {
+        mode,
+        sample,
+        onDropped: (count) => log.warn("decision log behind, lines dropped", { dropped: count, total_dropped: decisionLog?.dropped() }),
+        onError: (error) => log.error("decision log write failed; decisions are no longer logged", errorFields(error)),
+      }).catch((error: unknown) => {
+        throw new CliError(`cannot open the decision log ${target}: ${(error as Error).message}`, { cause: error });
+      });
+    }
+    const runtime = await openRuntime(config, {
+      onError: (error) => log.error("decision failed, denied", errorFields(error)),
+      log,
+      ...(decisionLog && { onDecision: decisionLog.record }),
+    }).catch((error: unknown) => {
       throw openError(config, error);
     });
     const server = await startServer(config, runtime, log, lock).catch(async (error: unknown) => {
@@ -100,6 +120,8 @@ export async function runServe(args: string[]): Promise<number> {
       shim_path: config.shimPath,
       rate_limits: config.redisUrl ? "redis" : "memory",
       default_rate_limit: config.defaultRateLimit ? formatRateLimit(config.defaultRateLimit) : null,
+      auth_fail_limit: config.authFailLimit ? formatRateLimit(config.authFailLimit) : "off",
+      decision_log: decisionLog ? { target: config.decisionLog.target, mode: config.decisionLog.mode } : null,
       dev: config.dev,
       startup_ms: Math.round(performance.now() - started),
     });
@@ -108,9 +130,12 @@ export async function runServe(args: string[]): Promise<number> {
     process.off("SIGHUP", onHangup);
     await server.stop();
     await runtime.close();
+    await decisionLog?.close();
+    if (decisionLog && decisionLog.dropped() > 0) log.warn("decision log lines dropped", { total_dropped: decisionLog.dropped() });
     log.info("stopped");
     return 0;
   } finally {
+    await decisionLog?.close();
     await lock?.release();
   }
 }
@@ -122,12 +147,13 @@ export async function runShim(args: string[]): Promise<number> {
     host: { type: "string" },
     "credential-priority": { type: "string" },
     "shim-path": { type: "string" },
+    "trusted-proxy-header": { type: "string" },
   });
   if (flags.help) return help();
   const config = configOrThrow(readShimConfig(flags, process.env));
   const log = createLogger(logLevel());
   const authorize = createRemoteAuthorizer(config.upstream, (error) => log.error("upstream Authorize failed, denied", errorFields(error)));
-  const handle = createCubeCallbackHandler({ authorize, credentialPriority: config.credentialPriority });
+  const handle = createCubeCallbackHandler({ authorize, credentialPriority: config.credentialPriority, clientIp: config.clientIp });
   const server = http.createServer({ requestTimeout: 30_000, headersTimeout: 15_000 }, (req, res) => {
     if (isCallbackUrl(req.url, config.shimPath)) {
       void handle(req, res);

@@ -3,7 +3,10 @@ import { isAbsolute, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseDuration } from "../keys/duration.js";
 import { DEFAULT_KEY_PREFIX, isValidKeyPrefix } from "../keys/key-format.js";
+import { DEFAULT_AUTH_FAIL_LIMIT } from "../authguard/failed-auth-guard.js";
+import { DECISION_LOG_MODES, type DecisionLogMode } from "../decisionlog/decision-log.js";
 import { parseRateLimit, type RateLimit } from "../ratelimit/rate-limit.js";
+import { DEFAULT_TRUSTED_PROXIES, parseTrustedProxies, type ClientIpRules } from "../server/client-ip.js";
 
 /**
  * The only reader of process.env. Flags win over environment variables,
@@ -34,6 +37,18 @@ export interface RuntimeConfig extends StorageConfig {
   defaultRateLimit: RateLimit | null;
   /** Set: rate-limit counters in this Redis, shared by every instance using it. Unset: per instance, in memory. */
   redisUrl: string | undefined;
+  /** Invalid credentials per source answered normally per window (then slowed, then refused past twice as many); null = no guard. */
+  authFailLimit: RateLimit | null;
+  /** Addresses the failed-auth guard never slows or refuses (default: loopback). */
+  authGuardExempt: ClientIpRules["trusted"];
+}
+
+export interface DecisionLogConfig {
+  /** A file path, "-" for stdout, or undefined for no decision log. */
+  target: string | undefined;
+  mode: DecisionLogMode;
+  /** Sampled mode: the fraction of allows logged (every deny is). */
+  sample: number;
 }
 
 export interface ServeConfig extends RuntimeConfig {
@@ -44,6 +59,9 @@ export interface ServeConfig extends RuntimeConfig {
   shutdownTimeoutMs: number;
   /** Quiet period after a policy-dir change before the policy is reloaded. */
   policyReloadDebounceMs: number;
+  decisionLog: DecisionLogConfig;
+  /** How the client's address is found for the failed-auth guard. */
+  clientIp: ClientIpRules;
 }
 
 export interface ShimConfig {
@@ -53,6 +71,7 @@ export interface ShimConfig {
   credentialPriority: CredentialSource[];
   shimPath: string;
   shutdownTimeoutMs: number;
+  clientIp: ClientIpRules;
 }
 
 export type Flags = Record<string, string | boolean | undefined>;
@@ -177,6 +196,57 @@ class Reader {
     return valid ? text : undefined;
   }
 
+  authFailLimit(): RateLimit | null {
+    const { value, source } = this.raw("auth-fail-limit", "KEYGATE_AUTH_FAIL_LIMIT");
+    if (value === undefined) return DEFAULT_AUTH_FAIL_LIMIT;
+    if (String(value) === "off") return null;
+    const parsed = parseRateLimit(String(value));
+    if (!parsed.ok) {
+      this.errors.push(`${source}: ${parsed.error} (or "off")`);
+      return DEFAULT_AUTH_FAIL_LIMIT;
+    }
+    return parsed.limit;
+  }
+
+  decisionLog(): DecisionLogConfig {
+    const target = this.string("decision-log", "KEYGATE_DECISION_LOG", "") || undefined;
+    const modeText = this.string(undefined, "KEYGATE_DECISION_LOG_MODE", "all").toLowerCase();
+    let mode = modeText as DecisionLogMode;
+    if (!DECISION_LOG_MODES.includes(mode)) {
+      this.errors.push(`KEYGATE_DECISION_LOG_MODE: "${modeText}" must be one of ${DECISION_LOG_MODES.join(", ")}`);
+      mode = "all";
+    }
+    const sampleText = this.string(undefined, "KEYGATE_DECISION_LOG_SAMPLE", "0.1");
+    let sample = Number(sampleText);
+    if (!/^\d*\.?\d+$/.test(sampleText.trim()) || !(sample >= 0 && sample <= 1)) {
+      this.errors.push(`KEYGATE_DECISION_LOG_SAMPLE: "${sampleText}" is not a fraction from 0 to 1 (e.g. 0.05)`);
+      sample = 0.1;
+    }
+    return { target, mode, sample };
+  }
+
+  authGuardExempt(): ClientIpRules["trusted"] {
+    const text = this.string(undefined, "KEYGATE_AUTH_GUARD_EXEMPT", DEFAULT_TRUSTED_PROXIES);
+    const parsed = parseTrustedProxies(text === "none" ? "" : text);
+    if (!parsed.ok) {
+      this.errors.push(`KEYGATE_AUTH_GUARD_EXEMPT: ${parsed.error} (or "none")`);
+      return (parseTrustedProxies(DEFAULT_TRUSTED_PROXIES) as { ok: true; list: ClientIpRules["trusted"] }).list;
+    }
+    return parsed.list;
+  }
+
+  clientIp(): ClientIpRules {
+    const header = this.string("trusted-proxy-header", "KEYGATE_CLIENT_IP_HEADER", "").toLowerCase() || undefined;
+    if (header !== undefined && !/^[a-z0-9-]{1,64}$/.test(header)) this.errors.push(`--trusted-proxy-header/KEYGATE_CLIENT_IP_HEADER: "${header}" is not a header name`);
+    const proxiesText = this.string(undefined, "KEYGATE_TRUSTED_PROXIES", DEFAULT_TRUSTED_PROXIES);
+    const proxies = parseTrustedProxies(proxiesText);
+    if (!proxies.ok) {
+      this.errors.push(`KEYGATE_TRUSTED_PROXIES: ${proxies.error}`);
+      return { header, trusted: (parseTrustedProxies(DEFAULT_TRUSTED_PROXIES) as { ok: true; list: ClientIpRules["trusted"] }).list };
+    }
+    return { header, trusted: proxies.list };
+  }
+
   shimPath(): string {
     const path = this.string("shim-path", "KEYGATE_SHIM_PATH", "/verify");
     if (!/^\/[A-Za-z0-9._~\/-]{0,200}$/.test(path) || path.includes("//") || path.startsWith("/keygate.v1.")) {
@@ -256,6 +326,8 @@ function runtime(r: Reader, env: Env, cwd: string): RuntimeConfig {
     usageFlushMs: Math.max(r.duration(undefined, "KEYGATE_USAGE_FLUSH_INTERVAL", "10s"), 100),
     defaultRateLimit: r.defaultRateLimit(),
     redisUrl: r.redisUrl(),
+    authFailLimit: r.authFailLimit(),
+    authGuardExempt: r.authGuardExempt(),
   };
 }
 
@@ -274,6 +346,8 @@ export function readServeConfig(flags: Flags, env: Env, cwd: string): ConfigResu
     shimPath: r.shimPath(),
     shutdownTimeoutMs: r.duration(undefined, "KEYGATE_SHUTDOWN_TIMEOUT", "10s"),
     policyReloadDebounceMs: r.delay("KEYGATE_POLICY_RELOAD_DEBOUNCE", 200),
+    decisionLog: r.decisionLog(),
+    clientIp: r.clientIp(),
   });
 }
 
@@ -296,5 +370,6 @@ export function readShimConfig(flags: Flags, env: Env): ConfigResult<ShimConfig>
     credentialPriority: r.credentialPriority(),
     shimPath: r.shimPath(),
     shutdownTimeoutMs: r.duration(undefined, "KEYGATE_SHUTDOWN_TIMEOUT", "10s"),
+    clientIp: r.clientIp(),
   });
 }

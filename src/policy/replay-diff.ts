@@ -249,6 +249,8 @@ export function parseRequestLine(text: string, line: number): ParsedLine {
     return { error: `missing "${name}" (or "${alias}")` };
   }
 
+  // A decision-log line about no key (missing or invalid credential, dev mode) has nothing to replay.
+  if (!present("roles") && !present("key_roles") && isDecisionLogLine(fields)) return { kind: "skip" };
   const roles = aliased("roles", "key_roles");
   if ("error" in roles) return error(roles.error);
   if (!Array.isArray(roles.value) || !roles.value.every((role): role is string => typeof role === "string" && role !== "")) {
@@ -286,6 +288,11 @@ export function parseRequestLine(text: string, line: number): ParsedLine {
       line,
     },
   };
+}
+
+/** A line written by keygate's decision log (it carries the decision's reason and entry point). */
+function isDecisionLogLine(fields: Record<string, unknown>): boolean {
+  return typeof fields.reason === "string" && typeof fields.entry === "string" && "key_roles" in fields;
 }
 
 /** A request as a request-file line would give it (so examples can be pasted back into a file). */

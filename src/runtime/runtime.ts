@@ -1,9 +1,12 @@
+import { createFailedAuthGuard } from "../authguard/failed-auth-guard.js";
+import { isTrusted } from "../server/client-ip.js";
 import { createAuthorizer, type Authorize } from "../authorize/authorizer.js";
+import type { AuthorizeInput, Decision } from "../authorize/decision.js";
 import type { RuntimeConfig } from "../config/config.js";
 import { openStore, type Store, type StoreTarget } from "../db/connect.js";
 import { migrateToLatest, type MigrateOutcome } from "../db/migrate.js";
 import { createKeyCache, type KeyCache } from "../keys/key-cache.js";
-import { createKeyLookup, type LookupKey } from "../keys/key-lookup.js";
+import { createKeyLookup, createKnownInvalidCheck, type LookupKey } from "../keys/key-lookup.js";
 import { createKeyManager, type KeyManager } from "../keys/key-manager.js";
 import { createKeyUsageReader, withKeyUsage } from "../keys/key-usage.js";
 import { createUsageRecorder, type UsageRecorder } from "../keys/usage-recorder.js";
@@ -45,6 +48,10 @@ export interface RuntimeOptions {
   storeTarget?: StoreTarget;
   /** Where rate-limit backend changes are reported (Redis lost, Redis back). */
   log?: HealthLog;
+  /** Every decision as it leaves the core, from either entry point (the decision log). */
+  onDecision?: (input: AuthorizeInput, decision: Decision) => void;
+  /** The failed-auth guard's delay (tests pass a fake). */
+  sleep?: (ms: number) => Promise<void>;
 }
 
 export function storeTargetFor(config: Pick<RuntimeConfig, "databaseUrl" | "dataDir" | "defaultDbUser" | "dbPoolSize">): StoreTarget {
@@ -86,6 +93,18 @@ export async function openRuntime(config: RuntimeConfig, options: RuntimeOptions
       dev: config.dev,
       rateLimiter,
       defaultRateLimit: config.defaultRateLimit,
+      // Counted in the same limiter (memory or Redis) as key budgets, under "authfail:<address>".
+      ...(config.authFailLimit && {
+        guard: createFailedAuthGuard({
+          rateLimiter,
+          limit: config.authFailLimit,
+          onError,
+          exempt: (source) => isTrusted({ header: undefined, trusted: config.authGuardExempt }, source),
+          ...(options.sleep && { sleep: options.sleep }),
+        }),
+        isKnownInvalid: createKnownInvalidCheck({ cache, keyPrefix: config.keyPrefix }),
+      }),
+      ...(options.onDecision && { onDecision: options.onDecision }),
     });
     const keys = withKeyUsage(
       createKeyManager({ db: store.db, policy: currentPolicy, cache, keyPrefix: config.keyPrefix, now, pendingLastUsed: usage.pending }),

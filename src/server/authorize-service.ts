@@ -2,6 +2,7 @@ import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import type { Authorize } from "../authorize/authorizer.js";
 import { AuthorizeService } from "../../gen/keygate/v1/authorize_pb.js";
 import { authorizeInputFromProto, decisionToProto } from "./convert.js";
+import { kSource } from "./request-source.js";
 
 /**
  * AuthorizeService over the core authorizer. A deny is a response; an outage
@@ -12,9 +13,12 @@ import { authorizeInputFromProto, decisionToProto } from "./convert.js";
  */
 export function createAuthorizeService(authorize: Authorize, allowExplain: boolean): ServiceImpl<typeof AuthorizeService> {
   return {
-    async authorize(request) {
+    async authorize(request, context) {
       const input = authorizeInputFromProto(request);
       if (!allowExplain) input.explain = false;
+      input.entry = "rpc";
+      const source = context.values.get(kSource);
+      if (source !== undefined) input.source = source;
       const decision = await authorize(input);
       if (decision.reason === "unavailable") throw new ConnectError(decision.message, Code.Unavailable);
       return decisionToProto(decision);

@@ -17,6 +17,7 @@ import { createCubeCallbackHandler, isCallbackUrl } from "../shim/cube-callback.
 import { listenForKeyChanges, type KeyChangeListener } from "./key-changes.js";
 import { createListener, type Handler } from "./listener.js";
 import { serverApplicationName, type ServerEntry } from "./server-registry.js";
+import { sourceContextValues } from "./request-source.js";
 import { createRoutes } from "./routes.js";
 
 export interface RunningServer {
@@ -39,10 +40,11 @@ export const CONTROL_SOCKET = "keygate.sock";
 export async function startServer(config: ServeConfig, runtime: Runtime, log: Logger, lock?: DataDirLock): Promise<RunningServer> {
   const routes = createRoutes(runtime, config.credentialPriority, log);
   // Authorize and ManageKey requests are small; refuse large bodies before decoding them.
-  const rpc = connectNodeAdapter({ routes, readMaxBytes: 64 * 1024 });
+  const rpc = connectNodeAdapter({ routes, readMaxBytes: 64 * 1024, contextValues: sourceContextValues(config.clientIp) });
   const shim = createCubeCallbackHandler({
     authorize: runtime.authorize,
     credentialPriority: config.credentialPriority,
+    clientIp: config.clientIp,
     onError: (error) => log.error("shim error", errorFields(error)),
   });
   const handler: Handler = (req, res) => {

@@ -1,8 +1,10 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
+import { BlockList } from "node:net";
 import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
 import type { Authorize } from "../authorize/authorizer.js";
 import { httpStatusFor, type Decision } from "../authorize/decision.js";
 import type { CredentialSource } from "../config/config.js";
+import { clientIp, type ClientIpRules } from "../server/client-ip.js";
 import { credentialFromHeaders } from "./credential-headers.js";
 
 /**
@@ -18,6 +20,8 @@ type Response = ServerResponse | Http2ServerResponse;
 export interface CubeCallbackDeps {
   authorize: Authorize;
   credentialPriority: readonly CredentialSource[];
+  /** How the client's address is found; unset = the TCP peer. */
+  clientIp?: ClientIpRules;
   onError?: (error: unknown) => void;
 }
 
@@ -34,7 +38,9 @@ export function headerReader(req: Request): (name: string) => string | undefined
   };
 }
 
-export function createCubeCallbackHandler({ authorize, credentialPriority, onError }: CubeCallbackDeps) {
+const PEER_ONLY: ClientIpRules = { header: undefined, trusted: new BlockList() };
+
+export function createCubeCallbackHandler({ authorize, credentialPriority, clientIp: rules = PEER_ONLY, onError }: CubeCallbackDeps) {
   return async function handleCubeCallback(req: Request, res: Response): Promise<void> {
     // Cube sends no body; never wait for or buffer one.
     req.resume();
@@ -43,9 +49,12 @@ export function createCubeCallbackHandler({ authorize, credentialPriority, onErr
       return;
     }
     const header = headerReader(req);
+    const source = clientIp(rules, req.socket?.remoteAddress, header);
     let decision: Decision;
     try {
       decision = await authorize({
+        entry: "shim",
+        ...(source !== undefined && { source }),
         credential: credentialFromHeaders(header, credentialPriority),
         path: header("x-request-path") ?? "",
         method: header("x-request-method") ?? "",

@@ -16,7 +16,10 @@ export function createRemoteAuthorizer(upstream: string, onError: (error: unknow
   const client = createClient(AuthorizeService, createGrpcTransport({ baseUrl: upstream }));
   return async (input) => {
     try {
-      return decisionFromProto(await client.authorize(input, { timeoutMs: UPSTREAM_TIMEOUT_MS }));
+      // The client's address, for the server's failed-auth guard: honoured only when the server
+      // trusts this shim (KEYGATE_TRUSTED_PROXIES) and reads X-Forwarded-For (--trusted-proxy-header).
+      const headers = input.source ? { "x-forwarded-for": input.source } : undefined;
+      return decisionFromProto(await client.authorize(input, { timeoutMs: UPSTREAM_TIMEOUT_MS, ...(headers && { headers }) }));
     } catch (error) {
       onError(error);
       const reason = error instanceof ConnectError && error.code === Code.Unavailable ? error.rawMessage : "keygate upstream unreachable";

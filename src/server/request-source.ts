@@ -1,0 +1,18 @@
+import { createContextKey, createContextValues, type ContextValues } from "@connectrpc/connect";
+import type { IncomingMessage } from "node:http";
+import type { Http2ServerRequest } from "node:http2";
+import { clientIp, type ClientIpRules } from "./client-ip.js";
+import { headerReader } from "../shim/cube-callback.js";
+
+/** The client's address of an RPC, for the failed-auth guard (undefined: a Unix socket peer). */
+export const kSource = createContextKey<string | undefined>(undefined, { description: "client address" });
+
+/** connectNodeAdapter's `contextValues`: the peer, or a trusted proxy's client-IP header. */
+export function sourceContextValues(rules: ClientIpRules) {
+  return (req: IncomingMessage | Http2ServerRequest): ContextValues => {
+    const values = createContextValues();
+    const source = clientIp(rules, req.socket?.remoteAddress, headerReader(req));
+    if (source !== undefined) values.set(kSource, source);
+    return values;
+  };
+}
