@@ -1,11 +1,11 @@
 import type { KyselyPlugin } from "kysely";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { createKeyCache } from "../../src/keys/key-cache.js";
 import { DEFAULT_KEY_PREFIX } from "../../src/keys/key-format.js";
 import { createKeyLookup } from "../../src/keys/key-lookup.js";
 import type { Policy } from "../../src/policy/policy.js";
-import { createTestDatabase, testDatabaseKind, type TestDatabase } from "../support/database.js";
-import { check, createCore, createKey, LOCAL, realPolicy, type Core } from "./test-core.js";
+import { testDatabaseKind, type TestDatabase } from "../support/database.js";
+import { check, createCore, createKey, LOCAL, realPolicy, type Core, useCoreDatabase } from "./test-core.js";
 
 /**
  * Fail closed: when a decision cannot be made (the key store is down, the
@@ -16,14 +16,9 @@ import { check, createCore, createKey, LOCAL, realPolicy, type Core } from "./te
 let database: TestDatabase;
 let core: Core;
 
-beforeAll(async () => {
-  database = await createTestDatabase();
-  core = await createCore(database.store.db);
-});
-
-afterAll(async () => {
-  await core?.close();
-  await database?.dispose();
+useCoreDatabase((c, d) => {
+  core = c;
+  database = d;
 });
 
 const UNAVAILABLE = "authorization unavailable: the key store cannot be reached, request denied";

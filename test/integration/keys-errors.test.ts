@@ -1,7 +1,7 @@
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import type { Expiry, ManageResult } from "../../src/keys/key-manager.js";
-import { createTestDatabase, testDatabaseKind, type TestDatabase } from "../support/database.js";
-import { check, createCore, createKey, LOCAL, unwrap, type Core } from "./test-core.js";
+import { testDatabaseKind, type TestDatabase } from "../support/database.js";
+import { check, createKey, LOCAL, unwrap, type Core, useCoreDatabase } from "./test-core.js";
 
 /**
  * Key lifecycle, the error paths: every refusal is a clear invalid_argument
@@ -11,14 +11,9 @@ import { check, createCore, createKey, LOCAL, unwrap, type Core } from "./test-c
 let database: TestDatabase;
 let core: Core;
 
-beforeAll(async () => {
-  database = await createTestDatabase();
-  core = await createCore(database.store.db);
-});
-
-afterAll(async () => {
-  await core?.close();
-  await database?.dispose();
+useCoreDatabase((c, d) => {
+  core = c;
+  database = d;
 });
 
 function failure<T>(result: ManageResult<T>): { code: string; message: string } {

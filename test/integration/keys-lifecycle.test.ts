@@ -1,23 +1,18 @@
 import { createHash } from "node:crypto";
 import { sql, type KyselyPlugin } from "kysely";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { createUsageRecorder } from "../../src/keys/usage-recorder.js";
-import { createTestDatabase, testDatabaseKind, type TestDatabase } from "../support/database.js";
-import { asKey, check, countStatements, createCore, createKey, DAY, HOUR, LOCAL, unwrap, type Core } from "./test-core.js";
+import { testDatabaseKind, type TestDatabase } from "../support/database.js";
+import { asKey, check, countStatements, createCore, createKey, DAY, HOUR, LOCAL, unwrap, type Core, useCoreDatabase } from "./test-core.js";
 
 /** Key lifecycle, the happy paths: what an operator or an admin key does day to day. */
 
 let database: TestDatabase;
 let core: Core;
 
-beforeAll(async () => {
-  database = await createTestDatabase();
-  core = await createCore(database.store.db);
-});
-
-afterAll(async () => {
-  await core?.close();
-  await database?.dispose();
+useCoreDatabase((c, d) => {
+  core = c;
+  database = d;
 });
 
 const KEY_SHAPE = /^sk-sb-[0-9A-Za-z]{42}$/;

@@ -1,7 +1,7 @@
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import type { CreatedKey } from "../../src/keys/key-manager.js";
-import { createTestDatabase, testDatabaseKind, type TestDatabase } from "../support/database.js";
-import { check, createCore, createKey, HOUR, LOCAL, unwrap, type Core } from "./test-core.js";
+import { testDatabaseKind, type TestDatabase } from "../support/database.js";
+import { check, createKey, HOUR, LOCAL, unwrap, type Core, useCoreDatabase } from "./test-core.js";
 
 /**
  * Reset-all by the local operator (microsandbox `--reset-key`): every
@@ -12,14 +12,9 @@ import { check, createCore, createKey, HOUR, LOCAL, unwrap, type Core } from "./
 let database: TestDatabase;
 let core: Core;
 
-beforeAll(async () => {
-  database = await createTestDatabase();
-  core = await createCore(database.store.db);
-});
-
-afterAll(async () => {
-  await core?.close();
-  await database?.dispose();
+useCoreDatabase((c, d) => {
+  core = c;
+  database = d;
 });
 
 async function reasonFor(key: CreatedKey): Promise<string> {

@@ -1,10 +1,10 @@
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { DEFAULT_KEY_PREFIX } from "../../src/keys/key-format.js";
 import { createKeyLookup } from "../../src/keys/key-lookup.js";
 import type { CreatedKey, CreateKeyInput, ManageResult, Principal } from "../../src/keys/key-manager.js";
 import type { KeyRecord } from "../../src/keys/key-record.js";
-import { createTestDatabase, testDatabaseKind, type TestDatabase } from "../support/database.js";
-import { asKey, check, createCore, createKey, DAY, HOUR, LOCAL, unwrap, type Core } from "./test-core.js";
+import { testDatabaseKind, type TestDatabase } from "../support/database.js";
+import { asKey, check, createCore, createKey, DAY, HOUR, LOCAL, unwrap, type Core, useCoreDatabase } from "./test-core.js";
 
 /**
  * Key management by key callers: a key sees and manages only its own org
@@ -15,14 +15,9 @@ import { asKey, check, createCore, createKey, DAY, HOUR, LOCAL, unwrap, type Cor
 let database: TestDatabase;
 let core: Core;
 
-beforeAll(async () => {
-  database = await createTestDatabase();
-  core = await createCore(database.store.db);
-});
-
-afterAll(async () => {
-  await core?.close();
-  await database?.dispose();
+useCoreDatabase((c, d) => {
+  core = c;
+  database = d;
 });
 
 function refused<T>(result: ManageResult<T>): { code: string; message: string } {

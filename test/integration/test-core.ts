@@ -1,7 +1,7 @@
 import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import type { Kysely, KyselyPlugin, PluginTransformQueryArgs, PluginTransformResultArgs, QueryResult, RootOperationNode, UnknownRow } from "kysely";
-import { expect } from "vitest";
+import { afterAll, beforeAll, expect } from "vitest";
 import { createAuthorizer, type Authorize } from "../../src/authorize/authorizer.js";
 import type { AuthorizeInput, Decision } from "../../src/authorize/decision.js";
 import type { Database } from "../../src/db/schema.js";
@@ -13,6 +13,7 @@ import type { KeyRecord } from "../../src/keys/key-record.js";
 import { createKeyUsageReader, withKeyUsage } from "../../src/keys/key-usage.js";
 import { createUsageRecorder, type UsageRecorder } from "../../src/keys/usage-recorder.js";
 import { loadPolicy, type Policy } from "../../src/policy/policy.js";
+import { createTestDatabase, type TestDatabase } from "../support/database.js";
 import type { RateLimit } from "../../src/ratelimit/rate-limit.js";
 import { createRateLimiter, type RateLimiter } from "../../src/ratelimit/rate-limiter.js";
 
@@ -167,4 +168,23 @@ export function countStatements(db: Kysely<Database>): { db: Kysely<Database>; s
     },
   };
   return { db: db.withPlugin(plugin), statements };
+}
+
+/**
+ * The usual file setup: one fresh test database (PGlite or Postgres, see
+ * test/support/database.ts) and a core over it, closed after the file.
+ * `use` receives them once they exist.
+ */
+export function useCoreDatabase(use: (core: Core, database: TestDatabase) => void, options: CoreOptions = {}): void {
+  let database: TestDatabase | undefined;
+  let core: Core | undefined;
+  beforeAll(async () => {
+    database = await createTestDatabase();
+    core = await createCore(database.store.db, options);
+    use(core, database);
+  });
+  afterAll(async () => {
+    await core?.close();
+    await database?.dispose();
+  });
 }

@@ -1,9 +1,9 @@
 import { sql, type KyselyPlugin } from "kysely";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { createKeyUsageReader } from "../../src/keys/key-usage.js";
 import { createUsageRecorder } from "../../src/keys/usage-recorder.js";
-import { createTestDatabase, testDatabaseKind, type TestDatabase } from "../support/database.js";
-import { check, countStatements, createCore, createKey, DAY, HOUR, LOCAL, unwrap, type Core } from "./test-core.js";
+import { testDatabaseKind, type TestDatabase } from "../support/database.js";
+import { check, countStatements, createCore, createKey, DAY, HOUR, LOCAL, unwrap, type Core, useCoreDatabase } from "./test-core.js";
 
 /**
  * Per-key usage: every decision about a known key is counted per UTC day in
@@ -13,14 +13,9 @@ import { check, countStatements, createCore, createKey, DAY, HOUR, LOCAL, unwrap
 let database: TestDatabase;
 let core: Core;
 
-beforeAll(async () => {
-  database = await createTestDatabase();
-  core = await createCore(database.store.db);
-});
-
-afterAll(async () => {
-  await core?.close();
-  await database?.dispose();
+useCoreDatabase((c, d) => {
+  core = c;
+  database = d;
 });
 
 async function stored(keyId: string): Promise<{ day: string; allowed: number; denied: number }[]> {
