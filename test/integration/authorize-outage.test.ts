@@ -1,11 +1,10 @@
-import type { KyselyPlugin } from "kysely";
 import { describe, expect, it } from "vitest";
 import { createKeyCache } from "../../src/keys/key-cache.js";
 import { DEFAULT_KEY_PREFIX } from "../../src/keys/key-format.js";
 import { createKeyLookup } from "../../src/keys/key-lookup.js";
 import type { Policy } from "../../src/policy/policy.js";
 import { testDatabaseKind, type TestDatabase } from "../support/database.js";
-import { check, createCore, createKey, LOCAL, realPolicy, type Core, useCoreDatabase } from "./test-core.js";
+import { check, createCore, createKey, LOCAL, realPolicy, type Core, useCoreDatabase, createOutage } from "./test-core.js";
 
 /**
  * Fail closed: when a decision cannot be made (the key store is down, the
@@ -44,22 +43,15 @@ describe(`outages on ${testDatabaseKind}`, () => {
 
   it("a database failure is not cached: the key works again as soon as the store is back", async () => {
     const { plaintext } = await createKey(core, { org: "outage" });
-    let down = true;
-    const failing: KyselyPlugin = {
-      transformQuery({ node }) {
-        if (down) throw new Error("the database is down");
-        return node;
-      },
-      transformResult: async ({ result }) => result,
-    };
+    const outage = createOutage();
     const cache = createKeyCache({ ttlMs: 60_000, negativeTtlMs: 5_000, maxEntries: 100, now: () => core.clock.now().getTime() });
-    const lookupKey = createKeyLookup({ db: core.db.withPlugin(failing), cache, keyPrefix: DEFAULT_KEY_PREFIX, now: core.clock.now });
+    const lookupKey = createKeyLookup({ db: core.db.withPlugin(outage.plugin), cache, keyPrefix: DEFAULT_KEY_PREFIX, now: core.clock.now });
     const withFlakyStore = await createCore(core.db, { clock: core.clock, lookupKey });
     try {
       expect(await check(withFlakyStore, plaintext, "GET", "/sandboxes")).toMatchObject({ allowed: false, reason: "unavailable" });
       expect(await check(withFlakyStore, plaintext, "GET", "/sandboxes")).toMatchObject({ allowed: false, reason: "unavailable" });
       expect(withFlakyStore.errors).toHaveLength(2);
-      down = false;
+      outage.down = false;
       expect(await check(withFlakyStore, plaintext, "GET", "/sandboxes")).toMatchObject({ allowed: true, reason: "allowed" });
     } finally {
       await withFlakyStore.close();

@@ -1,9 +1,9 @@
 import { createHash } from "node:crypto";
-import { sql, type KyselyPlugin } from "kysely";
+import { sql } from "kysely";
 import { describe, expect, it } from "vitest";
 import { createUsageRecorder } from "../../src/keys/usage-recorder.js";
 import { testDatabaseKind, type TestDatabase } from "../support/database.js";
-import { asKey, check, countStatements, createCore, createKey, DAY, HOUR, LOCAL, unwrap, type Core, useCoreDatabase } from "./test-core.js";
+import { asKey, check, countStatements, createCore, createKey, DAY, HOUR, LOCAL, unwrap, type Core, useCoreDatabase, createOutage } from "./test-core.js";
 
 /** Key lifecycle, the happy paths: what an operator or an admin key does day to day. */
 
@@ -358,23 +358,16 @@ describe("last used", () => {
 
   it("a failed flush keeps the times and writes them on the next one", async () => {
     const { key, plaintext } = await createKey(core, { org: "usage" });
-    let down = true;
-    const failing: KyselyPlugin = {
-      transformQuery({ node }) {
-        if (down) throw new Error("the database is down");
-        return node;
-      },
-      transformResult: async ({ result }) => result,
-    };
+    const outage = createOutage();
     const errors: unknown[] = [];
-    const recorder = createUsageRecorder(core.db.withPlugin(failing), HOUR, (error) => errors.push(error));
+    const recorder = createUsageRecorder(core.db.withPlugin(outage.plugin), HOUR, (error) => errors.push(error));
     try {
       const at = core.clock.now();
       recorder.touch(key.id, at);
       await recorder.flush();
       expect(errors).toHaveLength(1);
       expect(recorder.pending(key.id)).toEqual(at);
-      down = false;
+      outage.down = false;
       await recorder.flush();
       expect(recorder.pending(key.id)).toBeUndefined();
       expect(unwrap(await core.keys.get(LOCAL, key.id)).lastUsedAt).toEqual(at);

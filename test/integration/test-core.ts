@@ -188,3 +188,18 @@ export function useCoreDatabase(use: (core: Core, database: TestDatabase) => voi
     await database?.dispose();
   });
 }
+
+/** A database outage at will: every query through `plugin` fails while `down` is true. */
+export function createOutage(): { plugin: KyselyPlugin; down: boolean } {
+  const outage = {
+    down: true,
+    plugin: {
+      transformQuery({ node }: PluginTransformQueryArgs): RootOperationNode {
+        if (outage.down) throw new Error("the database is down");
+        return node;
+      },
+      transformResult: async ({ result }: PluginTransformResultArgs): Promise<QueryResult<UnknownRow>> => result,
+    } satisfies KyselyPlugin,
+  };
+  return outage;
+}

@@ -1,9 +1,9 @@
-import { sql, type KyselyPlugin } from "kysely";
+import { sql } from "kysely";
 import { describe, expect, it } from "vitest";
 import { createKeyUsageReader } from "../../src/keys/key-usage.js";
 import { createUsageRecorder } from "../../src/keys/usage-recorder.js";
 import { testDatabaseKind, type TestDatabase } from "../support/database.js";
-import { check, countStatements, createCore, createKey, DAY, HOUR, LOCAL, unwrap, type Core, useCoreDatabase } from "./test-core.js";
+import { check, countStatements, createCore, createKey, DAY, HOUR, LOCAL, unwrap, type Core, useCoreDatabase, createOutage } from "./test-core.js";
 
 /**
  * Per-key usage: every decision about a known key is counted per UTC day in
@@ -109,16 +109,9 @@ describe(`usage counts on ${testDatabaseKind}`, () => {
 
   it("a failed flush keeps the counts, and the next one writes them with the newer ones", async () => {
     const { key } = await createKey(core, { org: "usage" });
-    let down = true;
-    const failing: KyselyPlugin = {
-      transformQuery({ node }) {
-        if (down) throw new Error("the database is down");
-        return node;
-      },
-      transformResult: async ({ result }) => result,
-    };
+    const outage = createOutage();
     const errors: unknown[] = [];
-    const recorder = createUsageRecorder(core.db.withPlugin(failing), HOUR, (error) => errors.push(error));
+    const recorder = createUsageRecorder(core.db.withPlugin(outage.plugin), HOUR, (error) => errors.push(error));
     try {
       const at = core.clock.now();
       recorder.touch(key.id, at);
@@ -128,12 +121,12 @@ describe(`usage counts on ${testDatabaseKind}`, () => {
       expect(errors).toHaveLength(1);
       expect(recorder.pendingCounts(key.id)?.get(today(at))).toEqual({ allowed: 2, denied: 1 });
       recorder.touch(key.id, at);
-      down = false;
+      outage.down = false;
       await recorder.flush();
       expect(await stored(key.id)).toEqual([{ day: today(at), allowed: 3, denied: 1 }]);
       expect(recorder.pendingCounts(key.id)).toBeUndefined();
     } finally {
-      down = false;
+      outage.down = false;
       await recorder.stop();
     }
   });
