@@ -10,7 +10,68 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file keygate/v1/authorize.proto.
  */
 export const file_keygate_v1_authorize: GenFile = /*@__PURE__*/
-  fileDesc("ChprZXlnYXRlL3YxL2F1dGhvcml6ZS5wcm90bxIKa2V5Z2F0ZS52MSJ1ChBBdXRob3JpemVSZXF1ZXN0EhIKCmNyZWRlbnRpYWwYASABKAkSDAoEcGF0aBgCIAEoCRIOCgZtZXRob2QYAyABKAkSEQoJbmFtZXNwYWNlGAQgASgJEgsKA29yZxgFIAEoCRIPCgdleHBsYWluGAYgASgIIvEBChFBdXRob3JpemVSZXNwb25zZRIPCgdhbGxvd2VkGAEgASgIEiIKBnJlYXNvbhgCIAEoDjISLmtleWdhdGUudjEuUmVhc29uEg8KB21lc3NhZ2UYAyABKAkSJAoDa2V5GAQgASgLMhcua2V5Z2F0ZS52MS5LZXlJZGVudGl0eRIUCgxtYXRjaGVkX3J1bGUYBSABKAkSLwoKcmF0ZV9saW1pdBgGIAEoCzIbLmtleWdhdGUudjEuUmF0ZUxpbWl0U3RhdHVzEikKC2V4cGxhbmF0aW9uGAcgAygLMhQua2V5Z2F0ZS52MS5SdWxlTWlzcyI3CghSdWxlTWlzcxIMCgRydWxlGAEgASgJEgwKBHRleHQYAiABKAkSDwoHcmVhc29ucxgDIAMoCSJWCgtLZXlJZGVudGl0eRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEgsKA29yZxgDIAEoCRIRCgluYW1lc3BhY2UYBCABKAkSDQoFcm9sZXMYBSADKAkiSgoPUmF0ZUxpbWl0U3RhdHVzEg0KBWxpbWl0GAEgASgNEhEKCXJlbWFpbmluZxgCIAEoDRIVCg1yZXNldF9zZWNvbmRzGAMgASgNKvIBCgZSZWFzb24SFgoSUkVBU09OX1VOU1BFQ0lGSUVEEAASEgoOUkVBU09OX0FMTE9XRUQQARIdChlSRUFTT05fTUlTU0lOR19DUkVERU5USUFMEAISFgoSUkVBU09OX0lOVkFMSURfS0VZEAMSEgoOUkVBU09OX1JFVk9LRUQQBBISCg5SRUFTT05fRVhQSVJFRBAFEhQKEFJFQVNPTl9GT1JCSURERU4QBhIXChNSRUFTT05fUkFURV9MSU1JVEVEEAcSFgoSUkVBU09OX0JBRF9SRVFVRVNUEAgSFgoSUkVBU09OX1VOQVZBSUxBQkxFEAkyXgoQQXV0aG9yaXplU2VydmljZRJKCglBdXRob3JpemUSHC5rZXlnYXRlLnYxLkF1dGhvcml6ZVJlcXVlc3QaHS5rZXlnYXRlLnYxLkF1dGhvcml6ZVJlc3BvbnNlIgBiBnByb3RvMw");
+  fileDesc("ChprZXlnYXRlL3YxL2F1dGhvcml6ZS5wcm90bxIKa2V5Z2F0ZS52MSJTChZBdXRob3JpemVTdHJlYW1SZXF1ZXN0EgoKAmlkGAEgASgEEi0KB3JlcXVlc3QYAiABKAsyHC5rZXlnYXRlLnYxLkF1dGhvcml6ZVJlcXVlc3QiVgoXQXV0aG9yaXplU3RyZWFtUmVzcG9uc2USCgoCaWQYASABKAQSLwoIcmVzcG9uc2UYAiABKAsyHS5rZXlnYXRlLnYxLkF1dGhvcml6ZVJlc3BvbnNlInUKEEF1dGhvcml6ZVJlcXVlc3QSEgoKY3JlZGVudGlhbBgBIAEoCRIMCgRwYXRoGAIgASgJEg4KBm1ldGhvZBgDIAEoCRIRCgluYW1lc3BhY2UYBCABKAkSCwoDb3JnGAUgASgJEg8KB2V4cGxhaW4YBiABKAgi8QEKEUF1dGhvcml6ZVJlc3BvbnNlEg8KB2FsbG93ZWQYASABKAgSIgoGcmVhc29uGAIgASgOMhIua2V5Z2F0ZS52MS5SZWFzb24SDwoHbWVzc2FnZRgDIAEoCRIkCgNrZXkYBCABKAsyFy5rZXlnYXRlLnYxLktleUlkZW50aXR5EhQKDG1hdGNoZWRfcnVsZRgFIAEoCRIvCgpyYXRlX2xpbWl0GAYgASgLMhsua2V5Z2F0ZS52MS5SYXRlTGltaXRTdGF0dXMSKQoLZXhwbGFuYXRpb24YByADKAsyFC5rZXlnYXRlLnYxLlJ1bGVNaXNzIjcKCFJ1bGVNaXNzEgwKBHJ1bGUYASABKAkSDAoEdGV4dBgCIAEoCRIPCgdyZWFzb25zGAMgAygJIlYKC0tleUlkZW50aXR5EgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSCwoDb3JnGAMgASgJEhEKCW5hbWVzcGFjZRgEIAEoCRINCgVyb2xlcxgFIAMoCSJKCg9SYXRlTGltaXRTdGF0dXMSDQoFbGltaXQYASABKA0SEQoJcmVtYWluaW5nGAIgASgNEhUKDXJlc2V0X3NlY29uZHMYAyABKA0q8gEKBlJlYXNvbhIWChJSRUFTT05fVU5TUEVDSUZJRUQQABISCg5SRUFTT05fQUxMT1dFRBABEh0KGVJFQVNPTl9NSVNTSU5HX0NSRURFTlRJQUwQAhIWChJSRUFTT05fSU5WQUxJRF9LRVkQAxISCg5SRUFTT05fUkVWT0tFRBAEEhIKDlJFQVNPTl9FWFBJUkVEEAUSFAoQUkVBU09OX0ZPUkJJRERFThAGEhcKE1JFQVNPTl9SQVRFX0xJTUlURUQQBxIWChJSRUFTT05fQkFEX1JFUVVFU1QQCBIWChJSRUFTT05fVU5BVkFJTEFCTEUQCTLAAQoQQXV0aG9yaXplU2VydmljZRJKCglBdXRob3JpemUSHC5rZXlnYXRlLnYxLkF1dGhvcml6ZVJlcXVlc3QaHS5rZXlnYXRlLnYxLkF1dGhvcml6ZVJlc3BvbnNlIgASYAoPQXV0aG9yaXplU3RyZWFtEiIua2V5Z2F0ZS52MS5BdXRob3JpemVTdHJlYW1SZXF1ZXN0GiMua2V5Z2F0ZS52MS5BdXRob3JpemVTdHJlYW1SZXNwb25zZSIAKAEwAWIGcHJvdG8z");
+
+/**
+ * One request on an AuthorizeStream.
+ *
+ * @generated from message keygate.v1.AuthorizeStreamRequest
+ */
+export type AuthorizeStreamRequest = Message<"keygate.v1.AuthorizeStreamRequest"> & {
+  /**
+   * The caller's id for this request, echoed in its response. keygate only
+   * echoes it: ids need not be ordered, and keeping them unique among the
+   * stream's unanswered requests is up to the caller.
+   *
+   * @generated from field: uint64 id = 1;
+   */
+  id: bigint;
+
+  /**
+   * The request, as for Authorize; explain is honoured only where Authorize
+   * honours it (never on the public port). Unset is an empty request
+   * (REASON_MISSING_CREDENTIAL).
+   *
+   * @generated from field: keygate.v1.AuthorizeRequest request = 2;
+   */
+  request?: AuthorizeRequest | undefined;
+};
+
+/**
+ * Describes the message keygate.v1.AuthorizeStreamRequest.
+ * Use `create(AuthorizeStreamRequestSchema)` to create a new message.
+ */
+export const AuthorizeStreamRequestSchema: GenMessage<AuthorizeStreamRequest> = /*@__PURE__*/
+  messageDesc(file_keygate_v1_authorize, 0);
+
+/**
+ * The decision for one AuthorizeStreamRequest.
+ *
+ * @generated from message keygate.v1.AuthorizeStreamResponse
+ */
+export type AuthorizeStreamResponse = Message<"keygate.v1.AuthorizeStreamResponse"> & {
+  /**
+   * The id of the request this answers.
+   *
+   * @generated from field: uint64 id = 1;
+   */
+  id: bigint;
+
+  /**
+   * The decision, as Authorize returns it; an outage is allowed = false
+   * with reason REASON_UNAVAILABLE instead of an RPC error.
+   *
+   * @generated from field: keygate.v1.AuthorizeResponse response = 2;
+   */
+  response?: AuthorizeResponse | undefined;
+};
+
+/**
+ * Describes the message keygate.v1.AuthorizeStreamResponse.
+ * Use `create(AuthorizeStreamResponseSchema)` to create a new message.
+ */
+export const AuthorizeStreamResponseSchema: GenMessage<AuthorizeStreamResponse> = /*@__PURE__*/
+  messageDesc(file_keygate_v1_authorize, 1);
 
 /**
  * @generated from message keygate.v1.AuthorizeRequest
@@ -72,7 +133,7 @@ export type AuthorizeRequest = Message<"keygate.v1.AuthorizeRequest"> & {
  * Use `create(AuthorizeRequestSchema)` to create a new message.
  */
 export const AuthorizeRequestSchema: GenMessage<AuthorizeRequest> = /*@__PURE__*/
-  messageDesc(file_keygate_v1_authorize, 0);
+  messageDesc(file_keygate_v1_authorize, 2);
 
 /**
  * @generated from message keygate.v1.AuthorizeResponse
@@ -133,7 +194,7 @@ export type AuthorizeResponse = Message<"keygate.v1.AuthorizeResponse"> & {
  * Use `create(AuthorizeResponseSchema)` to create a new message.
  */
 export const AuthorizeResponseSchema: GenMessage<AuthorizeResponse> = /*@__PURE__*/
-  messageDesc(file_keygate_v1_authorize, 1);
+  messageDesc(file_keygate_v1_authorize, 3);
 
 /**
  * A policy rule that did not match a request, and why.
@@ -173,7 +234,7 @@ export type RuleMiss = Message<"keygate.v1.RuleMiss"> & {
  * Use `create(RuleMissSchema)` to create a new message.
  */
 export const RuleMissSchema: GenMessage<RuleMiss> = /*@__PURE__*/
-  messageDesc(file_keygate_v1_authorize, 2);
+  messageDesc(file_keygate_v1_authorize, 4);
 
 /**
  * The public identity of a key, as returned with a decision.
@@ -214,7 +275,7 @@ export type KeyIdentity = Message<"keygate.v1.KeyIdentity"> & {
  * Use `create(KeyIdentitySchema)` to create a new message.
  */
 export const KeyIdentitySchema: GenMessage<KeyIdentity> = /*@__PURE__*/
-  messageDesc(file_keygate_v1_authorize, 3);
+  messageDesc(file_keygate_v1_authorize, 5);
 
 /**
  * @generated from message keygate.v1.RateLimitStatus
@@ -247,7 +308,7 @@ export type RateLimitStatus = Message<"keygate.v1.RateLimitStatus"> & {
  * Use `create(RateLimitStatusSchema)` to create a new message.
  */
 export const RateLimitStatusSchema: GenMessage<RateLimitStatus> = /*@__PURE__*/
-  messageDesc(file_keygate_v1_authorize, 4);
+  messageDesc(file_keygate_v1_authorize, 6);
 
 /**
  * Why a decision came out the way it did.
@@ -331,6 +392,47 @@ export const AuthorizeService: GenService<{
     methodKind: "unary";
     input: typeof AuthorizeRequestSchema;
     output: typeof AuthorizeResponseSchema;
+  },
+  /**
+   * AuthorizeStream decides many requests over one long-lived stream, for
+   * high-volume callers: send AuthorizeStreamRequests as they arise, read
+   * AuthorizeStreamResponses as they come, and match the two by id. Each
+   * request gets exactly the decision Authorize would give it.
+   *
+   * Decisions come back in completion order, not request order: a key that
+   * must be looked up in the database does not hold up warm keys sent after
+   * it. The server decides up to 256 requests of a stream at once, and
+   * stops reading the stream while that many are undecided or while its
+   * answers wait for the caller to read them: a sender faster than the
+   * server is held back by HTTP/2 flow control, not buffered.
+   *
+   * Failures are per request, not per stream: when no decision can be made
+   * (the database is down), that id is answered with allowed = false and
+   * reason REASON_UNAVAILABLE, and the stream stays open for the next ones.
+   * The stream itself fails only on a malformed or oversized (> 64 KiB)
+   * message, or when the server shuts down: a stream still open then is
+   * cut after the server's shutdown grace period (10 s by default) with
+   * CANCELED. Reopen it, to this server or another, and resend the ids not
+   * yet answered. When the caller half-closes, the server answers what it
+   * has read, then ends the stream with status OK. A caller may cancel at
+   * any time; ids not yet answered then get no answer.
+   *
+   * Transports: it needs HTTP/2 (h2c on the same port), for gRPC, Connect
+   * and gRPC-Web alike; tested with grpc-js and with connect-node's gRPC,
+   * Connect and gRPC-Web transports at httpVersion "2". Over HTTP/1.1 a
+   * bidirectional stream is impossible: the server answers HTTP 505 (HTTP
+   * Version Not Supported) with "Connection: close" and decides nothing,
+   * and a connect-node client fails the call with UNKNOWN "HTTP 505" (or
+   * INTERNAL "write EPIPE" when it was still sending). Browsers cannot send
+   * a streaming request body at all: connect-web rejects the call before
+   * sending anything. Such callers use Authorize, concurrently.
+   *
+   * @generated from rpc keygate.v1.AuthorizeService.AuthorizeStream
+   */
+  authorizeStream: {
+    methodKind: "bidi_streaming";
+    input: typeof AuthorizeStreamRequestSchema;
+    output: typeof AuthorizeStreamResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_keygate_v1_authorize, 0);
