@@ -62,6 +62,11 @@ export interface ServeConfig extends RuntimeConfig {
   decisionLog: DecisionLogConfig;
   /** How the client's address is found for the failed-auth guard. */
   clientIp: ClientIpRules;
+  /**
+   * Plain unary Authorize calls (Connect, gRPC) answered without the
+   * connect-node adapter; false sends every call through the adapter.
+   */
+  directAuthorize: boolean;
 }
 
 export interface ShimConfig {
@@ -115,9 +120,9 @@ class Reader {
     return Number(text);
   }
 
-  bool(flag: string | undefined, envName: string | undefined): boolean {
+  bool(flag: string | undefined, envName: string | undefined, fallback = false): boolean {
     const { value, source } = this.raw(flag, envName);
-    if (value === undefined) return false;
+    if (value === undefined) return fallback;
     if (typeof value === "boolean") return value;
     const text = value.toLowerCase();
     if (["1", "true", "yes", "on"].includes(text)) return true;
@@ -348,6 +353,7 @@ export function readServeConfig(flags: Flags, env: Env, cwd: string): ConfigResu
     policyReloadDebounceMs: r.delay("KEYGATE_POLICY_RELOAD_DEBOUNCE", 200),
     decisionLog: r.decisionLog(),
     clientIp: r.clientIp(),
+    directAuthorize: r.bool(undefined, "KEYGATE_DIRECT_AUTHORIZE", true),
   });
 }
 

@@ -7,11 +7,16 @@ import { headerReader } from "../shim/cube-callback.js";
 /** The client's address of an RPC, for the failed-auth guard (undefined: a Unix socket peer). */
 export const kSource = createContextKey<string | undefined>(undefined, { description: "client address" });
 
-/** connectNodeAdapter's `contextValues`: the peer, or a trusted proxy's client-IP header. */
+/** The client's address of a request: the peer, or a trusted proxy's client-IP header. */
+export function requestSource(rules: ClientIpRules, req: IncomingMessage | Http2ServerRequest): string | undefined {
+  return clientIp(rules, req.socket?.remoteAddress, headerReader(req));
+}
+
+/** connectNodeAdapter's `contextValues`: the request's source under kSource. */
 export function sourceContextValues(rules: ClientIpRules) {
   return (req: IncomingMessage | Http2ServerRequest): ContextValues => {
     const values = createContextValues();
-    const source = clientIp(rules, req.socket?.remoteAddress, headerReader(req));
+    const source = requestSource(rules, req);
     if (source !== undefined) values.set(kSource, source);
     return values;
   };

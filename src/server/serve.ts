@@ -17,7 +17,9 @@ import { createCubeCallbackHandler, isCallbackUrl } from "../shim/cube-callback.
 import { listenForKeyChanges, type KeyChangeListener } from "./key-changes.js";
 import { createListener, type Handler } from "./listener.js";
 import { serverApplicationName, type ServerEntry } from "./server-registry.js";
-import { sourceContextValues } from "./request-source.js";
+import { requestSource, sourceContextValues } from "./request-source.js";
+import { createAuthorizeCall } from "./authorize-call.js";
+import { createDirectAuthorize } from "./direct-authorize.js";
 import { createRoutes } from "./routes.js";
 
 export interface RunningServer {
@@ -31,6 +33,41 @@ export interface RunningServer {
 }
 
 export const CONTROL_SOCKET = "keygate.sock";
+/** Authorize and ManageKey requests are small; larger bodies are refused before decoding. */
+const RPC_READ_MAX_BYTES = 64 * 1024;
+
+/**
+ * The public port's requests: the Cube callback, plain unary Authorize calls
+ * answered directly, and everything else (gRPC, Connect, gRPC-Web) through
+ * the connect-node adapter.
+ */
+export function createRequestHandler(
+  config: Pick<ServeConfig, "credentialPriority" | "clientIp" | "shimPath" | "directAuthorize">,
+  runtime: Runtime,
+  log: Logger,
+): Handler {
+  const routes = createRoutes(runtime, config.credentialPriority, log);
+  const rpc = connectNodeAdapter({ routes, readMaxBytes: RPC_READ_MAX_BYTES, contextValues: sourceContextValues(config.clientIp) });
+  // Gateways call unary Authorize once per request of theirs: the plain shapes skip the adapter.
+  const direct = config.directAuthorize
+    ? createDirectAuthorize({
+        call: createAuthorizeCall(runtime.authorize, false),
+        sourceOf: (req) => requestSource(config.clientIp, req),
+        readMaxBytes: RPC_READ_MAX_BYTES,
+        onError: (error) => log.error("authorize error", errorFields(error)),
+      })
+    : undefined;
+  const shim = createCubeCallbackHandler({
+    authorize: runtime.authorize,
+    credentialPriority: config.credentialPriority,
+    clientIp: config.clientIp,
+    onError: (error) => log.error("shim error", errorFields(error)),
+  });
+  return (req, res) => {
+    if (isCallbackUrl(req.url, config.shimPath)) void shim(req, res);
+    else if (!direct?.(req, res)) rpc(req as http.IncomingMessage, res as http.ServerResponse);
+  };
+}
 
 /**
  * Serves Authorize and ManageKey (gRPC, Connect, gRPC-Web) and the Cube
@@ -38,19 +75,7 @@ export const CONTROL_SOCKET = "keygate.sock";
  * CLI uses while the server holds the data dir.
  */
 export async function startServer(config: ServeConfig, runtime: Runtime, log: Logger, lock?: DataDirLock): Promise<RunningServer> {
-  const routes = createRoutes(runtime, config.credentialPriority, log);
-  // Authorize and ManageKey requests are small; refuse large bodies before decoding them.
-  const rpc = connectNodeAdapter({ routes, readMaxBytes: 64 * 1024, contextValues: sourceContextValues(config.clientIp) });
-  const shim = createCubeCallbackHandler({
-    authorize: runtime.authorize,
-    credentialPriority: config.credentialPriority,
-    clientIp: config.clientIp,
-    onError: (error) => log.error("shim error", errorFields(error)),
-  });
-  const handler: Handler = (req, res) => {
-    if (isCallbackUrl(req.url, config.shimPath)) void shim(req, res);
-    else rpc(req as http.IncomingMessage, res as http.ServerResponse);
-  };
+  const handler = createRequestHandler(config, runtime, log);
   // Before listening: from the first request on, key changes and policy edits made elsewhere are seen.
   let keyChanges: KeyChangeListener | undefined;
   if (config.databaseUrl) {
