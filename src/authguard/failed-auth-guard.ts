@@ -25,8 +25,6 @@ const ID_PREFIX = "authfail:";
 export interface FailedAuthGuard {
   /** False for exempt sources (by default loopback: a gateway or tool on this host). */
   applies(source: string): boolean;
-  /** True when invalid credentials from `source` are refused at once (counters past the hard limit). */
-  blocked(source: string): Promise<boolean>;
   /** Counts one invalid credential from `source`; resolves (after any delay) with the decision to give. */
   failed(source: string): Promise<Decision>;
 }
@@ -57,16 +55,6 @@ export function createFailedAuthGuard({ rateLimiter, limit, sleep = (ms) => slee
   const invalid = () => deny("invalid_key", MESSAGES.invalid_key);
   return {
     applies: (source) => !exempt(source),
-    async blocked(source) {
-      if (!rateLimiter.peek) return false;
-      try {
-        return (await rateLimiter.peek(ID_PREFIX + source, hard)).remaining <= 0;
-      } catch (error) {
-        // The credential is still checked in full; only the shortcut is lost.
-        onError?.(error);
-        return false;
-      }
-    },
     async failed(source) {
       let consumed;
       try {

@@ -26,8 +26,6 @@ export interface AuthorizerDeps {
   defaultRateLimit?: RateLimit | null;
   /** Slows, then refuses, invalid credentials from one source; only applied when the input has a source. */
   guard?: FailedAuthGuard;
-  /** True when a credential is invalid without a database query (malformed, or in the negative cache). */
-  isKnownInvalid?: (credential: string) => boolean;
   /** Every decision as it leaves the core (the decision log). Must not throw or wait. */
   onDecision?: (input: AuthorizeInput, decision: Decision) => void;
 }
@@ -62,7 +60,6 @@ export function createAuthorizer({
   rateLimiter,
   defaultRateLimit = null,
   guard,
-  isKnownInvalid,
   onDecision,
 }: AuthorizerDeps): Authorize {
   return async function authorize(input) {
@@ -86,13 +83,8 @@ export function createAuthorizer({
     const request = normalizeRequest(input);
     if ("reason" in request) return request;
 
-    // Applied only to requests whose source is known (the shim, the RPC service).
-    const source = input.source;
-    const guarded = guard && source && guard.applies(source) ? { guard, source } : undefined;
-    // A blocked source is refused at once for credentials known invalid without the database;
-    // anything else (possibly a valid key) is looked up and decided as usual.
-    if (guarded && isKnownInvalid?.(input.credential) && (await guarded.guard.blocked(guarded.source))) return guarded.guard.failed(guarded.source);
-
+    // A credential known invalid without the database (malformed, or in the negative
+    // cache) costs no query here, so a blocked source's guesses reach no database.
     let found;
     try {
       found = await lookupKey(input.credential);
@@ -102,7 +94,8 @@ export function createAuthorizer({
     }
     switch (found.status) {
       case "invalid":
-        return guarded ? guarded.guard.failed(guarded.source) : deny("invalid_key", MESSAGES.invalid_key);
+        // Counted only for requests whose source is known (the shim, the RPC service) and not exempt.
+        return guard && input.source && guard.applies(input.source) ? guard.failed(input.source) : deny("invalid_key", MESSAGES.invalid_key);
       case "revoked":
         return deny("revoked", MESSAGES.revoked, identityOf(found.key));
       case "expired":

@@ -41,6 +41,12 @@ const CRC_TABLE = (() => {
   return table;
 })();
 
+const IS_BASE62 = (() => {
+  const table = new Uint8Array(128);
+  for (const char of BASE62) table[char.charCodeAt(0)] = 1;
+  return table;
+})();
+
 function crc32(text: string): number {
   let crc = 0xffffffff;
   for (let i = 0; i < text.length; i++) {
@@ -67,13 +73,16 @@ export function generateKey(prefix: string = DEFAULT_KEY_PREFIX): string {
 export function isWellFormedKey(credential: string, prefix: string = DEFAULT_KEY_PREFIX): boolean {
   if (credential.length !== prefix.length + RANDOM_LENGTH + CHECKSUM_LENGTH) return false;
   if (!credential.startsWith(prefix)) return false;
-  const body = credential.slice(prefix.length);
-  for (let i = 0; i < body.length; i++) {
-    if (!BASE62.includes(body[i]!)) return false;
+  const start = prefix.length;
+  let crc = 0xffffffff;
+  for (let i = start; i < credential.length; i++) {
+    const code = credential.charCodeAt(i);
+    if (code > 127 || !IS_BASE62[code]) return false;
+    if (i < start + RANDOM_LENGTH) crc = CRC_TABLE[(crc ^ code) & 0xff]! ^ (crc >>> 8);
   }
-  const random = body.slice(0, RANDOM_LENGTH);
-  return body.slice(RANDOM_LENGTH) === checksum(random);
+  return credential.endsWith(toBase62((crc ^ 0xffffffff) >>> 0, CHECKSUM_LENGTH));
 }
+
 
 /** What the database stores in place of the key: SHA-256, hex. */
 export function hashKey(credential: string): string {

@@ -43,12 +43,3 @@ export function createKeyLookup({ db, cache, keyPrefix, now }: KeyLookupDeps) {
 }
 
 export type LookupKey = ReturnType<typeof createKeyLookup>;
-
-/**
- * True when a credential is invalid without asking the database: malformed
- * (prefix, length, alphabet, checksum) or recently looked up and not found.
- * The failed-auth guard refuses such credentials from a blocked source at once.
- */
-export function createKnownInvalidCheck({ cache, keyPrefix }: Pick<KeyLookupDeps, "cache" | "keyPrefix">): (credential: string) => boolean {
-  return (credential) => credential.length > MAX_CREDENTIAL_LENGTH || !isWellFormedKey(credential, keyPrefix) || cache.get(hashKey(credential)) === null;
-}

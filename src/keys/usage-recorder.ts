@@ -21,10 +21,19 @@ export interface UsageRecorder {
   stop(): Promise<void>;
 }
 
+let dayMemo = { start: 0, end: 0, day: "" };
+
 /** The UTC day of a time, "YYYY-MM-DD". */
 export function utcDay(at: Date): string {
-  return at.toISOString().slice(0, 10);
+  const ms = at.getTime();
+  // Called per decision: the day changes once a day, so remember the last one.
+  if (ms >= dayMemo.start && ms < dayMemo.end) return dayMemo.day;
+  const day = at.toISOString().slice(0, 10);
+  const start = Date.parse(`${day}T00:00:00.000Z`);
+  dayMemo = { start, end: start + 86_400_000, day };
+  return day;
 }
+
 
 type Counts = Map<string, Map<string, DayCount>>;
 

@@ -6,7 +6,7 @@ import type { RuntimeConfig } from "../config/config.js";
 import { openStore, type Store, type StoreTarget } from "../db/connect.js";
 import { migrateToLatest, type MigrateOutcome } from "../db/migrate.js";
 import { createKeyCache, type KeyCache } from "../keys/key-cache.js";
-import { createKeyLookup, createKnownInvalidCheck, type LookupKey } from "../keys/key-lookup.js";
+import { createKeyLookup, type LookupKey } from "../keys/key-lookup.js";
 import { createKeyManager, type KeyManager } from "../keys/key-manager.js";
 import { createKeyUsageReader, withKeyUsage } from "../keys/key-usage.js";
 import { createUsageRecorder, type UsageRecorder } from "../keys/usage-recorder.js";
@@ -102,7 +102,6 @@ export async function openRuntime(config: RuntimeConfig, options: RuntimeOptions
           exempt: (source) => isTrusted({ header: undefined, trusted: config.authGuardExempt }, source),
           ...(options.sleep && { sleep: options.sleep }),
         }),
-        isKnownInvalid: createKnownInvalidCheck({ cache, keyPrefix: config.keyPrefix }),
       }),
       ...(options.onDecision && { onDecision: options.onDecision }),
     });

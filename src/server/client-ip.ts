@@ -18,6 +18,8 @@ export const DEFAULT_TRUSTED_PROXIES = "127.0.0.0/8,::1/128";
 
 /** "::ffff:10.0.0.1" → "10.0.0.1", so IPv4 rules match v4-mapped peers. */
 export function canonicalIp(address: string): string {
+  // Socket peers come untrimmed and unmapped almost always: skip the regex then.
+  if (!address.includes("::ffff:") && !address.includes("::FFFF:") && address.trim() === address) return address;
   const trimmed = address.trim();
   const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(trimmed);
   return mapped ? mapped[1]! : trimmed;
@@ -48,9 +50,30 @@ export function parseTrustedProxies(text: string): TrustedProxiesResult {
 }
 
 export function isTrusted(rules: ClientIpRules, peer: string): boolean {
-  const ip = canonicalIp(peer);
-  const family = isIP(ip);
-  return family !== 0 && rules.trusted.check(ip, family === 4 ? "ipv4" : "ipv6");
+  return inList(rules.trusted, canonicalIp(peer));
+}
+
+/**
+ * Membership of a canonical address in a list, remembered per list: a
+ * BlockList check builds a SocketAddress each time, and on the hot path the
+ * same few peers (a gateway, a Cube server) ask over and over. Lists are
+ * built once from config and never change afterwards.
+ */
+const MEMO_LIMIT = 4_096;
+const memos = new WeakMap<BlockList, Map<string, boolean>>();
+
+export function inList(list: BlockList, ip: string): boolean {
+  let memo = memos.get(list);
+  if (!memo) memos.set(list, (memo = new Map()));
+  let found = memo.get(ip);
+  if (found === undefined) {
+    const family = isIP(ip);
+    found = family !== 0 && list.check(ip, family === 4 ? "ipv4" : "ipv6");
+    // Many distinct peers (a scan) must not grow it without bound.
+    if (memo.size >= MEMO_LIMIT) memo.clear();
+    memo.set(ip, found);
+  }
+  return found;
 }
 
 /**

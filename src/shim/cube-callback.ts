@@ -25,16 +25,22 @@ export interface CubeCallbackDeps {
   onError?: (error: unknown) => void;
 }
 
-/** Every value of a header, joined as Fetch does; so duplicates show as a malformed value. */
+/**
+ * Every value of a header (name in lower case), joined as Fetch does; so
+ * duplicates show as a malformed value. Read from the raw header list: Node
+ * builds `headers` and `headersDistinct` lazily, and the shim needs only a
+ * handful of names, so building neither object is the cheaper way.
+ */
 export function headerReader(req: Request): (name: string) => string | undefined {
-  if ("headersDistinct" in req) {
-    const distinct = req.headersDistinct;
-    return (name) => distinct[name]?.join(", ");
-  }
-  const headers = req.headers;
+  const raw = req.rawHeaders;
   return (name) => {
-    const value = headers[name];
-    return Array.isArray(value) ? value.join(", ") : value;
+    let value: string | undefined;
+    for (let i = 0; i + 1 < raw.length; i += 2) {
+      const key = raw[i]!;
+      if (key.length !== name.length || key.toLowerCase() !== name) continue;
+      value = value === undefined ? raw[i + 1]! : `${value}, ${raw[i + 1]!}`;
+    }
+    return value;
   };
 }
 
