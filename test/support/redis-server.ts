@@ -11,7 +11,12 @@ import { join } from "node:path";
 export interface TestRedis {
   port: number;
   url: string;
-  /** Kills the server (SIGKILL: as a crash would) and waits for it to exit. */
+  /**
+   * Kills the server (SIGKILL: as a crash would) and waits for it to exit.
+   * Until restart, the port stays taken by a stand-in that drops every
+   * connection: otherwise another test file's redis-server could get the
+   * freed port, and keygate would "recover" to the wrong Redis.
+   */
   stop(): Promise<void>;
   /** Starts it again on the same port. */
   restart(): Promise<void>;
@@ -63,7 +68,8 @@ export async function startTestRedis(): Promise<TestRedis> {
   const dir = await mkdtemp(join(tmpdir(), "keygate-redis-"));
   const port = await freePort();
   let child: ChildProcess | undefined = await launch(port, dir);
-  const stop = async () => {
+  let standIn: net.Server | undefined;
+  const kill = async () => {
     const running = child;
     child = undefined;
     if (!running || running.exitCode !== null || running.signalCode !== null) return;
@@ -71,16 +77,32 @@ export async function startTestRedis(): Promise<TestRedis> {
     running.kill("SIGKILL");
     await exited;
   };
+  const release = async () => {
+    const held = standIn;
+    standIn = undefined;
+    if (held) await new Promise<void>((resolve) => held.close(() => resolve()));
+  };
   return {
     port,
     url: `redis://127.0.0.1:${port}`,
-    stop,
+    async stop() {
+      await kill();
+      if (standIn) return;
+      const server = net.createServer((socket) => socket.destroy());
+      await new Promise<void>((resolve, reject) => {
+        server.once("error", reject);
+        server.listen(port, "127.0.0.1", () => resolve());
+      });
+      standIn = server;
+    },
     async restart() {
-      await stop();
+      await kill();
+      await release();
       child = await launch(port, dir);
     },
     async dispose() {
-      await stop();
+      await kill();
+      await release();
       await rm(dir, { recursive: true, force: true });
     },
   };
