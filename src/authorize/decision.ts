@@ -2,6 +2,12 @@ import type { RuleMiss } from "../policy/policy.js";
 import type { RateLimitStatus } from "../ratelimit/rate-limit.js";
 
 /** Why a decision came out as it did. A deny is data, not an exception. */
+/**
+ * Where a request came in: the RPC services, the Cube callback, Envoy's
+ * ext_authz, or an nginx auth_request / Traefik forwardAuth endpoint.
+ */
+export type DecisionEntry = "rpc" | "shim" | "ext_authz" | "forward_auth";
+
 export type Reason =
   | "allowed"
   | "missing_credential"
@@ -48,7 +54,7 @@ export interface AuthorizeInput {
    */
   source?: string;
   /** Which door the request came through, for the decision log. */
-  entry?: "rpc" | "shim";
+  entry?: DecisionEntry;
 }
 
 /** The messages clients see (SandBase wording where it has one). */

@@ -1,7 +1,7 @@
 import { once } from "node:events";
 import { createWriteStream } from "node:fs";
 import type { Writable } from "node:stream";
-import type { AuthorizeInput, Decision } from "../authorize/decision.js";
+import type { AuthorizeInput, Decision, DecisionEntry } from "../authorize/decision.js";
 import { normalizeMethod, normalizePath } from "../authorize/normalize.js";
 
 /**
@@ -16,7 +16,7 @@ import { normalizeMethod, normalizePath } from "../authorize/normalize.js";
 
 export type DecisionLogMode = "none" | "denies" | "all" | "sampled";
 export const DECISION_LOG_MODES: readonly DecisionLogMode[] = ["none", "denies", "all", "sampled"];
-export type DecisionEntry = "rpc" | "shim";
+export type { DecisionEntry };
 
 /** Raw strings (a malformed path, method, org) are kept this long at most. */
 export const MAX_RAW_LENGTH = 256;

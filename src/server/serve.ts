@@ -13,7 +13,7 @@ import { errorFields } from "../runtime/logger.js";
 import type { Runtime } from "../runtime/runtime.js";
 import { formatRateLimit } from "../ratelimit/rate-limit.js";
 import type { RateLimiterHealth } from "../ratelimit/rate-limiter.js";
-import { createCubeCallbackHandler, isCallbackUrl } from "../shim/cube-callback.js";
+import { createCubeCallbackHandler } from "../shim/cube-callback.js";
 import { listenForKeyChanges, type KeyChangeListener } from "./key-changes.js";
 import { createListener, type Handler } from "./listener.js";
 import { serverApplicationName, type ServerEntry } from "./server-registry.js";
@@ -63,10 +63,21 @@ export function createRequestHandler(
     clientIp: config.clientIp,
     onError: (error) => log.error("shim error", errorFields(error)),
   });
+  // Plain HTTP endpoints by exact path (the query string is ignored): the Cube callback, and
+  // alongside it any probe or gateway endpoint. Every other request is an RPC.
+  const endpoints = new Map<string, Handler>([[config.shimPath, (req, res) => void shim(req, res)]]);
   return (req, res) => {
-    if (isCallbackUrl(req.url, config.shimPath)) void shim(req, res);
+    const endpoint = endpoints.get(pathOf(req.url));
+    if (endpoint) endpoint(req, res);
     else if (!direct?.(req, res)) rpc(req as http.IncomingMessage, res as http.ServerResponse);
   };
+}
+
+/** A request URL's path: the query string dropped. */
+function pathOf(url: string | undefined): string {
+  const target = url ?? "/";
+  const q = target.indexOf("?");
+  return q === -1 ? target : target.slice(0, q);
 }
 
 /**
