@@ -1,20 +1,50 @@
 import type { ConnectRouter } from "@connectrpc/connect";
+import type { DescService } from "@bufbuild/protobuf";
 import type { CredentialSource } from "../config/config.js";
 import type { Runtime } from "../runtime/runtime.js";
 import type { Logger } from "../runtime/logger.js";
+import { errorFields } from "../runtime/logger.js";
 import { AuthorizeService } from "../../gen/keygate/v1/authorize_pb.js";
 import { AuditService } from "../../gen/keygate/v1/audit_pb.js";
 import { KeyService } from "../../gen/keygate/v1/key_pb.js";
+import { Authorization } from "../../gen/envoy/service/auth/v3/external_auth_pb.js";
+import { Health } from "../../gen/grpc/health/v1/health_pb.js";
+import { ServerReflection } from "../../gen/grpc/reflection/v1/reflection_pb.js";
+import { ServerReflection as ServerReflectionV1alpha } from "../../gen/grpc/reflection/v1alpha/reflection_pb.js";
 import { createAuditLog } from "../audit/audit-log.js";
+import { createExtAuthzService } from "../extauthz/ext-authz.js";
 import { createAuditService } from "./audit-service.js";
 import { createAuthorizeService } from "./authorize-service.js";
+import type { ClientIpRules } from "./client-ip.js";
+import { createHealthService } from "./health-service.js";
 import { createKeyChangeAnnouncer } from "./key-changes.js";
 import { createKeyService } from "./key-service.js";
 import { createPrincipalOf } from "./principal.js";
+import { createReadinessCheck } from "./readiness.js";
+import { createReflectionIndex, createReflectionService, createReflectionServiceV1alpha } from "./reflection-service.js";
 
-export function createRoutes(runtime: Runtime, credentialPriority: readonly CredentialSource[], log: Logger, localOperator = false) {
+/** Every service createRoutes registers: what reflection lists and gRPC health knows by name. */
+export const SERVED_SERVICES: readonly DescService[] = [
+  AuthorizeService,
+  KeyService,
+  AuditService,
+  Authorization,
+  Health,
+  ServerReflection,
+  ServerReflectionV1alpha,
+];
+
+export interface RouteOptions {
+  /** Whose word is taken for a client's address; ext_authz believes Envoy's source attribute only from a trusted peer. */
+  clientIp?: ClientIpRules;
+  /** Aborted when the server begins to shut down: gRPC health turns NOT_SERVING, Watch and reflection streams end. */
+  shutdown?: AbortSignal;
+}
+
+export function createRoutes(runtime: Runtime, credentialPriority: readonly CredentialSource[], log: Logger, localOperator = false, options: RouteOptions = {}) {
   // Over Postgres other processes may cache the same keys: tell them about every change.
   const announce = runtime.store.kind === "postgres" ? createKeyChangeAnnouncer(runtime.store.db) : undefined;
+  const reflection = createReflectionIndex(SERVED_SERVICES);
   return (router: ConnectRouter) => {
     router.service(AuthorizeService, createAuthorizeService(runtime.authorize, localOperator));
     router.service(
@@ -29,5 +59,24 @@ export function createRoutes(runtime: Runtime, credentialPriority: readonly Cred
         log,
       }),
     );
+    router.service(
+      Authorization,
+      createExtAuthzService({
+        authorize: runtime.authorize,
+        credentialPriority,
+        ...(options.clientIp && { clientIp: options.clientIp }),
+        onError: (error) => log.error("ext_authz error", errorFields(error)),
+      }),
+    );
+    router.service(
+      Health,
+      createHealthService({
+        services: SERVED_SERVICES.map((s) => s.typeName),
+        readiness: createReadinessCheck(runtime),
+        ...(options.shutdown && { shutdown: options.shutdown }),
+      }),
+    );
+    router.service(ServerReflection, createReflectionService(reflection, options.shutdown));
+    router.service(ServerReflectionV1alpha, createReflectionServiceV1alpha(reflection, options.shutdown));
   };
 }
