@@ -48,13 +48,11 @@ ENV KEYGATE_HOST=0.0.0.0 \
 # gRPC, Connect, gRPC-Web and the Cube callback, all on this one port.
 EXPOSE 8080
 
-# Any HTTP answer from the callback path means the listener is up: HEAD is answered before any
-# key or database is looked at, so a probe never reaches the decision log or the failed-auth guard.
-# It asks 127.0.0.1, which KEYGATE_HOST=0.0.0.0 covers (not a KEYGATE_HOST naming one other address).
-# (`keygate status` does not fit: over Postgres it reports whether any server runs on the
-# database, not this one, and exits 0 either way.) Issue 6's /healthz replaces this probe.
+# Liveness: GET /healthz answers 200 while the process serves HTTP (it never touches the database,
+# so an outage does not get the container restarted; /readyz is for readiness). It asks 127.0.0.1,
+# which KEYGATE_HOST=0.0.0.0 covers (not a KEYGATE_HOST naming one other address).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
-  CMD ["node", "-e", "require('node:http').request({host:'127.0.0.1',port:process.env.PORT||8080,path:process.env.KEYGATE_SHIM_PATH||'/verify',method:'HEAD',timeout:2000},()=>process.exit(0)).on('timeout',()=>process.exit(1)).on('error',()=>process.exit(1)).end()"]
+  CMD ["node", "-e", "require('node:http').get({host:'127.0.0.1',port:process.env.PORT||8080,path:'/healthz',timeout:2000},(r)=>process.exit(r.statusCode===200?0:1)).on('timeout',()=>process.exit(1)).on('error',()=>process.exit(1))"]
 
 # `docker run IMAGE keygen --role admin …` runs any other keygate command.
 ENTRYPOINT ["node", "bin/keygate.js"]

@@ -1,19 +1,25 @@
 import { spawn } from "node:child_process";
-import { existsSync, readFileSync, statSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { dirname, posix, relative, resolve } from "node:path";
 import { describe, expect, it } from "vitest";
 import { parseDocument } from "yaml";
+import { NGINX_AUTH_PATH, TRAEFIK_AUTH_PATH } from "../../src/gateway/gateway-paths.js";
+import { HEALTHZ_PATH, READYZ_PATH } from "../../src/server/operations-paths.js";
 
 /**
  * Docker cannot run here, so the deploy files are checked by reading them:
  * deploy/compose.yaml (Postgres, Redis, two keygate replicas, nginx), the
- * Dockerfile and .dockerignore. What is checked is what would break a real
- * `docker compose up`: a replica pointed at the wrong service, an env var
- * keygate does not read (src/config/config.ts is grepped, so a renamed
- * setting fails here), a COPY of a path the build does not have, a
- * healthcheck a `service_healthy` condition waits for in vain.
+ * Dockerfile and .dockerignore, the nginx auth_request and Traefik
+ * forwardAuth examples, and the Kubernetes manifests in deploy/k8s. What is checked is what would break a
+ * real `docker compose up` or `kubectl apply -k`: a replica pointed at the
+ * wrong service, an env var keygate does not read (src/config/config.ts is
+ * grepped, so a renamed setting fails here), a COPY of a path the build does
+ * not have, a healthcheck a `service_healthy` condition waits for in vain, a
+ * probe on a port the container does not name, a policy ConfigMap that has
+ * drifted from policies/. (nginx itself runs the auth_request example in
+ * test/e2e/nginx-auth-request.test.ts.)
  */
 
 const REPO = resolve(import.meta.dirname, "../..");
@@ -402,23 +408,24 @@ describe("Dockerfile", () => {
     for (const variable of Object.keys(env).filter((name) => name !== "NODE_ENV")) expect(readByConfig(variable), `${variable} is read by src/config/config.ts`).toBe(true);
   });
 
-  it("has a HEALTHCHECK whose probe exits 0 on any HTTP answer from the callback path and 1 when nothing listens", async () => {
+  it("has a HEALTHCHECK whose probe exits 0 when /healthz answers 200, 1 otherwise or when nothing listens", async () => {
     const check = last(runtime, "HEALTHCHECK");
     expect(check).toBeDefined();
     const probe = execForm(check!.args.replace(/^(--\S+\s+)*CMD\s+/, ""));
     expect(probe[0]).toBe("node");
     const seen: string[] = [];
+    let status = 200;
     const server = http.createServer((req, res) => {
       seen.push(`${req.method} ${req.url}`);
-      res.writeHead(405).end();
+      res.writeHead(status).end();
     });
     await new Promise<void>((done) => server.listen(0, "127.0.0.1", done));
     const { port } = server.address() as AddressInfo;
     try {
       expect(await runProbe(probe, { PORT: String(port) })).toBe(0);
-      expect(seen).toEqual(["HEAD /verify"]);
-      expect(await runProbe(probe, { PORT: String(port), KEYGATE_SHIM_PATH: "/cube/auth" })).toBe(0);
-      expect(seen.at(-1)).toBe("HEAD /cube/auth");
+      expect(seen).toEqual([`GET ${HEALTHZ_PATH}`]);
+      status = 503;
+      expect(await runProbe(probe, { PORT: String(port) }), "a 503").toBe(1);
     } finally {
       await new Promise((done) => server.close(done));
     }
@@ -485,3 +492,297 @@ function runProbe(command: string[], env: Record<string, string>): Promise<numbe
     child.on("close", (code) => done(code ?? -1));
   });
 }
+
+// --- deploy/nginx-auth-request.conf ----------------------------------------------
+
+/** The body of the first `location NAME {…}` block (blocks inside it have no nested braces here). */
+function locationBlock(config: string, name: string): string {
+  const start = config.indexOf(`location ${name} {`);
+  expect(start, `location ${name}`).toBeGreaterThan(-1);
+  let depth = 0;
+  for (let i = config.indexOf("{", start); i < config.length; i++) {
+    if (config[i] === "{") depth++;
+    if (config[i] === "}" && --depth === 0) return config.slice(start, i + 1);
+  }
+  throw new Error(`location ${name} is not closed`);
+}
+
+describe("deploy/nginx-auth-request.conf", () => {
+  const config = read("deploy/nginx-auth-request.conf");
+  const directives = (block: string) => block.split("\n").map((line) => line.replace(/#.*/, "").trim()).filter(Boolean);
+
+  it("asks keygate's nginx endpoint in an internal location, without the client's body", () => {
+    const auth = directives(locationBlock(config, "= /_keygate"));
+    expect(auth).toContain("internal;");
+    expect(auth).toContain(`proxy_pass http://keygate${NGINX_AUTH_PATH};`);
+    expect(auth).toContain("proxy_pass_request_body off;");
+    expect(auth).toContain('proxy_set_header Content-Length "";');
+    expect(/upstream keygate \{[^}]*server keygate:(\d+);/.exec(config)?.[1], "keygate's port").toBe(last(runtime, "EXPOSE")!.args);
+  });
+
+  it("sets the request nginx is about to pass on (else the client's own headers of those names would decide)", () => {
+    const auth = directives(locationBlock(config, "= /_keygate"));
+    expect(auth).toContain("proxy_set_header X-Original-URI $request_uri;");
+    expect(auth).toContain("proxy_set_header X-Original-Method $request_method;");
+    expect(auth).toContain("proxy_set_header X-Forwarded-For $remote_addr;");
+    // Hints are never the client's.
+    expect(auth).toContain('proxy_set_header X-Request-Namespace "";');
+    expect(auth).toContain('proxy_set_header X-Request-Org "";');
+  });
+
+  it("guards the API's location, tells it who called (replacing the client's X-Auth-User), and maps keygate's 429", () => {
+    const api = directives(locationBlock(config, "/"));
+    expect(api).toContain("auth_request /_keygate;");
+    expect(api).toContain("auth_request_set $keygate_user $upstream_http_x_auth_user;");
+    expect(api).toContain("proxy_set_header X-Auth-User $keygate_user;");
+    expect(api).toContain("error_page 500 = @keygate_error;");
+    const error = directives(locationBlock(config, "@keygate_error"));
+    expect(error.join(" ")).toMatch(/if \(\$keygate_reason = rate_limited\) \{ return 429; \}/);
+    expect(error.at(-2)).toBe("return 503;");
+  });
+});
+
+// --- deploy/traefik-forward-auth.yaml ---------------------------------------------
+
+interface TraefikDynamic {
+  http: {
+    middlewares: Record<
+      string,
+      {
+        forwardAuth?: { address: string; trustForwardHeader?: boolean; authRequestHeaders?: string[]; authResponseHeaders?: string[] };
+        headers?: { customRequestHeaders?: Record<string, string> };
+      }
+    >;
+    routers: Record<string, { rule: string; middlewares?: string[]; service: string }>;
+    services: Record<string, { loadBalancer: { servers: { url: string }[] } }>;
+  };
+}
+
+describe("deploy/traefik-forward-auth.yaml", () => {
+  const traefik = loadYaml<TraefikDynamic>(resolve(DEPLOY, "traefik-forward-auth.yaml"));
+  const [name, keygate] = Object.entries(traefik.http.middlewares).find(([, middleware]) => middleware.forwardAuth)!;
+  const auth = keygate.forwardAuth!;
+
+  it("asks keygate's Traefik endpoint on the image's port and hands X-Auth-User to the API", () => {
+    const address = new URL(auth.address);
+    expect(address.pathname).toBe(TRAEFIK_AUTH_PATH);
+    expect(address.port).toBe(last(runtime, "EXPOSE")!.args);
+    expect(auth.authResponseHeaders).toEqual(["X-Auth-User"]);
+  });
+
+  it("never lets the client choose what keygate decides: no trusted X-Forwarded-*, only the credential headers", () => {
+    expect(auth.trustForwardHeader ?? false).toBe(false);
+    expect([...(auth.authRequestHeaders ?? [])].map((header) => header.toLowerCase()).sort()).toEqual(["authorization", "x-api-key"]);
+  });
+
+  it("every router runs keygate before anything else, and the key is stripped only after it", () => {
+    for (const [router, { middlewares = [], service }] of Object.entries(traefik.http.routers)) {
+      expect(middlewares[0], router).toBe(name);
+      expect(Object.keys(traefik.http.services)).toContain(service);
+      for (const middleware of middlewares) expect(Object.keys(traefik.http.middlewares)).toContain(middleware);
+    }
+    const strip = Object.values(traefik.http.middlewares).find((middleware) => middleware.headers?.customRequestHeaders);
+    expect(strip?.headers?.customRequestHeaders).toEqual({ Authorization: "", "X-Api-Key": "" });
+  });
+});
+
+// --- deploy/k8s ------------------------------------------------------------------
+
+const K8S = resolve(DEPLOY, "k8s");
+
+interface K8sObject {
+  apiVersion: string;
+  kind: string;
+  metadata: { name: string; labels?: Record<string, string> };
+  spec?: Record<string, unknown>;
+  [field: string]: unknown;
+}
+
+interface Probe {
+  httpGet?: { path: string; port: string | number };
+}
+
+interface Container {
+  name: string;
+  image: string;
+  args?: string[];
+  ports: { name?: string; containerPort: number; protocol?: string }[];
+  env: { name: string; value?: string; valueFrom?: { secretKeyRef?: { name: string; key: string } } }[];
+  readinessProbe?: Probe;
+  livenessProbe?: Probe;
+  startupProbe?: Probe;
+  lifecycle?: { preStop?: { exec?: { command: string[] } } };
+  resources?: { requests?: Record<string, string>; limits?: Record<string, string> };
+  securityContext?: { allowPrivilegeEscalation?: boolean; readOnlyRootFilesystem?: boolean; capabilities?: { drop?: string[] } };
+  volumeMounts: { name: string; mountPath: string; readOnly?: boolean }[];
+}
+
+interface PodSpec {
+  terminationGracePeriodSeconds?: number;
+  securityContext?: { runAsNonRoot?: boolean; runAsUser?: number; runAsGroup?: number };
+  containers: Container[];
+  volumes: { name: string; configMap?: { name: string }; emptyDir?: unknown }[];
+}
+
+interface Kustomization {
+  apiVersion: string;
+  kind: string;
+  resources: string[];
+  configMapGenerator: { name: string; files: string[]; options?: unknown }[];
+  images?: { name: string; newName?: string; newTag?: string }[];
+}
+
+function loadYaml<T>(path: string): T {
+  const doc = parseDocument(readFileSync(path, "utf8"));
+  expect(doc.errors, `${path}: YAML errors`).toEqual([]);
+  expect(doc.warnings, `${path}: YAML warnings`).toEqual([]);
+  return doc.toJS() as T;
+}
+
+const k8sFiles = readdirSync(K8S).filter((name) => /\.ya?ml$/.test(name)).sort();
+const kustomization = loadYaml<Kustomization>(resolve(K8S, "kustomization.yaml"));
+const manifests = Object.fromEntries(kustomization.resources.map((file) => [file, loadYaml<K8sObject>(resolve(K8S, file))]));
+const byKind = (kind: string) => Object.values(manifests).find((object) => object.kind === kind)!;
+const deployment = byKind("Deployment") as K8sObject & {
+  spec: { replicas: number; selector: { matchLabels: Record<string, string> }; template: { metadata: { labels: Record<string, string> }; spec: PodSpec } };
+};
+const pod = deployment.spec.template.spec;
+const container = pod.containers[0]!;
+const service = byKind("Service") as K8sObject & {
+  spec: { selector: Record<string, string>; ports: { name: string; port: number; targetPort: string | number; appProtocol?: string }[] };
+};
+const envValue = (name: string) => container.env.find((entry) => entry.name === name);
+
+/** "10s" → 10 (seconds), as KEYGATE_SHUTDOWN_TIMEOUT's default is written in config.ts. */
+function shutdownTimeoutSeconds(): number {
+  const text = /"KEYGATE_SHUTDOWN_TIMEOUT", "(\d+)s"\)/.exec(CONFIG_SOURCE)?.[1];
+  expect(text, "KEYGATE_SHUTDOWN_TIMEOUT's default in config.ts").toBeDefined();
+  return Number(text);
+}
+
+describe("deploy/k8s", () => {
+  it("every YAML file parses, is in the kustomization, and is a kind at a current apiVersion", () => {
+    const expected: Record<string, string> = { Deployment: "apps/v1", Service: "v1", PodDisruptionBudget: "policy/v1" };
+    expect(kustomization).toMatchObject({ apiVersion: "kustomize.config.k8s.io/v1beta1", kind: "Kustomization" });
+    expect([...kustomization.resources].sort()).toEqual(k8sFiles.filter((name) => name !== "kustomization.yaml"));
+    for (const [file, object] of Object.entries(manifests)) {
+      expect(Object.keys(expected), `${file}: kind`).toContain(object.kind);
+      expect(object.apiVersion, `${file}: apiVersion of ${object.kind}`).toBe(expected[object.kind]);
+      expect(object.metadata.name, `${file}: name`).toBe("keygate");
+    }
+    expect(Object.values(manifests).map((object) => object.kind).sort()).toEqual(Object.keys(expected).sort());
+  });
+
+  it("runs two replicas of the image, serving, selected by their own labels (Deployment, Service and PodDisruptionBudget alike)", () => {
+    expect(deployment.spec.replicas).toBe(2);
+    expect(pod.containers).toHaveLength(1);
+    const labels = deployment.spec.template.metadata.labels;
+    expect(labels).toMatchObject(deployment.spec.selector.matchLabels);
+    expect(labels).toMatchObject(service.spec.selector);
+    const pdb = byKind("PodDisruptionBudget") as K8sObject & { spec: { minAvailable: number; selector: { matchLabels: Record<string, string> } } };
+    expect(labels).toMatchObject(pdb.spec.selector.matchLabels);
+    expect(pdb.spec.minAvailable).toBeLessThan(deployment.spec.replicas);
+    // The image name the kustomization retags, and the Dockerfile's ENTRYPOINT + this: `keygate serve`.
+    expect(kustomization.images?.map((image) => image.name)).toContain(container.image.split(":")[0]);
+    expect(container.args ?? execForm(last(runtime, "CMD")!.args)).toEqual(["serve"]);
+  });
+
+  it("exposes the port the image EXPOSEs, named http, and the Service sends its one port there (h2c and HTTP/1.1 alike)", () => {
+    const exposed = Number(last(runtime, "EXPOSE")!.args);
+    expect(container.ports).toEqual([{ name: "http", containerPort: exposed, protocol: "TCP" }]);
+    expect(envValue("PORT")?.value ?? String(exposed)).toBe(String(exposed));
+    expect(service.spec.ports).toHaveLength(1);
+    const [port] = service.spec.ports;
+    expect(port).toMatchObject({ name: "http", port: exposed, targetPort: "http", appProtocol: "kubernetes.io/h2c" });
+  });
+
+  it("probes keygate's /healthz (startup, liveness) and /readyz (readiness) on the container's named port", () => {
+    const names = new Set(container.ports.map((port) => port.name));
+    const probes = { startupProbe: HEALTHZ_PATH, livenessProbe: HEALTHZ_PATH, readinessProbe: READYZ_PATH } as const;
+    expect([HEALTHZ_PATH, READYZ_PATH]).toEqual(["/healthz", "/readyz"]);
+    for (const [probe, path] of Object.entries(probes) as [keyof typeof probes, string][]) {
+      const get = container[probe]?.httpGet;
+      expect(get?.path, probe).toBe(path);
+      expect(typeof get?.port === "string" ? names.has(get.port) : container.ports.some((port) => port.containerPort === get?.port), `${probe} port`).toBe(true);
+    }
+  });
+
+  it("runs as the Dockerfile's non-root USER, read-only, without privileges, with resources set", () => {
+    const [uid, gid] = last(runtime, "USER")!.args.split(":").map(Number);
+    expect(pod.securityContext).toMatchObject({ runAsNonRoot: true, runAsUser: uid, runAsGroup: gid });
+    expect(container.securityContext).toEqual({ allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: ["ALL"] } });
+    expect(container.resources?.requests).toMatchObject({ cpu: expect.any(String), memory: expect.any(String) });
+    expect(container.resources?.limits?.memory).toBeDefined();
+    // Over Postgres nothing is written but scratch space: no data dir volume, and no PGlite.
+    expect(envValue("DATABASE_URL")).toBeDefined();
+    expect(container.volumeMounts.map((mounted) => mounted.mountPath)).not.toContain(envOf(runtime).KEYGATE_DATA_DIR);
+  });
+
+  it("sets only variables config.ts reads; DATABASE_URL from a Secret, listening on every interface", () => {
+    for (const { name } of container.env) expect(readByConfig(name), `${name} is read by src/config/config.ts`).toBe(true);
+    expect(envValue("DATABASE_URL")?.valueFrom?.secretKeyRef).toEqual({ name: "keygate-database", key: "DATABASE_URL" });
+    expect(envValue("DATABASE_URL")?.value).toBeUndefined();
+    expect(envValue("KEYGATE_HOST")?.value).toBe("0.0.0.0");
+    expect(new URL(envValue("REDIS_URL")?.value ?? "").protocol).toBe("redis:");
+  });
+
+  it("mounts the generated policy ConfigMap, whole (so updates reach it), read-only, where KEYGATE_POLICY_DIR points", () => {
+    const volume = pod.volumes.find((entry) => entry.configMap?.name === "keygate-policies");
+    expect(volume, "a volume from the keygate-policies ConfigMap").toBeDefined();
+    expect(kustomization.configMapGenerator.map((generator) => generator.name)).toEqual(["keygate-policies"]);
+    const mounted = container.volumeMounts.find((entry) => entry.name === volume!.name);
+    expect(mounted).toEqual({ name: volume!.name, mountPath: envValue("KEYGATE_POLICY_DIR")?.value, readOnly: true });
+    // Every mount has its volume.
+    for (const { name } of container.volumeMounts) expect(pod.volumes.map((entry) => entry.name)).toContain(name);
+  });
+
+  it("the ConfigMap holds exactly policies/'s model.conf and *.csv, byte for byte (copies inside deploy/k8s: kustomize reads nothing outside it)", () => {
+    const policyFiles = ["model.conf", ...readdirSync(resolve(REPO, "policies")).filter((name) => name.endsWith(".csv")).sort()];
+    const [generator] = kustomization.configMapGenerator;
+    expect([...generator!.files].sort()).toEqual(policyFiles.map((name) => `policies/${name}`).sort());
+    for (const file of generator!.files) {
+      expect(posix.normalize(file).startsWith(".."), `${file} is inside deploy/k8s`).toBe(false);
+      const name = posix.basename(file);
+      expect(readFileSync(resolve(K8S, file), "utf8"), `deploy/k8s/${file} differs from policies/${name}: cp policies/model.conf policies/*.csv deploy/k8s/policies/`).toBe(
+        read(`policies/${name}`),
+      );
+    }
+    expect(readdirSync(resolve(K8S, "policies")).sort(), "no stale policy file left in deploy/k8s/policies").toEqual([...policyFiles].sort());
+  });
+
+  it("gives a stopping replica time: preStop pause plus keygate's shutdown timeout fit in the grace period", () => {
+    const pause = Number(container.lifecycle?.preStop?.exec?.command.at(-1) ?? 0);
+    expect(container.lifecycle?.preStop?.exec?.command[0]).toBe("sleep");
+    expect(envValue("KEYGATE_SHUTDOWN_TIMEOUT")).toBeUndefined();
+    expect(pod.terminationGracePeriodSeconds ?? 30).toBeGreaterThan(pause + shutdownTimeoutSeconds());
+  });
+});
+
+describe("deploy/envoy.yaml (the README's ext_authz example)", () => {
+  interface Envoy {
+    static_resources: {
+      listeners: { filter_chains: { filters: { typed_config: { http_filters: { name: string; typed_config: Record<string, unknown> }[] } }[] }[] }[];
+      clusters: { name: string; typed_extension_protocol_options?: Record<string, { explicit_http_config?: { http2_protocol_options?: unknown } }>; load_assignment: unknown }[];
+    };
+  }
+  const envoy = loadYaml<Envoy>(resolve(DEPLOY, "envoy.yaml"));
+  const filters = envoy.static_resources.listeners[0]!.filter_chains[0]!.filters[0]!.typed_config.http_filters;
+  const extAuthz = filters.find((filter) => filter.name === "envoy.filters.http.ext_authz")!.typed_config as {
+    transport_api_version: string;
+    failure_mode_allow: boolean;
+    grpc_service: { envoy_grpc: { cluster_name: string } };
+  };
+
+  it("is the README's config, word for word", () => {
+    expect(read("README.md")).toContain(read("deploy/envoy.yaml"));
+  });
+
+  it("asks keygate over gRPC (v3, HTTP/2 to the image's port) before the router, and fails closed", () => {
+    expect(filters.map((filter) => filter.name)).toEqual(["envoy.filters.http.ext_authz", "envoy.filters.http.router"]);
+    expect(extAuthz.transport_api_version).toBe("V3");
+    expect(extAuthz.failure_mode_allow).toBe(false);
+    const cluster = envoy.static_resources.clusters.find((c) => c.name === extAuthz.grpc_service.envoy_grpc.cluster_name)!;
+    expect(Object.values(cluster.typed_extension_protocol_options ?? {})[0]?.explicit_http_config?.http2_protocol_options).toBeDefined();
+    expect(JSON.stringify(cluster.load_assignment)).toContain(`"port_value":${last(runtime, "EXPOSE")!.args}`);
+  });
+});
