@@ -12,7 +12,17 @@ export interface Store {
   kind: DatabaseKind;
   /** Where the data is, for status output (a Postgres URL without its password). */
   location: string;
+  /** The Postgres pool's connections now (metrics); absent on PGlite, which has no pool. */
+  pool?: () => PoolState;
   close(): Promise<void>;
+}
+
+export interface PoolState {
+  /** Connections open, busy or idle. */
+  total: number;
+  idle: number;
+  /** Queries waiting for a connection. */
+  waiting: number;
 }
 
 export type StoreTarget =
@@ -38,7 +48,8 @@ export async function openStore(target: StoreTarget): Promise<Store> {
       // An idle client's error (the server restarted) must not crash the process.
       pool.on("error", () => {});
       const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
-      return { db, kind: "postgres", location: redactUrl(target.url), close: () => db.destroy() };
+      const poolState = (): PoolState => ({ total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount });
+      return { db, kind: "postgres", location: redactUrl(target.url), pool: poolState, close: () => db.destroy() };
     }
     case "pglite": {
       const dir = join(target.dataDir, PGDATA_DIR);
