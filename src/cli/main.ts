@@ -6,6 +6,7 @@ import { runCheck, runKeygen, runKeys } from "./key-commands.js";
 import { runPolicy } from "./policy-commands.js";
 import { runMigrate, runServe, runShim, runStatus } from "./server-commands.js";
 import { CliError } from "./connect.js";
+import { createScrubber } from "../runtime/logger.js";
 
 export const USAGE = `keygate — policy decision service for API keys
 
@@ -21,6 +22,7 @@ Server
       --default-rate-limit N/WINDOW  (KEYGATE_DEFAULT_RATE_LIMIT) limit of keys without their own; unset = unlimited
       --redis-url URL     (REDIS_URL) share rate-limit counters between instances through Redis
       --dev               allow every request (never in production)
+      --log-level L       (KEYGATE_LOG_LEVEL) debug, info (default), warn or error; JSON lines on stderr
   shim --upstream URL   serve only the Cube callback, asking a remote keygate over gRPC
   migrate               apply database migrations
   status                show database, policy, keys and whether a server is running
@@ -134,15 +136,17 @@ export async function main(argv: string[]): Promise<number> {
         return 2;
     }
   } catch (error) {
+    // Like the logs: a key or a URL's password quoted in an error is masked (KEYGATE_KEY_PREFIX is not read yet: the default).
+    const scrub = createScrubber();
     if (error instanceof CliError) {
-      process.stderr.write(`keygate: ${error.message}\n`);
+      process.stderr.write(`keygate: ${scrub(error.message)}\n`);
       return 2;
     }
     if (error instanceof ConnectError) {
-      process.stderr.write(`keygate: ${error.rawMessage} (${codeName(error.code)})\n`);
+      process.stderr.write(`keygate: ${scrub(error.rawMessage)} (${codeName(error.code)})\n`);
       return 1;
     }
-    process.stderr.write(`keygate: ${(error as Error).stack ?? String(error)}\n`);
+    process.stderr.write(`keygate: ${scrub((error as Error).stack ?? String(error))}\n`);
     return 1;
   }
 }

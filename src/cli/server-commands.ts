@@ -5,8 +5,9 @@ import { readServeConfig, readShimConfig, readStorageConfig } from "../config/co
 import { openStore } from "../db/connect.js";
 import { acquireLock, type DataDirLock } from "../db/data-dir-lock.js";
 import { migrateToLatest } from "../db/migrate.js";
-import { createLogger, errorFields, type LogLevel } from "../runtime/logger.js";
-import { openRuntime, storeTargetFor } from "../runtime/runtime.js";
+import { createLogger, errorFields } from "../runtime/logger.js";
+import { currentRequestId, noteDecision, withRequestIds } from "../runtime/request-id.js";
+import { openRuntime, storeTargetFor, type RuntimeOptions } from "../runtime/runtime.js";
 import { formatRateLimit } from "../ratelimit/rate-limit.js";
 import { startServer, type ServerStatus } from "../server/serve.js";
 import { createCubeCallbackHandler, isCallbackUrl } from "../shim/cube-callback.js";
@@ -26,14 +27,6 @@ const DEV_WARNING = [
   "  ############################################################",
   "",
 ].join("\n");
-
-function logLevel(): LogLevel {
-  const level = process.env.KEYGATE_LOG_LEVEL ?? "info";
-  if (!["debug", "info", "warn", "error"].includes(level)) {
-    throw new CliError(`invalid configuration:\n  KEYGATE_LOG_LEVEL: "${level}" must be one of debug, info, warn, error`);
-  }
-  return level as LogLevel;
-}
 
 function waitForSignal(): Promise<NodeJS.Signals> {
   return new Promise((resolve) => {
@@ -72,10 +65,12 @@ export async function runServe(args: string[]): Promise<number> {
     "decision-log": { type: "string" },
     "trusted-proxy-header": { type: "string" },
     "auth-fail-limit": { type: "string" },
+    "log-level": { type: "string" },
   });
   if (flags.help) return help();
   const config = configOrThrow(readServeConfig(flags, process.env, process.cwd()));
-  const log = createLogger(logLevel());
+  const log = createLogger(config.logLevel, undefined, { keyPrefix: config.keyPrefix });
+  const debug = config.logLevel === "debug";
   const started = performance.now();
   const lock = config.databaseUrl ? undefined : await lockDataDir(config.dataDir, "server");
   let decisionLog: DecisionLog | undefined;
@@ -85,16 +80,26 @@ export async function runServe(args: string[]): Promise<number> {
       decisionLog = await openDecisionLog(target, {
         mode,
         sample,
+        keyPrefix: config.keyPrefix,
         onDropped: (count) => log.warn("decision log behind, lines dropped", { dropped: count, total_dropped: decisionLog?.dropped() }),
         onError: (error) => log.error("decision log write failed; decisions are no longer logged", errorFields(error)),
       }).catch((error: unknown) => {
         throw new CliError(`cannot open the decision log ${target}: ${(error as Error).message}`, { cause: error });
       });
     }
+    const record = decisionLog?.record;
+    // At debug, each request's log line names its decision (request-id.ts).
+    const onDecision: RuntimeOptions["onDecision"] = debug
+      ? (input, decision) => {
+          record?.(input, decision);
+          noteDecision(input, decision);
+        }
+      : record;
     const runtime = await openRuntime(config, {
-      onError: (error) => log.error("decision failed, denied", errorFields(error)),
+      // The core knows the request id only at debug level (request-id.ts); the edges log theirs.
+      onError: (error) => log.error("decision failed, denied", { ...errorFields(error), ...(debug && { request_id: currentRequestId() }) }),
       log,
-      ...(decisionLog && { onDecision: decisionLog.record }),
+      ...(onDecision && { onDecision }),
     }).catch((error: unknown) => {
       throw openError(config, error);
     });
@@ -148,21 +153,28 @@ export async function runShim(args: string[]): Promise<number> {
     "credential-priority": { type: "string" },
     "shim-path": { type: "string" },
     "trusted-proxy-header": { type: "string" },
+    "log-level": { type: "string" },
   });
   if (flags.help) return help();
   const config = configOrThrow(readShimConfig(flags, process.env));
-  const log = createLogger(logLevel());
-  const authorize = createRemoteAuthorizer(config.upstream, (error) => log.error("upstream Authorize failed, denied", errorFields(error)));
+  const log = createLogger(config.logLevel, undefined, { keyPrefix: config.keyPrefix });
+  const debug = config.logLevel === "debug";
+  const authorize = createRemoteAuthorizer(config.upstream, (error) =>
+    log.error("upstream Authorize failed, denied", { ...errorFields(error), ...(debug && { request_id: currentRequestId() }) }),
+  );
   const handle = createCubeCallbackHandler({ authorize, credentialPriority: config.credentialPriority, clientIp: config.clientIp });
-  const server = http.createServer({ requestTimeout: 30_000, headersTimeout: 15_000 }, (req, res) => {
-    if (isCallbackUrl(req.url, config.shimPath)) {
-      void handle(req, res);
-      return;
-    }
-    const body = JSON.stringify({ code: 404, message: `not found: the callback is ${config.shimPath}` });
-    res.writeHead(404, { "content-type": "application/json", "content-length": Buffer.byteLength(body) });
-    res.end(body);
-  });
+  const server = http.createServer(
+    { requestTimeout: 30_000, headersTimeout: 15_000 },
+    withRequestIds((req, res) => {
+      if (isCallbackUrl(req.url, config.shimPath)) {
+        void handle(req, res);
+        return;
+      }
+      const body = JSON.stringify({ code: 404, message: `not found: the callback is ${config.shimPath}` });
+      res.writeHead(404, { "content-type": "application/json", "content-length": Buffer.byteLength(body) });
+      res.end(body);
+    }, log),
+  );
   await new Promise<void>((resolve, reject) => {
     server.once("error", (error) => reject(new CliError(`cannot listen on ${config.host}:${config.port}: ${error.message}`)));
     server.listen(config.port, config.host, () => resolve());

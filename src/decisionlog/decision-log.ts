@@ -3,11 +3,15 @@ import { createWriteStream } from "node:fs";
 import type { Writable } from "node:stream";
 import type { AuthorizeInput, Decision, DecisionEntry } from "../authorize/decision.js";
 import { normalizeMethod, normalizePath } from "../authorize/normalize.js";
+import { DEFAULT_KEY_PREFIX } from "../keys/key-format.js";
+import { createScrubber } from "../runtime/logger.js";
 
 /**
  * The decision log: one JSON line per decision, for audit and for replaying
  * real traffic against a policy edit (`keygate policy diff --requests`).
- * Never the credential: a line names the key by id, roles, org and namespace.
+ * Never the credential: a line names the key by id, roles, org and namespace,
+ * and a key pasted into a field the client controls (a path, a namespace) is
+ * masked to its display prefix (`sk-sb-AbCd…`), as in the server's log.
  *
  * Written through a buffered stream so a decision never waits for the disk.
  * When the disk falls behind and the stream's buffer passes `maxBufferBytes`,
@@ -54,7 +58,11 @@ export function rawField(text: string): string {
   return escapeControl(text.length > MAX_RAW_LENGTH ? text.slice(0, MAX_RAW_LENGTH) : text);
 }
 
-export function decisionLine(input: AuthorizeInput, decision: Decision, time: Date): DecisionLine {
+/** Masks keys in the fields a client writes (found by prefix or by checksum; other long words are kept). */
+export type Scrub = (text: string) => string;
+const defaultScrub = createScrubber(DEFAULT_KEY_PREFIX, { longRuns: false });
+
+export function decisionLine(input: AuthorizeInput, decision: Decision, time: Date, scrub: Scrub = defaultScrub): DecisionLine {
   const path = normalizePath(input.path);
   const method = normalizeMethod(input.method);
   const key = decision.key;
@@ -67,10 +75,10 @@ export function decisionLine(input: AuthorizeInput, decision: Decision, time: Da
     key_roles: key ? [...key.roles] : null,
     key_org: key?.org ?? null,
     key_namespace: key?.namespace ?? null,
-    namespace: rawField(input.namespace),
-    request_org: rawField(input.org),
-    path: path.ok ? path.value : rawField(input.path),
-    method: method.ok ? method.value : rawField(input.method),
+    namespace: rawField(scrub(input.namespace)),
+    request_org: rawField(scrub(input.org)),
+    path: path.ok ? scrub(path.value) : rawField(scrub(input.path)),
+    method: method.ok ? method.value : rawField(scrub(input.method)),
     matched_rule: decision.matchedRule,
     source: input.source === undefined ? null : rawField(input.source),
   };
@@ -95,6 +103,8 @@ export interface DecisionLogOptions {
   maxBufferBytes?: number;
   /** End the stream on close (false for stdout). */
   ownsStream?: boolean;
+  /** The key prefix in force: keys with it are masked wherever a client put them. */
+  keyPrefix?: string;
   /** Told how many lines were dropped, once the stream has caught up again. */
   onDropped?: (count: number) => void;
   onError?: (error: unknown) => void;
@@ -108,9 +118,11 @@ export function createDecisionLog({
   random = Math.random,
   maxBufferBytes = DEFAULT_MAX_BUFFER_BYTES,
   ownsStream = true,
+  keyPrefix = DEFAULT_KEY_PREFIX,
   onDropped,
   onError,
 }: DecisionLogOptions): DecisionLog {
+  const scrub = keyPrefix === DEFAULT_KEY_PREFIX ? defaultScrub : createScrubber(keyPrefix, { longRuns: false });
   let dropped = 0;
   let unreported = 0;
   let failed = false;
@@ -141,7 +153,7 @@ export function createDecisionLog({
     record(input, decision) {
       if (!wanted(decision)) return;
       try {
-        const line = JSON.stringify(decisionLine(input, decision, now())) + "\n";
+        const line = JSON.stringify(decisionLine(input, decision, now(), scrub)) + "\n";
         if (failed || closing || stream.writableLength + Buffer.byteLength(line) > maxBufferBytes) {
           dropped++;
           unreported++;

@@ -83,6 +83,25 @@ export function isWellFormedKey(credential: string, prefix: string = DEFAULT_KEY
   return credential.endsWith(toBase62((crc ^ 0xffffffff) >>> 0, CHECKSUM_LENGTH));
 }
 
+/** A key without its prefix: the random part and its checksum. */
+export const KEY_BODY_LENGTH = RANDOM_LENGTH + CHECKSUM_LENGTH;
+
+/**
+ * True when text[start, start + KEY_BODY_LENGTH) is base62 whose last six
+ * characters are the checksum of the rest: the body of a real key, whatever
+ * prefix stood before it (or none). Lets a log scrubber find a key whose
+ * prefix was mangled (URL-encoded, cut off) without masking other long words.
+ */
+export function isKeyBodyAt(text: string, start: number): boolean {
+  if (start < 0 || start + KEY_BODY_LENGTH > text.length) return false;
+  let crc = 0xffffffff;
+  for (let i = start; i < start + KEY_BODY_LENGTH; i++) {
+    const code = text.charCodeAt(i);
+    if (code > 127 || !IS_BASE62[code]) return false;
+    if (i < start + RANDOM_LENGTH) crc = CRC_TABLE[(crc ^ code) & 0xff]! ^ (crc >>> 8);
+  }
+  return text.startsWith(toBase62((crc ^ 0xffffffff) >>> 0, CHECKSUM_LENGTH), start + RANDOM_LENGTH);
+}
 
 /** What the database stores in place of the key: SHA-256, hex. */
 export function hashKey(credential: string): string {

@@ -5,6 +5,7 @@ import type { AuditEvent } from "../audit/audit-event.js";
 import type { AuditLog } from "../audit/audit-log.js";
 import type { Logger } from "../runtime/logger.js";
 import { errorFields } from "../runtime/logger.js";
+import { kRequestIdValue } from "../runtime/request-id.js";
 import { AuditEventSchema, AuditService, ListAuditEventsResponseSchema, type AuditEvent as AuditEventProto } from "../../gen/keygate/v1/audit_pb.js";
 import type { PrincipalOf } from "./principal.js";
 
@@ -32,7 +33,7 @@ export function createAuditService({ audit, principalOf, log }: AuditServiceDeps
         return create(ListAuditEventsResponseSchema, { events: result.value.events.map(auditEventToProto), nextPageToken: result.value.nextPageToken });
       } catch (error) {
         if (error instanceof ConnectError) throw error;
-        log.error("audit read failed", errorFields(error));
+        log.error("audit read failed", { ...errorFields(error), request_id: context.values.get(kRequestIdValue) });
         throw new ConnectError("audit log unavailable", Code.Unavailable, undefined, undefined, error);
       }
     },

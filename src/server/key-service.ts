@@ -6,6 +6,7 @@ import type { LookupKey } from "../keys/key-lookup.js";
 import type { Expiry, KeyManager, ManageResult, Principal } from "../keys/key-manager.js";
 import type { Logger } from "../runtime/logger.js";
 import { errorFields } from "../runtime/logger.js";
+import { kRequestIdValue } from "../runtime/request-id.js";
 import {
   CreatedKeySchema,
   DeletedKeySchema,
@@ -126,6 +127,7 @@ export function createKeyService({ keys, lookupKey, credentialPriority, dev, loc
 
   return {
     async manageKey(request, context) {
+      const requestId = context.values.get(kRequestIdValue);
       try {
         const principal = await principalOf(context);
         const response = await run(request, principal);
@@ -133,10 +135,11 @@ export function createKeyService({ keys, lookupKey, credentialPriority, dev, loc
         if (change && announce) {
           // The change is committed; failing to announce it only delays other
           // processes until their cache entries expire, so the caller still gets its answer.
-          await announce(change).catch((error: unknown) => log.error("key change not announced to other processes", { action: request.action.case, ...errorFields(error) }));
+          await announce(change).catch((error: unknown) => log.error("key change not announced to other processes", { action: request.action.case, request_id: requestId, ...errorFields(error) }));
         }
         log.info("key action", {
           action: request.action.case,
+          request_id: requestId,
           actor: principal.kind === "local" ? "local" : principal.key.id,
           ...(response.result.case === "created" && { key_id: response.result.value.key?.id }),
           ...(response.result.case === "key" && { key_id: response.result.value.id }),
@@ -144,7 +147,7 @@ export function createKeyService({ keys, lookupKey, credentialPriority, dev, loc
         return response;
       } catch (error) {
         if (error instanceof ConnectError) throw error;
-        log.error("key action failed", { action: request.action.case, ...errorFields(error) });
+        log.error("key action failed", { action: request.action.case, request_id: requestId, ...errorFields(error) });
         throw new ConnectError("key store unavailable, nothing was changed", Code.Unavailable);
       }
     },
