@@ -1,11 +1,11 @@
 import type { KeyRecord } from "../keys/key-record.js";
 import { ALL_NAMESPACES, isValidName, isValidNamespace } from "../keys/key-record.js";
-import type { LookupKey } from "../keys/key-lookup.js";
+import type { KeyLookup, LookupKey } from "../keys/key-lookup.js";
 import type { Policy, RuleMiss } from "../policy/policy.js";
 import type { FailedAuthGuard } from "../authguard/failed-auth-guard.js";
 import type { RateLimit } from "../ratelimit/rate-limit.js";
 import type { RateLimiter } from "../ratelimit/rate-limiter.js";
-import { deny, forbiddenMessage, MESSAGES, type AuthorizeInput, type Decision, type KeyIdentity } from "./decision.js";
+import { deny, forbiddenMessage, MESSAGES, type AuthorizeInput, type Decision, type DecisionEntry, type KeyIdentity } from "./decision.js";
 import { KNOWN_METHODS, normalizeMethod, normalizePath, type HttpMethod } from "./normalize.js";
 
 export interface AuthorizerDeps {
@@ -28,9 +28,37 @@ export interface AuthorizerDeps {
   guard?: FailedAuthGuard;
   /** Every decision as it leaves the core (the decision log). Must not throw or wait. */
   onDecision?: (input: AuthorizeInput, decision: Decision) => void;
+  /** Counts and times every decision (metrics). Must not throw or wait; unset = no clock is read. */
+  observe?: DecisionObserver;
+  /** Traces decisions (OpenTelemetry); unset = no per-request work at all. */
+  tracer?: DecisionTracer;
 }
 
 export type Authorize = (input: AuthorizeInput) => Promise<Decision>;
+
+/** A decision, where it came in (undefined counts as "rpc", as in the decision log) and how long it took, in seconds. */
+export type DecisionObserver = (entry: DecisionEntry | undefined, decision: Decision, seconds: number) => void;
+
+/** Starts a trace of one decision; the core calls its span at each step. */
+export interface DecisionTracer {
+  start(input: AuthorizeInput): DecisionSpan;
+}
+
+/**
+ * One decision's trace: the decision itself, with the key lookup and the
+ * policy evaluation as steps inside it. Never given the credential.
+ */
+export interface DecisionSpan {
+  /** The request as the policy sees it (normalized path and method). */
+  request(request: NormalizedRequest): void;
+  lookupStarted(): void;
+  /** `found` is undefined when the lookup failed with `error`. */
+  lookupEnded(found: KeyLookup | undefined, error?: unknown): void;
+  policyStarted(): void;
+  policyEnded(decision: Decision | undefined, error?: unknown): void;
+  /** The decision given; undefined when deciding threw `error` (a bug). */
+  end(decision: Decision | undefined, error?: unknown): void;
+}
 
 export function identityOf(key: KeyRecord): KeyIdentity {
   return { id: key.id, name: key.name, org: key.org, namespace: key.namespace, roles: key.roles };
@@ -61,9 +89,22 @@ export function createAuthorizer({
   defaultRateLimit = null,
   guard,
   onDecision,
+  observe,
+  tracer,
 }: AuthorizerDeps): Authorize {
   return async function authorize(input) {
-    const decision = await decide(input);
+    const started = observe ? performance.now() : 0;
+    const span = tracer?.start(input);
+    let decision: Decision;
+    try {
+      decision = await decide(input, span);
+    } catch (error) {
+      span?.end(undefined, error);
+      throw error;
+    }
+    // Metrics before the hooks below: the time is the decision's, not the decision log's.
+    if (observe) observe(input.entry, decision, (performance.now() - started) / 1000);
+    span?.end(decision);
     // A deny that names a key is about a known key; one without (no or invalid credential) is not.
     if (!decision.allowed && decision.key) onDenied?.(decision.key.id, now());
     if (onDecision) {
@@ -76,22 +117,26 @@ export function createAuthorizer({
     return decision;
   };
 
-  async function decide(input: AuthorizeInput): Promise<Decision> {
+  async function decide(input: AuthorizeInput, span: DecisionSpan | undefined): Promise<Decision> {
     if (dev) return DEV_DECISION;
     if (input.credential === "") return deny("missing_credential", MESSAGES.missing_credential);
 
     const request = normalizeRequest(input);
     if ("reason" in request) return request;
+    span?.request(request);
 
     // A credential known invalid without the database (malformed, or in the negative
     // cache) costs no query here, so a blocked source's guesses reach no database.
     let found;
+    span?.lookupStarted();
     try {
       found = await lookupKey(input.credential);
     } catch (error) {
+      span?.lookupEnded(undefined, error);
       onError?.(error);
       return deny("unavailable", MESSAGES.unavailable);
     }
+    span?.lookupEnded(found);
     switch (found.status) {
       case "invalid":
         // Counted only for requests whose source is known (the shim, the RPC service) and not exempt.
@@ -105,12 +150,15 @@ export function createAuthorizer({
     }
     const key = found.key;
     let decision: Decision;
+    span?.policyStarted();
     try {
       decision = decideForSubject(policy(), key, request, identityOf(key), input.explain === true);
     } catch (error) {
+      span?.policyEnded(undefined, error);
       onError?.(error);
       return deny("unavailable", "authorization unavailable: the policy could not be evaluated, request denied", identityOf(key));
     }
+    span?.policyEnded(decision);
     if (!decision.allowed) return decision;
     // Only a request the policy allows costs a point: denied requests never drain a budget.
     const limit = key.rateLimit ?? defaultRateLimit;

@@ -6,7 +6,11 @@ import { DEFAULT_KEY_PREFIX, isValidKeyPrefix } from "../keys/key-format.js";
 import { DEFAULT_AUTH_FAIL_LIMIT } from "../authguard/failed-auth-guard.js";
 import { DECISION_LOG_MODES, type DecisionLogMode } from "../decisionlog/decision-log.js";
 import { parseRateLimit, type RateLimit } from "../ratelimit/rate-limit.js";
+import { LOG_LEVELS, type LogLevel } from "../runtime/logger.js";
 import { DEFAULT_TRUSTED_PROXIES, parseTrustedProxies, type ClientIpRules } from "../server/client-ip.js";
+import { FORWARD_AUTH_PATHS } from "../gateway/gateway-paths.js";
+import { OPERATIONS_PATHS } from "../server/operations-paths.js";
+import { readTracingConfig, type TracingConfig } from "../telemetry/tracing-config.js";
 
 /**
  * The only reader of process.env. Flags win over environment variables,
@@ -67,6 +71,12 @@ export interface ServeConfig extends RuntimeConfig {
    * connect-node adapter; false sends every call through the adapter.
    */
   directAuthorize: boolean;
+  /** The lowest log level written (--log-level / KEYGATE_LOG_LEVEL). */
+  logLevel: LogLevel;
+  /** Prometheus metrics at /metrics (KEYGATE_METRICS, default on). */
+  metrics: boolean;
+  /** OpenTelemetry traces, from the standard OTEL_* variables (off unless they ask for OTLP). */
+  tracing: TracingConfig;
 }
 
 export interface ShimConfig {
@@ -77,6 +87,9 @@ export interface ShimConfig {
   shimPath: string;
   shutdownTimeoutMs: number;
   clientIp: ClientIpRules;
+  logLevel: LogLevel;
+  /** Keys shaped like this prefix are masked in the logs. */
+  keyPrefix: string;
 }
 
 export type Flags = Record<string, string | boolean | undefined>;
@@ -257,7 +270,19 @@ class Reader {
     if (!/^\/[A-Za-z0-9._~\/-]{0,200}$/.test(path) || path.includes("//") || path.startsWith("/keygate.v1.")) {
       this.errors.push(`--shim-path/KEYGATE_SHIM_PATH: "${path}" must be a plain absolute path such as /verify`);
     }
+    if (FORWARD_AUTH_PATHS.includes(path)) this.errors.push(`--shim-path/KEYGATE_SHIM_PATH: "${path}" is taken by a gateway endpoint (${FORWARD_AUTH_PATHS.join(", ")})`);
+    if (OPERATIONS_PATHS.includes(path)) this.errors.push(`--shim-path/KEYGATE_SHIM_PATH: "${path}" is taken by a health or metrics endpoint (${OPERATIONS_PATHS.join(", ")})`);
     return path;
+  }
+
+  logLevel(): LogLevel {
+    const text = this.string("log-level", "KEYGATE_LOG_LEVEL", "info");
+    const level = text.toLowerCase() as LogLevel;
+    if (!LOG_LEVELS.includes(level)) {
+      this.errors.push(`${this.raw("log-level", "KEYGATE_LOG_LEVEL").source}: "${text}" must be one of ${LOG_LEVELS.join(", ")}`);
+      return "info";
+    }
+    return level;
   }
 
   result<T>(config: T): ConfigResult<T> {
@@ -354,6 +379,9 @@ export function readServeConfig(flags: Flags, env: Env, cwd: string): ConfigResu
     decisionLog: r.decisionLog(),
     clientIp: r.clientIp(),
     directAuthorize: r.bool(undefined, "KEYGATE_DIRECT_AUTHORIZE", true),
+    logLevel: r.logLevel(),
+    metrics: r.bool(undefined, "KEYGATE_METRICS", true),
+    tracing: readTracingConfig(env, r.errors),
   });
 }
 
@@ -377,5 +405,7 @@ export function readShimConfig(flags: Flags, env: Env): ConfigResult<ShimConfig>
     shimPath: r.shimPath(),
     shutdownTimeoutMs: r.duration(undefined, "KEYGATE_SHUTDOWN_TIMEOUT", "10s"),
     clientIp: r.clientIp(),
+    logLevel: r.logLevel(),
+    keyPrefix: r.string("key-prefix", "KEYGATE_KEY_PREFIX", DEFAULT_KEY_PREFIX),
   });
 }

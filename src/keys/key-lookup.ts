@@ -16,6 +16,18 @@ export interface KeyLookupDeps {
   cache: KeyCache;
   keyPrefix: string;
   now: () => Date;
+  /** Cache hits and misses, database lookup times (metrics); unset = no clock is read. */
+  metrics?: KeyLookupMetrics;
+}
+
+/** What a lookup reports (a malformed credential reaches neither the cache nor the database: not counted). */
+export interface KeyLookupMetrics {
+  cacheHit(): void;
+  /** A hash remembered as unknown. */
+  cacheNegativeHit(): void;
+  cacheMiss(): void;
+  /** One database lookup (after a miss) took this long, in seconds, whether it answered or failed. */
+  databaseLookup(seconds: number): void;
 }
 
 /**
@@ -23,17 +35,26 @@ export interface KeyLookupDeps {
  * (wrong prefix, length, alphabet or checksum) is invalid without a database
  * query. Database errors are thrown: the caller must fail closed.
  */
-export function createKeyLookup({ db, cache, keyPrefix, now }: KeyLookupDeps) {
+export function createKeyLookup({ db, cache, keyPrefix, now, metrics }: KeyLookupDeps) {
   return async function lookupKey(credential: string): Promise<KeyLookup> {
     if (credential.length > MAX_CREDENTIAL_LENGTH || !isWellFormedKey(credential, keyPrefix)) return { status: "invalid" };
     const hash = hashKey(credential);
     let record = cache.get(hash);
     if (record === undefined) {
+      metrics?.cacheMiss();
       // A revoke or delete that lands while this query is in flight must not
       // be undone by caching what the query read before it.
       const version = cache.version;
-      record = (await findKeyByHash(db, hash)) ?? null;
+      const started = metrics ? performance.now() : 0;
+      try {
+        record = (await findKeyByHash(db, hash)) ?? null;
+      } finally {
+        metrics?.databaseLookup((performance.now() - started) / 1000);
+      }
       cache.set(hash, record, version);
+    } else if (metrics) {
+      if (record === null) metrics.cacheNegativeHit();
+      else metrics.cacheHit();
     }
     if (!record) return { status: "invalid" };
     if (!record.enabled) return { status: "revoked", key: record };

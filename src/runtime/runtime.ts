@@ -2,7 +2,7 @@ import { createFailedAuthGuard } from "../authguard/failed-auth-guard.js";
 import { isTrusted } from "../server/client-ip.js";
 import { createAuthorizer, type Authorize } from "../authorize/authorizer.js";
 import type { AuthorizeInput, Decision } from "../authorize/decision.js";
-import type { RuntimeConfig } from "../config/config.js";
+import type { RuntimeConfig, ServeConfig } from "../config/config.js";
 import { openStore, type Store, type StoreTarget } from "../db/connect.js";
 import { migrateToLatest, type MigrateOutcome } from "../db/migrate.js";
 import { createKeyCache, type KeyCache } from "../keys/key-cache.js";
@@ -10,10 +10,12 @@ import { createKeyLookup, type LookupKey } from "../keys/key-lookup.js";
 import { createKeyManager, type KeyManager } from "../keys/key-manager.js";
 import { createKeyUsageReader, withKeyUsage } from "../keys/key-usage.js";
 import { createUsageRecorder, type UsageRecorder } from "../keys/usage-recorder.js";
+import { createMetrics, type Metrics } from "../metrics/metrics.js";
 import { loadPolicy, type Policy } from "../policy/policy.js";
-import { createPolicyHolder, type PolicyHolder } from "../policy/policy-watcher.js";
+import { createPolicyHolder, type PolicyHolder, type ReloadOutcome } from "../policy/policy-watcher.js";
 import type { RateLimit } from "../ratelimit/rate-limit.js";
 import { createRateLimiter, type HealthLog, type RateLimiter } from "../ratelimit/rate-limiter.js";
+import { startTracing, type Tracing } from "../telemetry/tracing.js";
 
 /**
  * keygate's core wired together: store, policy, key cache, lookup,
@@ -38,8 +40,13 @@ export interface Runtime {
   defaultRateLimit: RateLimit | null;
   dev: boolean;
   startedAt: Date;
+  /** Prometheus metrics (serve, unless KEYGATE_METRICS=false); undefined in the CLI's own process. */
+  metrics?: Metrics;
   close(): Promise<void>;
 }
+
+/** What only `serve` configures: the CLI's in-process runtime has neither. */
+export type RuntimeTelemetryConfig = Partial<Pick<ServeConfig, "metrics" | "tracing">>;
 
 export interface RuntimeOptions {
   now?: () => Date;
@@ -60,12 +67,13 @@ export function storeTargetFor(config: Pick<RuntimeConfig, "databaseUrl" | "data
     : { kind: "pglite", dataDir: config.dataDir };
 }
 
-export async function openRuntime(config: RuntimeConfig, options: RuntimeOptions = {}): Promise<Runtime> {
+export async function openRuntime(config: RuntimeConfig & RuntimeTelemetryConfig, options: RuntimeOptions = {}): Promise<Runtime> {
   const now = options.now ?? (() => new Date());
   const onError = options.onError ?? (() => {});
   // Load the policy first: a broken policy should fail before the database opens.
-  const policyHolder = createPolicyHolder({ initial: await loadPolicy(config.policyDir, now), load: () => loadPolicy(config.policyDir, now), now });
+  const loadedHolder = createPolicyHolder({ initial: await loadPolicy(config.policyDir, now), load: () => loadPolicy(config.policyDir, now), now });
   const store = await openStore(options.storeTarget ?? storeTargetFor(config));
+  let tracing: Tracing | undefined;
   try {
     const migration = await migrateToLatest(store.db);
     const cache = createKeyCache({
@@ -75,11 +83,25 @@ export async function openRuntime(config: RuntimeConfig, options: RuntimeOptions
       now: () => now().getTime(),
     });
     const usage = createUsageRecorder(store.db, config.usageFlushMs, onError);
-    const lookupKey = createKeyLookup({ db: store.db, cache, keyPrefix: config.keyPrefix, now });
     // Everything derived from the policy (its compiled index, role closures) lives inside it,
     // so taking the holder's current one is all a reload needs.
-    const currentPolicy = policyHolder.current;
+    const currentPolicy = loadedHolder.current;
     const rateLimiter = createRateLimiter({ redisUrl: config.redisUrl, ...(options.log && { log: options.log }) });
+    const metrics = config.metrics
+      ? createMetrics({
+          cacheEntries: () => cache.size,
+          policy: () => currentPolicy().info,
+          rateLimiter: () => rateLimiter.health(),
+          ...(store.pool && { pool: store.pool }),
+        })
+      : undefined;
+    const policyHolder = metrics ? countingReloads(loadedHolder, metrics.reloaded) : loadedHolder;
+    if (config.tracing?.enabled) {
+      tracing = await startTracing(config.tracing, options.log);
+      const { endpoint, protocol, serviceName, sampler, samplerRatio } = config.tracing;
+      options.log?.info("tracing on", { endpoint, protocol, service: serviceName, sampler, ...(sampler.endsWith("traceidratio") && { ratio: samplerRatio }) });
+    }
+    const lookupKey = createKeyLookup({ db: store.db, cache, keyPrefix: config.keyPrefix, now, ...(metrics && { metrics: metrics.lookup }) });
     // Give Redis its first connection attempt (about a second at most), so counting starts there;
     // unreachable, decisions use per-instance limits meanwhile and it is logged.
     if (config.redisUrl) await rateLimiter.health();
@@ -104,6 +126,8 @@ export async function openRuntime(config: RuntimeConfig, options: RuntimeOptions
         }),
       }),
       ...(options.onDecision && { onDecision: options.onDecision }),
+      ...(metrics && { observe: metrics.observeDecision }),
+      ...(tracing && { tracer: tracing.tracer }),
     });
     const keys = withKeyUsage(
       createKeyManager({ db: store.db, policy: currentPolicy, cache, keyPrefix: config.keyPrefix, now, pendingLastUsed: usage.pending }),
@@ -123,14 +147,38 @@ export async function openRuntime(config: RuntimeConfig, options: RuntimeOptions
       defaultRateLimit: config.defaultRateLimit,
       dev: config.dev,
       startedAt: now(),
+      ...(metrics && { metrics }),
       async close() {
         await usage.stop();
         await rateLimiter.close();
         await store.close();
+        // Last: the spans of the final decisions are exported before the process ends.
+        await tracing?.shutdown().catch(() => {});
       },
     };
   } catch (error) {
+    await tracing?.shutdown().catch(() => {});
     await store.close().catch(() => {});
     throw error;
   }
+}
+
+/**
+ * The holder, with every reload outcome counted once: callers that share a
+ * reload (the watcher and a SIGHUP arriving together) share its outcome.
+ */
+function countingReloads(holder: PolicyHolder, count: (kind: ReloadOutcome["kind"]) => void): PolicyHolder {
+  const counted = new WeakSet<ReloadOutcome>();
+  return {
+    current: holder.current,
+    status: holder.status,
+    reload: (trigger) =>
+      holder.reload(trigger).then((outcome) => {
+        if (!counted.has(outcome)) {
+          counted.add(outcome);
+          count(outcome.kind);
+        }
+        return outcome;
+      }),
+  };
 }

@@ -10,6 +10,7 @@ import {
 } from "@connectrpc/connect/protocol-connect";
 import { parseContentType as parseGrpcContentType, parseTimeout as parseGrpcTimeout } from "@connectrpc/connect/protocol-grpc";
 import { AuthorizeService, type AuthorizeRequest } from "../../gen/keygate/v1/authorize_pb.js";
+import { requestIdOfResponse } from "../runtime/request-id.js";
 import type { AuthorizeCall } from "./authorize-call.js";
 
 /**
@@ -37,8 +38,8 @@ export interface DirectAuthorizeDeps {
   sourceOf: (req: Request) => string | undefined;
   /** The adapter's readMaxBytes: larger messages are refused the same way. */
   readMaxBytes: number;
-  /** Unexpected failures (never a deny or an outage, which are answers). */
-  onError?: (error: unknown) => void;
+  /** Unexpected failures (never a deny or an outage, which are answers), with the request they broke. */
+  onError?: (error: unknown, req: Request) => void;
 }
 
 const METHOD = AuthorizeService.method.authorize;
@@ -70,7 +71,7 @@ export function createDirectAuthorize({ call, sourceOf, readMaxBytes, onError }:
       const response = await call(request, sourceOf(req));
       output = serialization.getO(binary).serialize(response);
     } catch (error) {
-      if (!(error instanceof ConnectError)) onError?.(error);
+      if (!(error instanceof ConnectError)) onError?.(error, req);
       reply(res, binary, error instanceof ConnectError ? error : new ConnectError("internal error", Code.Internal, undefined, undefined, error));
       return;
     }
@@ -168,6 +169,13 @@ function singleEnvelope({ bytes: body, overflow }: Body, readMaxBytes: number): 
   return body.subarray(ENVELOPE_HEADER, end);
 }
 
+/** Response headers with the request's x-request-id, in writeHead's own object (Node's fast path). */
+function withRequestId(res: Response, headers: Record<string, string>): Record<string, string> {
+  const id = requestIdOfResponse(res);
+  if (id !== undefined) headers["x-request-id"] = id;
+  return headers;
+}
+
 function replyConnect(res: Response, binary: boolean, outcome: Uint8Array | ConnectError): void {
   if (res.headersSent || res.destroyed) return;
   const out = res as ServerResponse;
@@ -175,11 +183,11 @@ function replyConnect(res: Response, binary: boolean, outcome: Uint8Array | Conn
     const body = errorToJsonBytes(outcome, {});
     const headers: Record<string, string> = { "content-type": "application/json", "content-length": String(body.byteLength) };
     outcome.metadata.forEach((value, key) => void (headers[key] = value));
-    out.writeHead(codeToHttpStatus(outcome.code), headers);
+    out.writeHead(codeToHttpStatus(outcome.code), withRequestId(res, headers));
     out.end(body);
     return;
   }
-  out.writeHead(200, { "content-type": binary ? "application/proto" : "application/json", "content-length": String(outcome.byteLength) });
+  out.writeHead(200, withRequestId(res, { "content-type": binary ? "application/proto" : "application/json", "content-length": String(outcome.byteLength) }));
   out.end(outcome);
 }
 
@@ -192,7 +200,7 @@ function replyGrpc(res: Response, binary: boolean, outcome: Uint8Array | Connect
     outcome.metadata.forEach((value, key) => void (trailers[key] = value));
     trailers["grpc-status"] = String(outcome.code);
     trailers["grpc-message"] = encodeURIComponent(outcome.rawMessage);
-    out.writeHead(200, { "content-type": contentType });
+    out.writeHead(200, withRequestId(res, { "content-type": contentType }));
     out.addTrailers(trailers);
     out.end();
     return;
@@ -201,7 +209,7 @@ function replyGrpc(res: Response, binary: boolean, outcome: Uint8Array | Connect
   envelope.writeUInt8(0, 0);
   envelope.writeUInt32BE(outcome.byteLength, 1);
   envelope.set(outcome, ENVELOPE_HEADER);
-  out.writeHead(200, { "content-type": contentType });
+  out.writeHead(200, withRequestId(res, { "content-type": contentType }));
   out.addTrailers({ "grpc-status": "0" });
   out.end(envelope);
 }

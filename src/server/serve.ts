@@ -10,11 +10,14 @@ import { countKeys } from "../keys/key.repository.js";
 import { watchPolicy, type PolicyWatcher, type ReloadOutcome } from "../policy/policy-watcher.js";
 import type { Logger } from "../runtime/logger.js";
 import { errorFields } from "../runtime/logger.js";
+import { requestIdOf, setRequestIdHeader, withRequestIdValue, withRequestIds } from "../runtime/request-id.js";
 import type { Runtime } from "../runtime/runtime.js";
 import { formatRateLimit } from "../ratelimit/rate-limit.js";
 import type { RateLimiterHealth } from "../ratelimit/rate-limiter.js";
 import { createCubeCallbackHandler } from "../shim/cube-callback.js";
+import { forwardAuthEndpoints } from "../gateway/forward-auth.js";
 import { listenForKeyChanges, type KeyChangeListener } from "./key-changes.js";
+import { operationsEndpoints } from "./operations-endpoints.js";
 import { createListener, type Handler } from "./listener.js";
 import { serverApplicationName, type ServerEntry } from "./server-registry.js";
 import { requestSource, sourceContextValues } from "./request-source.js";
@@ -45,32 +48,52 @@ export function createRequestHandler(
   config: Pick<ServeConfig, "credentialPriority" | "clientIp" | "shimPath" | "directAuthorize">,
   runtime: Runtime,
   log: Logger,
+  shutdown?: AbortSignal,
 ): Handler {
-  const routes = createRoutes(runtime, config.credentialPriority, log);
-  const rpc = connectNodeAdapter({ routes, readMaxBytes: RPC_READ_MAX_BYTES, contextValues: sourceContextValues(config.clientIp) });
+  const routes = createRoutes(runtime, config.credentialPriority, log, false, { clientIp: config.clientIp, ...(shutdown && { shutdown }) });
+  const rpc = connectNodeAdapter({ routes, readMaxBytes: RPC_READ_MAX_BYTES, contextValues: withRequestIdValue(sourceContextValues(config.clientIp)) });
   // Gateways call unary Authorize once per request of theirs: the plain shapes skip the adapter.
   const direct = config.directAuthorize
     ? createDirectAuthorize({
         call: createAuthorizeCall(runtime.authorize, false),
         sourceOf: (req) => requestSource(config.clientIp, req),
         readMaxBytes: RPC_READ_MAX_BYTES,
-        onError: (error) => log.error("authorize error", errorFields(error)),
+        onError: (error, req) => log.error("authorize error", { ...errorFields(error), request_id: requestIdOf(req) }),
       })
     : undefined;
   const shim = createCubeCallbackHandler({
     authorize: runtime.authorize,
     credentialPriority: config.credentialPriority,
     clientIp: config.clientIp,
-    onError: (error) => log.error("shim error", errorFields(error)),
+    onError: (error, req) => log.error("shim error", { ...errorFields(error), request_id: requestIdOf(req) }),
   });
   // Plain HTTP endpoints by exact path (the query string is ignored): the Cube callback, and
   // alongside it any probe or gateway endpoint. Every other request is an RPC.
-  const endpoints = new Map<string, Handler>([[config.shimPath, (req, res) => void shim(req, res)]]);
-  return (req, res) => {
-    const endpoint = endpoints.get(pathOf(req.url));
-    if (endpoint) endpoint(req, res);
-    else if (!direct?.(req, res)) rpc(req as http.IncomingMessage, res as http.ServerResponse);
-  };
+  const shimEndpoint: Handler = (req, res) => void shim(req, res);
+  const endpoints = new Map<string, Handler>([[config.shimPath, shimEndpoint]]);
+  // nginx auth_request and Traefik forwardAuth, at fixed paths (/auth/nginx, /auth/traefik).
+  for (const [path, handler] of forwardAuthEndpoints(config, runtime.authorize, log)) endpoints.set(path, handler);
+  // /healthz, /readyz (503 once shutdown begins) and /metrics.
+  const operations = operationsEndpoints(runtime, { ...(shutdown && { shutdown }), onError: (error) => log.error("operations endpoint error", errorFields(error)) });
+  for (const [path, handler] of operations) endpoints.set(path, handler);
+  // Every request gets an id (x-request-id in and out); at debug level, a log line when it ends.
+  // The Cube callback and the direct Authorize path put x-request-id in their own writeHead (the
+  // fast path); everything else gets it set here first.
+  return withRequestIds<Parameters<Handler>[0], Parameters<Handler>[1]>(
+    (req, res) => {
+      const endpoint = endpoints.get(pathOf(req.url));
+      if (endpoint === shimEndpoint) endpoint(req, res);
+      else if (endpoint) {
+        setRequestIdHeader(req, res);
+        endpoint(req, res);
+      } else if (!direct?.(req, res)) {
+        setRequestIdHeader(req, res);
+        rpc(req as http.IncomingMessage, res as http.ServerResponse);
+      }
+    },
+    log,
+    "handler",
+  );
 }
 
 /** A request URL's path: the query string dropped. */
@@ -86,7 +109,9 @@ function pathOf(url: string | undefined): string {
  * CLI uses while the server holds the data dir.
  */
 export async function startServer(config: ServeConfig, runtime: Runtime, log: Logger, lock?: DataDirLock): Promise<RunningServer> {
-  const handler = createRequestHandler(config, runtime, log);
+  // Aborted when stop() begins: gRPC health turns NOT_SERVING and its Watch streams end.
+  const shutdown = new AbortController();
+  const handler = createRequestHandler(config, runtime, log, shutdown.signal);
   // Before listening: from the first request on, key changes and policy edits made elsewhere are seen.
   let keyChanges: KeyChangeListener | undefined;
   if (config.databaseUrl) {
@@ -121,6 +146,7 @@ export async function startServer(config: ServeConfig, runtime: Runtime, log: Lo
     controlSocket: control?.path,
     reloadPolicy: (trigger) => policyWatcher.reloadNow(trigger),
     async stop() {
+      shutdown.abort();
       policyWatcher.close();
       const closing = [listener.close(config.shutdownTimeoutMs)];
       if (control) closing.push(new Promise<void>((resolve) => control!.server.close(() => resolve())));
@@ -141,8 +167,8 @@ async function startControlSocket(dataDir: string, runtime: Runtime, config: Ser
     path = join(privateDir, CONTROL_SOCKET);
   }
   await rm(path, { force: true });
-  const rpc = connectNodeAdapter({ routes: createRoutes(runtime, config.credentialPriority, log, true) });
-  const server = http.createServer((req, res) => {
+  const rpc = connectNodeAdapter({ routes: createRoutes(runtime, config.credentialPriority, log, true), contextValues: withRequestIdValue() });
+  const server = http.createServer(withRequestIds((req, res) => {
     if (req.url === "/status" && req.method === "GET") {
       void localStatus(runtime, listen, watcher)
         .then((body) => {
@@ -156,7 +182,7 @@ async function startControlSocket(dataDir: string, runtime: Runtime, config: Ser
       return;
     }
     rpc(req, res);
-  });
+  }, log));
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(path, () => resolve());

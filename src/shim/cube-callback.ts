@@ -5,6 +5,7 @@ import type { Authorize } from "../authorize/authorizer.js";
 import { httpStatusFor, type Decision } from "../authorize/decision.js";
 import type { CredentialSource } from "../config/config.js";
 import { clientIp, type ClientIpRules } from "../server/client-ip.js";
+import { requestIdOfResponse } from "../runtime/request-id.js";
 import { credentialFromHeaders } from "./credential-headers.js";
 
 /**
@@ -22,7 +23,8 @@ export interface CubeCallbackDeps {
   credentialPriority: readonly CredentialSource[];
   /** How the client's address is found; unset = the TCP peer. */
   clientIp?: ClientIpRules;
-  onError?: (error: unknown) => void;
+  /** Unexpected failures (a bug: the core turns outages into decisions), with the request they broke. */
+  onError?: (error: unknown, req: Request) => void;
 }
 
 /**
@@ -68,7 +70,7 @@ export function createCubeCallbackHandler({ authorize, credentialPriority, clien
         org: header("x-request-org") ?? "",
       });
     } catch (error) {
-      onError?.(error);
+      onError?.(error, req);
       decision = { allowed: false, reason: "unavailable", message: "authorization unavailable, request denied", matchedRule: "" };
     }
     writeDecision(res, decision);
@@ -110,7 +112,9 @@ function writeJson(res: Response, status: number, body: unknown, headers: Record
 
 function writeRaw(res: Response, status: number, body: string, headers: Record<string, string>): void {
   if (res.headersSent) return;
-  const out = { "content-type": "application/json", "content-length": String(Buffer.byteLength(body)), "cache-control": "no-store", ...headers };
+  const out: Record<string, string> = { "content-type": "application/json", "content-length": String(Buffer.byteLength(body)), "cache-control": "no-store", ...headers };
+  const requestId = requestIdOfResponse(res);
+  if (requestId !== undefined) out["x-request-id"] = requestId;
   (res as ServerResponse).writeHead(status, out);
   (res as ServerResponse).end(body);
 }
