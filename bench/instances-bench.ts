@@ -26,19 +26,19 @@
  *     memory). Median and spread (min–max) over the rounds, ratio to the
  *     no-limit key on the same server.
  */
-import { spawn, type ChildProcess } from "node:child_process";
-import { randomBytes } from "node:crypto";
 import { mkdtemp, rm } from "node:fs/promises";
 import http from "node:http";
-import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { create } from "@bufbuild/protobuf";
 import { createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
-import pg from "pg";
 import { KeyService, ManageKeyRequestSchema, type ManageKeyRequest, type ManageKeyResponse } from "../gen/keygate/v1/key_pb.js";
+import { ADMIN_URL, createScratchDatabase, unreachable } from "./support/postgres.js";
+import { runCli, startKeygate, type ServerProcess as Server } from "./support/process.js";
+import { startRedis, type RedisServer } from "./support/redis.js";
+import { median, ms, quantile, rps } from "./support/stats.js";
+import { formatColumns } from "./support/table.js";
 
 const args = new Set(process.argv.slice(2));
 const QUICK = args.has("--quick");
@@ -48,123 +48,6 @@ const ROUNDS = QUICK ? 2 : 6;
 const ROUND_MS = QUICK ? 300 : 2_000;
 const CONCURRENCY = 32;
 const TARGET_PROPAGATION_MS = 100;
-
-const BIN = fileURLToPath(new URL("../../bin/keygate.js", import.meta.url));
-const POLICY_DIR = fileURLToPath(new URL("../../policies/", import.meta.url));
-const ADMIN_URL = process.env.KEYGATE_BENCH_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/test";
-
-// ---------------------------------------------------------------- processes
-
-interface Server {
-  url: string;
-  port: number;
-  child: ChildProcess;
-  /** The tail of what it logged, shown when the bench fails. */
-  output(): string;
-  stop(): Promise<void>;
-}
-
-function childEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = { ...process.env, KEYGATE_POLICY_DIR: POLICY_DIR, ...extra };
-  return env;
-}
-
-function waitExit(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
-  return new Promise((resolve) => child.once("exit", () => resolve()));
-}
-
-/** `keygate serve --port 0`, ready once it logs its address. */
-function startServer(env: Record<string, string>, cwd: string): Promise<Server> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, "serve", "--port", "0"], { cwd, env: childEnv(env), stdio: ["ignore", "pipe", "pipe"] });
-    let output = "";
-    let started = false;
-    const timer = setTimeout(() => {
-      child.kill("SIGKILL");
-      reject(new Error(`keygate serve did not start in 20 s:\n${output}`));
-    }, 20_000);
-    const onData = (chunk: Buffer) => {
-      output = (output + chunk.toString()).slice(-16_384);
-      if (started) return;
-      const match = /"msg":"keygate listening","address":"[^"]*:(\d+)"/.exec(output);
-      if (!match) return;
-      clearTimeout(timer);
-      started = true;
-      const port = Number(match[1]);
-      resolve({
-        url: `http://127.0.0.1:${port}`,
-        port,
-        child,
-        output: () => output,
-        async stop() {
-          const exited = waitExit(child);
-          child.kill("SIGTERM");
-          await exited;
-        },
-      });
-    };
-    child.stdout!.on("data", onData);
-    child.stderr!.on("data", onData);
-    child.once("exit", (code) => {
-      clearTimeout(timer);
-      reject(new Error(`keygate serve exited with ${code} before listening:\n${output}`));
-    });
-  });
-}
-
-function runCli(cliArgs: string[], env: Record<string, string>, cwd: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...cliArgs], { cwd, env: childEnv(env), stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (chunk: Buffer) => (stdout += chunk.toString()));
-    child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
-    child.once("error", reject);
-    child.once("close", (code) => (code === 0 ? resolve(stdout) : reject(new Error(`keygate ${cliArgs.join(" ")} exited ${code}:\n${stderr}`))));
-  });
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as net.AddressInfo;
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-/** A private redis-server: free port, temp dir, no persistence (never the machine's Redis). */
-async function startRedis(dir: string): Promise<{ url: string; stop(): Promise<void> }> {
-  const port = await freePort();
-  const child = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir], { stdio: ["ignore", "pipe", "pipe"] });
-  await new Promise<void>((resolve, reject) => {
-    let output = "";
-    const timer = setTimeout(() => reject(new Error(`redis-server did not start:\n${output}`)), 10_000);
-    child.stdout.on("data", (chunk: Buffer) => {
-      output += chunk.toString();
-      if (output.includes("Ready to accept connections")) {
-        clearTimeout(timer);
-        child.stdout.resume();
-        resolve();
-      }
-    });
-    child.once("error", (error) => {
-      clearTimeout(timer);
-      reject(error);
-    });
-  });
-  return {
-    url: `redis://127.0.0.1:${port}`,
-    async stop() {
-      const exited = waitExit(child);
-      child.kill("SIGKILL");
-      await exited;
-    },
-  };
-}
 
 // ---------------------------------------------------------------- http
 
@@ -193,16 +76,6 @@ async function createReader(client: Client<typeof KeyService>, name: string, rat
   if (response.result.case !== "created") throw new Error(`expected a created key, got ${response.result.case}`);
   return { id: response.result.value.key!.id, key: response.result.value.plaintext };
 }
-
-// ---------------------------------------------------------------- stats
-
-function quantile(sorted: number[], q: number): number {
-  if (sorted.length === 0) return NaN;
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))]!;
-}
-const median = (values: number[]) => quantile([...values].sort((x, y) => x - y), 0.5);
-const ms = (value: number) => `${value.toFixed(1)} ms`;
-const rps = (value: number) => `${Math.round(value).toLocaleString("en-US")}/s`;
 
 // ---------------------------------------------------------------- measurements
 
@@ -257,50 +130,24 @@ async function throughputRound(agent: http.Agent, server: Server, key: string): 
 
 // ---------------------------------------------------------------- main
 
-async function reachable(url: string): Promise<string | undefined> {
-  const client = new pg.Client({ connectionString: url, user: new URL(url).username || process.env.USER || "postgres", connectionTimeoutMillis: 3_000 });
-  try {
-    await client.connect();
-    await client.query("select 1");
-    return undefined;
-  } catch (error) {
-    return (error as Error).message;
-  } finally {
-    await client.end().catch(() => {});
-  }
-}
-
-async function adminQuery(text: string): Promise<void> {
-  const client = new pg.Client({ connectionString: ADMIN_URL, user: new URL(ADMIN_URL).username || process.env.USER || "postgres" });
-  await client.connect();
-  try {
-    await client.query(text);
-  } finally {
-    await client.end();
-  }
-}
-
 async function main(): Promise<void> {
-  const unreachable = await reachable(ADMIN_URL);
-  if (unreachable) {
-    console.log(`instances bench skipped: no Postgres at ${ADMIN_URL} (${unreachable}); set KEYGATE_BENCH_DATABASE_URL.`);
+  const why = await unreachable(ADMIN_URL);
+  if (why) {
+    console.log(`instances bench skipped: no Postgres at ${ADMIN_URL} (${why}); set KEYGATE_BENCH_DATABASE_URL.`);
     return;
   }
-  const name = `keygate_bench_${randomBytes(6).toString("hex")}`;
-  const dbUrl = new URL(ADMIN_URL);
-  dbUrl.pathname = `/${name}`;
-  if (!dbUrl.username) dbUrl.username = process.env.USER || "postgres";
+  const database = await createScratchDatabase(ADMIN_URL);
+  const name = database.name;
   const dir = await mkdtemp(join(tmpdir(), "keygate-bench-"));
   const servers: Server[] = [];
-  let redis: { url: string; stop(): Promise<void> } | undefined;
+  let redis: RedisServer | undefined;
   const agent = new http.Agent({ keepAlive: true, maxSockets: CONCURRENCY });
-  await adminQuery(`create database ${name}`);
   try {
     redis = await startRedis(dir);
-    const env = { DATABASE_URL: dbUrl.toString(), KEYGATE_KEY_CACHE_TTL: "10m" };
+    const env = { DATABASE_URL: database.url, KEYGATE_KEY_CACHE_TTL: "10m" };
     // Migrations run on the first start; the others find the schema in place.
-    for (let i = 0; i < 2; i++) servers.push(await startServer({ ...env, REDIS_URL: redis.url }, dir));
-    servers.push(await startServer(env, dir));
+    for (let i = 0; i < 2; i++) servers.push(await startKeygate({ ...env, REDIS_URL: redis.url }, dir));
+    servers.push(await startKeygate(env, dir));
     const [a, b, memory] = servers as [Server, Server, Server];
     const admin = JSON.parse(await runCli(["keygen", "--json", "--org", "bench", "--role", "admin", "--name", "bench-admin"], env, dir)) as { key: string };
     const manageViaA = createClient(
@@ -348,12 +195,8 @@ async function main(): Promise<void> {
         `${(med / baselines.get(c.baseline)!).toFixed(2)}×`,
       ]);
     });
-    const widths = rows[0]!.map((_, col) => Math.max(...rows.map((row) => row[col]!.length)));
     console.log();
-    for (const [i, row] of rows.entries()) {
-      console.log(row.map((cell, col) => cell.padEnd(widths[col]!)).join("  ").trimEnd());
-      if (i === 0) console.log(widths.map((w) => "-".repeat(w)).join("  "));
-    }
+    console.log(formatColumns(rows));
     console.log();
     console.log(`throughput: ${CONCURRENCY} requests in flight over keep-alive connections, ${ROUNDS} alternating rounds of ${ROUND_MS} ms; ratio = median / the no-limit key on the same server`);
     const p99 = p(propagation.sinceSent, 0.99);
@@ -365,7 +208,7 @@ async function main(): Promise<void> {
     agent.destroy();
     await Promise.allSettled(servers.map((server) => server.stop()));
     await redis?.stop();
-    await adminQuery(`drop database if exists ${name} with (force)`).catch((error: unknown) => console.error(`could not drop ${name}: ${(error as Error).message}`));
+    await database.drop();
     await rm(dir, { recursive: true, force: true });
   }
 }
