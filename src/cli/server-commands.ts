@@ -114,6 +114,8 @@ export async function runServe(args: string[]): Promise<number> {
       process.stderr.write(DEV_WARNING + "\n");
       log.warn("DEV MODE: every request is allowed");
     }
+    // Handlers first: whoever reads "listening" may send SIGTERM at once, and must get a clean stop.
+    const stopSignal = waitForSignal();
     const policy = runtime.policy().info;
     log.info("keygate listening", {
       address: `${server.host}:${server.port}`,
@@ -130,7 +132,7 @@ export async function runServe(args: string[]): Promise<number> {
       dev: config.dev,
       startup_ms: Math.round(performance.now() - started),
     });
-    const signal = await waitForSignal();
+    const signal = await stopSignal;
     log.info("shutting down", { signal });
     process.off("SIGHUP", onHangup);
     await server.stop();
@@ -180,8 +182,9 @@ export async function runShim(args: string[]): Promise<number> {
     server.listen(config.port, config.host, () => resolve());
   });
   const address = server.address() as { port: number; address: string };
+  const stopSignal = waitForSignal();
   log.info("keygate shim listening", { address: `${address.address}:${address.port}`, upstream: config.upstream, shim_path: config.shimPath });
-  const signal = await waitForSignal();
+  const signal = await stopSignal;
   log.info("shutting down", { signal });
   await new Promise<void>((resolve) => {
     server.close(() => resolve());
