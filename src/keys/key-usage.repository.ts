@@ -14,9 +14,9 @@ export interface DayCount {
 export type UsageCounts = ReadonlyMap<string, ReadonlyMap<string, DayCount>>;
 
 /**
- * One statement for a whole batch: last-used times (never moved backwards)
- * and per-day counts added to what is stored. One statement, so a flush is
- * all or nothing. Counts of a key deleted since are dropped (the exists), so
+ * One statement for a batch (the recorder sends a flush in chunks of keys):
+ * last-used times (never moved backwards) and per-day counts added to what is
+ * stored. One statement, so a batch is all or nothing. Counts of a key deleted since are dropped (the exists), so
  * one deleted key cannot fail the batch of every other.
  */
 export async function recordUsage(db: Db, lastUsed: ReadonlyMap<string, Date>, counts: UsageCounts): Promise<void> {

@@ -47,10 +47,50 @@ function add(counts: Counts, keyId: string, day: string, allowed: number, denied
   } else days.set(day, { allowed, denied });
 }
 
-export function createUsageRecorder(db: Kysely<Database>, intervalMs: number, onError: (error: unknown) => void): UsageRecorder {
+/**
+ * Keys per statement. PGlite runs in-process: one statement for thousands of
+ * keys held every decision behind it for ~100 ms. Smaller statements, with
+ * the event loop given a turn between them, let decisions through.
+ */
+export const FLUSH_CHUNK_KEYS = 100;
+
+export function createUsageRecorder(db: Kysely<Database>, intervalMs: number, onError: (error: unknown) => void, chunkKeys = FLUSH_CHUNK_KEYS): UsageRecorder {
   let lastUsed = new Map<string, Date>();
   let counts: Counts = new Map();
   let flushing: Promise<void> = Promise.resolve();
+
+  /** Keeps a batch's unwritten keys for the next attempt: times newest wins, counts add up. */
+  function keep(ids: readonly string[], times: ReadonlyMap<string, Date>, batch: Counts): void {
+    for (const id of ids) {
+      const at = times.get(id);
+      const newer = lastUsed.get(id);
+      if (at && (!newer || newer < at)) lastUsed.set(id, at);
+      for (const [day, c] of batch.get(id) ?? []) add(counts, id, day, c.allowed, c.denied);
+    }
+  }
+
+  /** Each chunk is one statement (all or nothing); a failed chunk and those after it are kept. */
+  async function write(times: ReadonlyMap<string, Date>, batch: Counts): Promise<void> {
+    const ids = [...new Set([...times.keys(), ...batch.keys()])];
+    for (let start = 0; start < ids.length; start += chunkKeys) {
+      if (start > 0) await new Promise((resolve) => setImmediate(resolve));
+      const chunkTimes = new Map<string, Date>();
+      const chunkCounts: Counts = new Map();
+      for (const id of ids.slice(start, start + chunkKeys)) {
+        const at = times.get(id);
+        if (at) chunkTimes.set(id, at);
+        const days = batch.get(id);
+        if (days) chunkCounts.set(id, days);
+      }
+      try {
+        await recordUsage(db, chunkTimes, chunkCounts);
+      } catch (error) {
+        keep(ids.slice(start), times, batch);
+        onError(error);
+        return;
+      }
+    }
+  }
 
   async function flush(): Promise<void> {
     await flushing;
@@ -59,15 +99,7 @@ export function createUsageRecorder(db: Kysely<Database>, intervalMs: number, on
     const batch = counts;
     lastUsed = new Map();
     counts = new Map();
-    flushing = recordUsage(db, times, batch).catch((error: unknown) => {
-      // Keep everything for the next attempt: times newest wins, counts add up.
-      for (const [id, at] of times) {
-        const newer = lastUsed.get(id);
-        if (!newer || newer < at) lastUsed.set(id, at);
-      }
-      for (const [id, days] of batch) for (const [day, c] of days) add(counts, id, day, c.allowed, c.denied);
-      onError(error);
-    });
+    flushing = write(times, batch);
     await flushing;
   }
 

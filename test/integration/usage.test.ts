@@ -131,6 +131,39 @@ describe(`usage counts on ${testDatabaseKind}`, () => {
     }
   });
 
+  it("writes a large flush in chunks; a chunk that fails is kept with those after it, nothing counted twice", async () => {
+    const keys = await Promise.all(Array.from({ length: 7 }, () => createKey(core, { org: "usage" })));
+    let statements = 0;
+    const outage = createOutage();
+    outage.down = false;
+    // The third statement fails (after two chunks of two keys were written).
+    const failing = {
+      transformQuery: (args: Parameters<typeof outage.plugin.transformQuery>[0]) => {
+        statements++;
+        if (statements === 3) throw new Error("the database is down");
+        return outage.plugin.transformQuery(args);
+      },
+      transformResult: outage.plugin.transformResult,
+    };
+    const errors: unknown[] = [];
+    const recorder = createUsageRecorder(core.db.withPlugin(failing), HOUR, (error) => errors.push(error), 2);
+    try {
+      const at = core.clock.now();
+      for (const { key } of keys) recorder.touch(key.id, at);
+      await recorder.flush();
+      expect(statements).toBe(3);
+      expect(errors).toHaveLength(1);
+      const written = await Promise.all(keys.map(({ key }) => stored(key.id)));
+      expect(written.map((rows) => rows.length)).toEqual([1, 1, 1, 1, 0, 0, 0]);
+      expect(keys.map(({ key }) => recorder.pendingCounts(key.id)?.get(today(at))?.allowed)).toEqual([undefined, undefined, undefined, undefined, 1, 1, 1]);
+      await recorder.flush();
+      for (const { key } of keys) expect(await stored(key.id)).toEqual([{ day: today(at), allowed: 1, denied: 0 }]);
+      expect(errors).toHaveLength(1);
+    } finally {
+      await recorder.stop();
+    }
+  });
+
   it("drops the counts of a key deleted before the flush, and writes the others", async () => {
     const gone = await createKey(core, { org: "usage" });
     const kept = await createKey(core, { org: "usage" });
