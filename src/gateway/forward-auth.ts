@@ -1,10 +1,9 @@
-import { BlockList } from "node:net";
 import type { Authorize } from "../authorize/authorizer.js";
 import { deny, httpStatusFor, type Decision } from "../authorize/decision.js";
 import type { CredentialSource } from "../config/config.js";
 import type { Logger } from "../runtime/logger.js";
 import { errorFields } from "../runtime/logger.js";
-import { clientIp, type ClientIpRules } from "../server/client-ip.js";
+import { clientIp, PEER_ONLY, type ClientIpRules } from "../server/client-ip.js";
 import type { Handler } from "../server/listener.js";
 import { credentialFromHeaders } from "../shim/credential-headers.js";
 import { headerReader, writeDecision } from "../shim/cube-callback.js";
@@ -55,7 +54,6 @@ export interface ForwardAuthDeps {
   onMisconfigured?: (gateway: string, header: string) => void;
 }
 
-const PEER_ONLY: ClientIpRules = { header: undefined, trusted: new BlockList() };
 
 export function createForwardAuthHandler(headers: GatewayHeaders, { authorize, credentialPriority, clientIp: rules = PEER_ONLY, onError, onMisconfigured }: ForwardAuthDeps): Handler {
   const uriHeader = headers.uri.toLowerCase();

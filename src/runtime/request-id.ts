@@ -5,6 +5,7 @@ import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
 import { performance } from "node:perf_hooks";
 import { createContextKey, createContextValues, type ContextValues } from "@connectrpc/connect";
 import type { AuthorizeInput, Decision } from "../authorize/decision.js";
+import { urlPath } from "../server/listener.js";
 import type { Logger } from "./logger.js";
 
 /**
@@ -149,7 +150,7 @@ export function withRequestIds<Req extends Request, Res extends Response>(
       log.debug("request", {
         request_id: id,
         method: printable(req.method ?? "", 16),
-        route: printable(pathOf(req.url), 200),
+        route: printable(urlPath(req.url), 200),
         http: req.httpVersion,
         status: res.statusCode,
         ...(!res.writableFinished && { aborted: true }),
@@ -162,12 +163,6 @@ export function withRequestIds<Req extends Request, Res extends Response>(
     });
     current.run(note, () => handler(req, res));
   };
-}
-
-function pathOf(url: string | undefined): string {
-  const target = url ?? "/";
-  const q = target.indexOf("?");
-  return q === -1 ? target : target.slice(0, q);
 }
 
 /** A client-supplied string for a log line: cut to `max`, control characters escaped. */

@@ -14,6 +14,9 @@ export interface ClientIpRules {
   trusted: BlockList;
 }
 
+/** No client-IP header, no trusted proxy: the source is always the TCP peer. */
+export const PEER_ONLY: ClientIpRules = { header: undefined, trusted: new BlockList() };
+
 export const DEFAULT_TRUSTED_PROXIES = "127.0.0.0/8,::1/128";
 
 /** "::ffff:10.0.0.1" → "10.0.0.1", so IPv4 rules match v4-mapped peers. */

@@ -17,6 +17,13 @@ export interface Listener {
   close(timeoutMs: number): Promise<void>;
 }
 
+/** A request URL's path: the query string dropped (routing ignores it). */
+export function urlPath(url: string | undefined): string {
+  const target = url ?? "/";
+  const q = target.indexOf("?");
+  return q === -1 ? target : target.slice(0, q);
+}
+
 const PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 /** A client that connects and says nothing for this long is dropped. */
 const FIRST_BYTES_TIMEOUT_MS = 10_000;

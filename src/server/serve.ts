@@ -18,7 +18,7 @@ import { createCubeCallbackHandler } from "../shim/cube-callback.js";
 import { forwardAuthEndpoints } from "../gateway/forward-auth.js";
 import { listenForKeyChanges, type KeyChangeListener } from "./key-changes.js";
 import { operationsEndpoints } from "./operations-endpoints.js";
-import { createListener, type Handler } from "./listener.js";
+import { createListener, urlPath, type Handler } from "./listener.js";
 import { serverApplicationName, type ServerEntry } from "./server-registry.js";
 import { requestSource, sourceContextValues } from "./request-source.js";
 import { createAuthorizeCall } from "./authorize-call.js";
@@ -81,7 +81,7 @@ export function createRequestHandler(
   // fast path); everything else gets it set here first.
   return withRequestIds<Parameters<Handler>[0], Parameters<Handler>[1]>(
     (req, res) => {
-      const endpoint = endpoints.get(pathOf(req.url));
+      const endpoint = endpoints.get(urlPath(req.url));
       if (endpoint === shimEndpoint) endpoint(req, res);
       else if (endpoint) {
         setRequestIdHeader(req, res);
@@ -94,13 +94,6 @@ export function createRequestHandler(
     log,
     "handler",
   );
-}
-
-/** A request URL's path: the query string dropped. */
-function pathOf(url: string | undefined): string {
-  const target = url ?? "/";
-  const q = target.indexOf("?");
-  return q === -1 ? target : target.slice(0, q);
 }
 
 /**

@@ -1,10 +1,10 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
-import { BlockList } from "node:net";
 import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
 import type { Authorize } from "../authorize/authorizer.js";
 import { httpStatusFor, type Decision } from "../authorize/decision.js";
 import type { CredentialSource } from "../config/config.js";
-import { clientIp, type ClientIpRules } from "../server/client-ip.js";
+import { clientIp, PEER_ONLY, type ClientIpRules } from "../server/client-ip.js";
+import { urlPath } from "../server/listener.js";
 import { requestIdOfResponse } from "../runtime/request-id.js";
 import { credentialFromHeaders } from "./credential-headers.js";
 
@@ -46,7 +46,6 @@ export function headerReader(req: Request): (name: string) => string | undefined
   };
 }
 
-const PEER_ONLY: ClientIpRules = { header: undefined, trusted: new BlockList() };
 
 export function createCubeCallbackHandler({ authorize, credentialPriority, clientIp: rules = PEER_ONLY, onError }: CubeCallbackDeps) {
   return async function handleCubeCallback(req: Request, res: Response): Promise<void> {
@@ -79,9 +78,7 @@ export function createCubeCallbackHandler({ authorize, credentialPriority, clien
 
 /** True when a request URL (path and query) addresses the callback path; the query is ignored. */
 export function isCallbackUrl(url: string | undefined, shimPath: string): boolean {
-  const target = url ?? "/";
-  const q = target.indexOf("?");
-  return (q === -1 ? target : target.slice(0, q)) === shimPath;
+  return urlPath(url) === shimPath;
 }
 
 const ALLOW_BODY = "{}";

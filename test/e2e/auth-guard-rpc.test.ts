@@ -1,14 +1,13 @@
-import { resolve } from "node:path";
 import { performance } from "node:perf_hooks";
 import { createClient, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import * as grpc from "@grpc/grpc-js";
-import * as protoLoader from "@grpc/proto-loader";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AuthorizeService, Reason, type AuthorizeResponse } from "../../gen/keygate/v1/authorize_pb.js";
 import { generateKey } from "../../src/keys/key-format.js";
+import { grpcClient } from "../support/grpc-js.js";
 import { createTestDataDir, type TestDataDir } from "../support/database.js";
-import { createKey, REPO, startServerProcess, type CreatedKeyJson, type ServerProcess } from "../support/keygate-process.js";
+import { createKey, startServerProcess, type CreatedKeyJson, type ServerProcess } from "../support/keygate-process.js";
 
 /**
  * The failed-auth guard through the real server's RPC door: Authorize over
@@ -100,12 +99,9 @@ type GrpcAuthorizeClient = grpc.Client & {
   authorize(request: object, metadata: grpc.Metadata, callback: (error: grpc.ServiceError | null, response: GrpcJsResponse) => void): void;
 };
 
+/** grpc-js with proto-loader on the .proto file: the client a non-TypeScript team would write. */
 function createGrpcJsClient(port: number): GrpcAuthorizeClient {
-  const definition = protoLoader.loadSync(resolve(REPO, "proto/keygate/v1/authorize.proto"), { keepCase: true, enums: String, defaults: true, includeDirs: [resolve(REPO, "proto")] });
-  const loaded = grpc.loadPackageDefinition(definition) as unknown as {
-    keygate: { v1: { AuthorizeService: new (address: string, credentials: grpc.ChannelCredentials) => GrpcAuthorizeClient } };
-  };
-  return new loaded.keygate.v1.AuthorizeService(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+  return grpcClient("keygate/v1/authorize.proto", "keygate.v1.AuthorizeService", port) as unknown as GrpcAuthorizeClient;
 }
 
 const viaGrpcJs: AuthorizeCall = (credential, method, forwardedFor) =>

@@ -1,15 +1,14 @@
-import { resolve } from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type Client, type Interceptor, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { createGrpcWebTransport as createFetchGrpcWebTransport } from "@connectrpc/connect-web";
 import * as grpc from "@grpc/grpc-js";
-import * as protoLoader from "@grpc/proto-loader";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AuthorizeService, Reason, type AuthorizeResponse } from "../../gen/keygate/v1/authorize_pb.js";
 import { KeyService, ManageKeyRequestSchema, type ManageKeyRequest, type ManageKeyResponse } from "../../gen/keygate/v1/key_pb.js";
+import { grpcClient } from "../support/grpc-js.js";
 import { createTestDataDir, type TestDataDir } from "../support/database.js";
-import { createKey, REPO, runCli, startServerProcess, type CreatedKeyJson, type ServerProcess } from "../support/keygate-process.js";
+import { createKey, runCli, startServerProcess, type CreatedKeyJson, type ServerProcess } from "../support/keygate-process.js";
 import { policyLine } from "../support/policy-lines.js";
 
 /**
@@ -80,17 +79,7 @@ type GrpcAuthorizeClient = grpc.Client & {
 
 /** grpc-js with proto-loader on the .proto file: the client a non-TypeScript team would write. */
 function createGrpcJsClient(port: number): GrpcAuthorizeClient {
-  const definition = protoLoader.loadSync(resolve(REPO, "proto/keygate/v1/authorize.proto"), {
-    keepCase: true,
-    enums: String,
-    defaults: true,
-    oneofs: true,
-    includeDirs: [resolve(REPO, "proto")],
-  });
-  const loaded = grpc.loadPackageDefinition(definition) as unknown as {
-    keygate: { v1: { AuthorizeService: new (address: string, credentials: grpc.ChannelCredentials) => GrpcAuthorizeClient } };
-  };
-  return new loaded.keygate.v1.AuthorizeService(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+  return grpcClient("keygate/v1/authorize.proto", "keygate.v1.AuthorizeService", port) as unknown as GrpcAuthorizeClient;
 }
 
 function fromProtobufEs(response: AuthorizeResponse): WireDecision {
