@@ -25,7 +25,9 @@ const KNOWN = new Set<string>(KNOWN_METHODS);
  */
 export function normalizeMethod(method: string): Normalized<HttpMethod | ""> {
   if (method === "") return { ok: true, value: "" };
-  const trimmed = method.trim();
+  // Only HTTP's own whitespace (OWS: space, tab) around a method is ignored; String#trim
+  // would also drop no-break spaces, line separators and BOMs, which no upstream ignores.
+  const trimmed = trimOws(method);
   // ASCII letters only: Unicode case mapping would turn "poſt" into "POST"
   // and "optıons" into "OPTIONS", methods the upstream never sees.
   const upper = /^[A-Za-z]+$/.test(trimmed) ? trimmed.toUpperCase() : "";
@@ -40,6 +42,10 @@ export function normalizeMethod(method: string): Normalized<HttpMethod | ""> {
 const FORBIDDEN_RAW = /[\u0000-\u0020\u007f\\#;]/;
 const FORBIDDEN_DECODED = /[\u0000-\u001f\u007f-\u009f\\;]/;
 const PERCENT_TRIPLE = /%[0-9A-Fa-f]{2}/;
+const NON_ASCII = /[^\u0000-\u007f]/;
+// What a compatibility look-alike may become under NFKC (or a Windows "best fit"
+// code page): a separator, a ';' parameter, or part of a dot segment.
+const FOLDS_TO_SEPARATOR = /[/\\;]/;
 
 /**
  * Returns the path to match policies on:
@@ -82,9 +88,34 @@ export function normalizePath(raw: string): Normalized<string> {
       return { ok: false, error: "path contains a forbidden encoded character" };
     }
     if (decoded.includes("\ufffd")) return { ok: false, error: "path contains invalid UTF-8" };
+    if (NON_ASCII.test(decoded) && isLookalike(decoded)) {
+      return { ok: false, error: "path contains a Unicode look-alike of /, \\, ; or a dot segment" };
+    }
     segments.push(decoded);
   }
   return { ok: true, value: "/" + segments.join("/") };
+}
+
+/**
+ * True when a segment's compatibility form (NFKC: "．．" → "..", "／" → "/",
+ * "﹔" → ";") is a dot segment or holds a separator: an upstream that folds
+ * compatibility characters (some frameworks, Windows "best fit" conversions)
+ * would read another path than the policy matched. Other non-ASCII characters
+ * (fullwidth letters, accents) are ordinary characters of a name.
+ */
+function isLookalike(segment: string): boolean {
+  const folded = segment.normalize("NFKC");
+  if (folded === segment) return false;
+  return folded === "." || folded === ".." || FOLDS_TO_SEPARATOR.test(folded);
+}
+
+/** HTTP's optional whitespace (space, tab) cut from both ends (a loop: a regex like /[ \t]+$/ backtracks quadratically). */
+export function trimOws(text: string): string {
+  let start = 0;
+  let end = text.length;
+  while (start < end && (text.charCodeAt(start) === 0x20 || text.charCodeAt(start) === 0x09)) start++;
+  while (end > start && (text.charCodeAt(end - 1) === 0x20 || text.charCodeAt(end - 1) === 0x09)) end--;
+  return text.slice(start, end);
 }
 
 function printableShort(text: string): string {

@@ -7,6 +7,7 @@ import { clientIp, PEER_ONLY, type ClientIpRules } from "../server/client-ip.js"
 import type { Handler } from "../server/listener.js";
 import { credentialFromHeaders } from "../shim/credential-headers.js";
 import { headerReader, writeDecision } from "../shim/cube-callback.js";
+import { utf8HeaderValue } from "../shim/header-text.js";
 import { NGINX_AUTH_PATH, TRAEFIK_AUTH_PATH } from "./gateway-paths.js";
 
 /**
@@ -62,7 +63,7 @@ export function createForwardAuthHandler(headers: GatewayHeaders, { authorize, c
     // Whatever the method (nginx sends GET, some Traefik versions the client's), a body is never read.
     req.resume();
     const header = headerReader(req);
-    const uri = header(uriHeader);
+    const uri = utf8HeaderValue(header(uriHeader));
     const method = header(methodHeader);
     // A gateway always knows the method; an empty one would mean "every method" to the core.
     if (uri === undefined || method === undefined || method === "") {

@@ -1,4 +1,5 @@
 import type { CredentialSource } from "../config/config.js";
+import { trimOws } from "../authorize/normalize.js";
 
 /**
  * Reads the API key from request headers, in the configured priority
@@ -13,10 +14,12 @@ export function credentialFromHeaders(header: (name: string) => string | undefin
     const value = header(source);
     if (value === undefined) continue;
     if (source === "authorization") {
-      const match = /^\s*bearer\s+(.*?)\s*$/is.exec(value);
+      // HTTP's own whitespace only (space, tab): \s would also take no-break spaces,
+      // line separators and BOMs around a key as if they were not there.
+      const match = /^[ \t]*bearer[ \t]+(.*?)[ \t]*$/is.exec(value);
       if (match && match[1]) return match[1];
     } else {
-      const key = value.trim();
+      const key = trimOws(value);
       if (key !== "") return key;
     }
   }

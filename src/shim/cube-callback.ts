@@ -7,6 +7,7 @@ import { clientIp, PEER_ONLY, type ClientIpRules } from "../server/client-ip.js"
 import { urlPath } from "../server/listener.js";
 import { requestIdOfResponse } from "../runtime/request-id.js";
 import { credentialFromHeaders } from "./credential-headers.js";
+import { utf8HeaderValue } from "./header-text.js";
 
 /**
  * The Cube API Server auth callback: POST, no body, one credential header,
@@ -63,7 +64,7 @@ export function createCubeCallbackHandler({ authorize, credentialPriority, clien
         entry: "shim",
         ...(source !== undefined && { source }),
         credential: credentialFromHeaders(header, credentialPriority),
-        path: header("x-request-path") ?? "",
+        path: utf8HeaderValue(header("x-request-path")) ?? "",
         method: header("x-request-method") ?? "",
         namespace: header("x-request-namespace") ?? "",
         org: header("x-request-org") ?? "",

@@ -30,6 +30,8 @@ describe("normalizeMethod (SPEC: upper-case the method; deny unknown methods)", 
     ["Delete", "DELETE"],
     ["OPTIONS", "OPTIONS"],
     ["options", "OPTIONS"],
+    ["GET ", "GET"],
+    ["\tPOST\t", "POST"],
   ])("%j → %j", (method, expected) => {
     expect(normalizeMethod(method)).toEqual({ ok: true, value: expected });
   });
@@ -73,6 +75,9 @@ describe("normalizeMethod (SPEC: upper-case the method; deny unknown methods)", 
     ["optıons", "dotless i (U+0131) upper-cases to I"],
     ["ＧＥＴ", "full-width letters"],
     ["GЕT", "Cyrillic Е"],
+    ["GET\u00a0", "no-break space is not HTTP whitespace"],
+    ["\ufeffGET", "byte order mark"],
+    ["GET\n", "line feed"],
     ["x".repeat(10_000), "huge"],
   ])("%j is refused (%s)", (method) => {
     const result = normalizeMethod(method);
@@ -228,7 +233,11 @@ describe("normalizePath: the one path the upstream would serve, or refuse (SPEC:
     ["CJK", "/templates/%E6%97%A5%E6%9C%AC", "/templates/日本"],
     ["encoded space is a character of a name", "/templates/my%20template", "/templates/my template"],
     ["encoded '?' stays in the path", "/templates/a%3Fb", "/templates/a?b"],
-    ["full-width dots are not dot segments", "/sandboxes/\uff0e\uff0e/keys", "/sandboxes/\uff0e\uff0e/keys"],
+    ["full-width dots fold (NFKC) to a dot segment", "/sandboxes/\uff0e\uff0e/keys", REFUSED],
+    ["full-width solidus folds to /", "/sandboxes/a\uff0fb", REFUSED],
+    ["small semicolon folds to ;", "/sandboxes/a\ufe54b", REFUSED],
+    ["one dot leader folds to .", "/sandboxes/\u2024", REFUSED],
+    ["full-width letters are letters", "/\uff53\uff41\uff4e\uff44\uff42\uff4f\uff58", "/\uff53\uff41\uff4e\uff44\uff42\uff4f\uff58"],
 
     // --- must start with "/" ------------------------------------------------------------
     ["empty", "", REFUSED],
