@@ -44,9 +44,17 @@ export async function openStore(target: StoreTarget): Promise<Store> {
         user: new URL(target.url).username ? undefined : target.defaultUser,
         max: target.poolSize,
         connectionTimeoutMillis: 5_000,
+        // A peer that vanished without closing (a partition, a dead host) is found in time.
+        keepAlive: true,
+        keepAliveInitialDelayMillis: 10_000,
       });
       // An idle client's error (the server restarted) must not crash the process.
       pool.on("error", () => {});
+      // Nor a checked-out one's: pg-pool listens only while a client is idle, and a
+      // connection killed between a checkout and its query (a restart, a
+      // pg_terminate_backend) emits "error" with nobody listening, which Node throws.
+      // The query in flight still fails, and the pool drops the dead client on release.
+      pool.on("connect", (client) => client.on("error", () => {}));
       const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
       const poolState = (): PoolState => ({ total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount });
       return { db, kind: "postgres", location: redactUrl(target.url), pool: poolState, close: () => db.destroy() };

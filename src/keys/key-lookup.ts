@@ -18,6 +18,33 @@ export interface KeyLookupDeps {
   now: () => Date;
   /** Cache hits and misses, database lookup times (metrics); unset = no clock is read. */
   metrics?: KeyLookupMetrics;
+  /** A database lookup not answered in this long fails (default LOOKUP_TIMEOUT_MS). */
+  timeoutMs?: number;
+}
+
+/**
+ * A database that stopped answering (hung, partitioned) would otherwise hold
+ * a decision until the connection dies, which may be never: past this, the
+ * lookup fails and the decision is a prompt "unavailable" deny. The query
+ * itself is left to finish or fail on its connection; its answer is dropped.
+ */
+export const LOOKUP_TIMEOUT_MS = 2_000;
+
+/** The database did not answer a key lookup in time. */
+export class KeyLookupTimeoutError extends Error {
+  constructor(readonly timeoutMs: number) {
+    super(`key lookup: no answer from the database in ${timeoutMs} ms`);
+    this.name = "KeyLookupTimeoutError";
+  }
+}
+
+function withDeadline<T>(work: Promise<T>, timeoutMs: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new KeyLookupTimeoutError(timeoutMs)), timeoutMs);
+  });
+  // race() handles `work`'s late rejection, so a query failing after the deadline is not unhandled.
+  return Promise.race([work, deadline]).finally(() => clearTimeout(timer));
 }
 
 /** What a lookup reports (a malformed credential reaches neither the cache nor the database: not counted). */
@@ -33,9 +60,10 @@ export interface KeyLookupMetrics {
 /**
  * From a presented credential to the key's state. A malformed credential
  * (wrong prefix, length, alphabet or checksum) is invalid without a database
- * query. Database errors are thrown: the caller must fail closed.
+ * query. Database errors (and a database too slow to answer) are thrown:
+ * the caller must fail closed.
  */
-export function createKeyLookup({ db, cache, keyPrefix, now, metrics }: KeyLookupDeps) {
+export function createKeyLookup({ db, cache, keyPrefix, now, metrics, timeoutMs = LOOKUP_TIMEOUT_MS }: KeyLookupDeps) {
   return async function lookupKey(credential: string): Promise<KeyLookup> {
     if (credential.length > MAX_CREDENTIAL_LENGTH || !isWellFormedKey(credential, keyPrefix)) return { status: "invalid" };
     const hash = hashKey(credential);
@@ -47,7 +75,7 @@ export function createKeyLookup({ db, cache, keyPrefix, now, metrics }: KeyLooku
       const version = cache.version;
       const started = metrics ? performance.now() : 0;
       try {
-        record = (await findKeyByHash(db, hash)) ?? null;
+        record = (await withDeadline(findKeyByHash(db, hash), timeoutMs)) ?? null;
       } finally {
         metrics?.databaseLookup((performance.now() - started) / 1000);
       }

@@ -11,8 +11,11 @@ import { errorFields } from "../runtime/logger.js";
  * change made elsewhere (a revoke, a reset) would go unseen until the cache
  * entry expires. Every change is announced with NOTIFY and every server
  * LISTENs and drops what changed, so a revoked key stops working everywhere
- * at once. While the listening connection is down, the cache TTL still bounds
- * how stale a server can be, and the cache is cleared on reconnect.
+ * at once. While the listening connection is down (not yet up, lost, being
+ * retried) a change would go unheard, so the cache is distrusted: every
+ * lookup asks the database until LISTEN is back, and the cache starts empty
+ * then. Retries are frequent (at most 2 s apart) so the cache is back soon
+ * after the database is.
  */
 export const KEY_CHANGES_CHANNEL = "keygate_key_changes";
 
@@ -59,7 +62,8 @@ export interface KeyChangeListener {
 }
 
 const RETRY_MIN_MS = 500;
-const RETRY_MAX_MS = 30_000;
+/** Low: until LISTEN is back every lookup costs a query; a retry is one connection attempt. */
+const RETRY_MAX_MS = 2_000;
 
 /** LISTENs for key changes on a dedicated connection, reconnecting with backoff when it drops. */
 export async function listenForKeyChanges({ url, defaultUser, cache, log }: KeyChangeListenerOptions): Promise<KeyChangeListener> {
@@ -74,6 +78,9 @@ export async function listenForKeyChanges({ url, defaultUser, cache, log }: KeyC
       connectionString: url,
       user: new URL(url).username ? undefined : defaultUser,
       connectionTimeoutMillis: 5_000,
+      // A connection that died silently (a partition) is noticed, and the cache distrusted.
+      keepAlive: true,
+      keepAliveInitialDelayMillis: 10_000,
       ...(applicationName !== undefined && { application_name: applicationName }),
     });
     next.on("notification", (message) => {
@@ -94,15 +101,15 @@ export async function listenForKeyChanges({ url, defaultUser, cache, log }: KeyC
     }
     client = next;
     retryMs = RETRY_MIN_MS;
-    // Whatever changed while nobody listened is unknown: forget it all.
-    cache.clear();
+    // Heard from now on; whatever changed while nobody listened is unknown, so the cache starts empty.
+    cache.trust();
   }
 
   function lost(which: pg.Client, error: unknown): void {
     if (closed || client !== which) return;
     client = undefined;
-    cache.clear();
-    log.warn("key change listener lost its connection; retrying", errorFields(error));
+    cache.distrust();
+    log.warn("key change listener lost its connection; key cache off until it is back", errorFields(error));
     schedule();
   }
 
@@ -110,15 +117,22 @@ export async function listenForKeyChanges({ url, defaultUser, cache, log }: KeyC
     if (closed || timer) return;
     timer = setTimeout(() => {
       timer = undefined;
-      connect().catch((error: unknown) => {
-        log.warn("key change listener cannot connect; retrying", { retry_ms: retryMs, ...errorFields(error) });
-        retryMs = Math.min(retryMs * 2, RETRY_MAX_MS);
-        schedule();
-      });
+      connect().then(
+        () => {
+          if (client) log.info("key change listener reconnected; key cache back on");
+        },
+        (error: unknown) => {
+          log.warn("key change listener cannot connect; retrying", { retry_ms: retryMs, ...errorFields(error) });
+          retryMs = Math.min(retryMs * 2, RETRY_MAX_MS);
+          schedule();
+        },
+      );
     }, retryMs);
     timer.unref();
   }
 
+  // Nothing is heard until LISTEN runs.
+  cache.distrust();
   try {
     await connect();
   } catch (error) {

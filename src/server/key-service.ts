@@ -130,6 +130,10 @@ export function createKeyService({ keys, lookupKey, credentialPriority, dev, loc
       const requestId = context.values.get(kRequestIdValue);
       try {
         const principal = await principalOf(context);
+        // Postgres text cannot hold NUL: such a field would fail its query (or the refused
+        // attempt's audit row) and look like an outage (UNAVAILABLE). It is the caller's error.
+        const nul = nulField(request.action.value);
+        if (nul !== undefined) throw new ConnectError(`${nul} contains a NUL character`, Code.InvalidArgument);
         const response = await run(request, principal);
         const change = changeOf(request);
         if (change && announce) {
@@ -152,6 +156,26 @@ export function createKeyService({ keys, lookupKey, credentialPriority, dev, loc
       }
     },
   };
+}
+
+/** The name of the first string field (at any depth) holding U+0000, if any. */
+function nulField(value: unknown, name = "request"): string | undefined {
+  if (typeof value === "string") return value.includes("\u0000") ? name : undefined;
+  if (Array.isArray(value)) {
+    for (const item of value) {
+      const found = nulField(item, name);
+      if (found !== undefined) return found;
+    }
+    return undefined;
+  }
+  if (value !== null && typeof value === "object" && !(value instanceof Uint8Array)) {
+    for (const [key, item] of Object.entries(value)) {
+      if (key === "$typeName") continue;
+      const found = nulField(item, key === "value" || key === "case" ? name : key);
+      if (found !== undefined) return found;
+    }
+  }
+  return undefined;
 }
 
 /** What a successful action changed, for other processes' caches. */
