@@ -3,7 +3,7 @@ import { KNOWN_METHODS } from "../authorize/normalize.js";
 import { isValidName, NAME_RULE } from "../keys/key-record.js";
 import { MANAGEMENT_RESOURCES } from "../keys/management.js";
 import { compileKeyMatch2, compileMethodPattern, keyMatch2Source, methodsMatched } from "./patterns.js";
-import { isStandardModel } from "./policy.js";
+import { isStandardModel, unknownModelField } from "./policy.js";
 import { MODEL_FILE, type Diagnostic, type PolicyRule, type PolicySource, type RoleLink } from "./policy-source.js";
 
 /**
@@ -77,7 +77,7 @@ const warning = (where: string, message: string): Diagnostic => ({ where, severi
 
 function checkModel(source: PolicySource): Diagnostic[] {
   // readPolicySource already said it cannot read the file (or the directory).
-  if (source.diagnostics.some((d) => d.where === MODEL_FILE || d.where === "")) return [];
+  if (source.diagnostics.some((d) => d.where === MODEL_FILE || d.where.startsWith(`${MODEL_FILE}:`) || d.where === "")) return [];
   let model: Model;
   try {
     model = newModelFromString(source.modelText);
@@ -85,6 +85,8 @@ function checkModel(source: PolicySource): Diagnostic[] {
     return [error(MODEL_FILE, `invalid Casbin model: ${(e as Error).message}`)];
   }
   const found: Diagnostic[] = [];
+  const unknownField = unknownModelField(model, source.modelText);
+  if (unknownField) found.push(error(unknownField.where, unknownField.message));
   if (source.links.length > 0 && model.model.get("g")?.get("g") === undefined) {
     found.push(error(MODEL_FILE, `the model has no "g" role definition, but ${source.links[0]!.where} and other g lines use one`));
   }

@@ -1,6 +1,8 @@
+import { isUtf8 } from "node:buffer";
 import { createHash } from "node:crypto";
-import { readdir, readFile } from "node:fs/promises";
+import { readdir, readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import { BracketAwareCsvParser } from "casbin";
 import { compileKeyMatch2, compileMethodPattern, type Compiled } from "./patterns.js";
 
@@ -108,7 +110,119 @@ function splitUnquoted(line: string): string[] {
   return tokens;
 }
 
-export async function readPolicySource(dir: string): Promise<PolicySource> {
+/**
+ * How long a policy file must have been left alone before it is read, and
+ * how many times a read that raced a writer is tried again. A file written
+ * in place passes through partial states (empty, a prefix, a line cut in
+ * two); the watcher's debounce waits for the events to stop, and this waits
+ * for the files themselves to be still and checks that nothing changed while
+ * they were read.
+ */
+export const SETTLE_MS = 100;
+const READ_ATTEMPTS = 6;
+
+export interface ReadPolicyOptions {
+  /** A file modified less than this long ago is waited for (default SETTLE_MS; 0 reads at once). */
+  settleMs?: number;
+  /** Reads tried before giving up on a directory that keeps changing. */
+  attempts?: number;
+}
+
+/**
+ * Reads a policy directory that may be being written: waits until no policy
+ * file was modified in the last `settleMs`, reads it, and keeps the read only
+ * when the directory and every file are as they were before it (same inode,
+ * size and mtime); otherwise reads again. A directory still changing after
+ * every attempt reads as an error, never as whatever was caught mid-write.
+ *
+ * What this cannot know: a writer that stops for longer than the settle time
+ * (and the watcher's debounce) in the middle of a file leaves a file that
+ * looks finished. A prefix cut inside a line is almost always an error (and
+ * refused with its file:line); a prefix that ends on a line boundary is a
+ * valid, shorter policy and is served until the rest arrives. Policies
+ * should be replaced atomically (write a temp file, rename it over), as
+ * editors, `kubectl` ConfigMaps and config tools do.
+ */
+export async function readPolicySource(dir: string, { settleMs = SETTLE_MS, attempts = READ_ATTEMPTS }: ReadPolicyOptions = {}): Promise<PolicySource> {
+  let source: PolicySource | undefined;
+  for (let attempt = 0; attempt < attempts; attempt++) {
+    const before = await fingerprint(dir);
+    const age = Date.now() - before.newestMtimeMs;
+    // A future mtime (clock skew, an unpacked archive) says nothing about a writer: do not wait on it.
+    if (settleMs > 0 && age >= 0 && age < settleMs) {
+      await sleep(settleMs - age + 1);
+      continue;
+    }
+    source = await readOnce(dir);
+    const after = await fingerprint(dir);
+    if (after.key === before.key) return source;
+  }
+  const last = source ?? (await readOnce(dir));
+  const message = `policy files in ${dir} kept changing while being read (${attempts} attempts, ${settleMs} ms apart); not loaded`;
+  return { ...last, diagnostics: [...last.diagnostics, { where: "", severity: "error", message }] };
+}
+
+interface Fingerprint {
+  /** The directory, and model.conf and each *.csv in it: identity, size and mtime. */
+  key: string;
+  /** The newest mtime among those files (0 when there are none). */
+  newestMtimeMs: number;
+}
+
+async function fingerprint(dir: string): Promise<Fingerprint> {
+  const parts: string[] = [];
+  let newestMtimeMs = 0;
+  const note = async (name: string) => {
+    try {
+      // Follows symlinks: a ConfigMap's files are links through "..data".
+      const info = await stat(join(dir, name), { bigint: true });
+      parts.push(`${name}:${info.dev}:${info.ino}:${info.size}:${info.mtimeNs}:${info.ctimeNs}`);
+      if (name !== ".") newestMtimeMs = Math.max(newestMtimeMs, Number(info.mtimeNs / 1_000_000n));
+    } catch (error) {
+      parts.push(`${name}:${(error as NodeJS.ErrnoException).code ?? "error"}`);
+    }
+  };
+  await note(".");
+  let entries: string[] = [];
+  try {
+    entries = await readdir(dir);
+  } catch {
+    // Unreadable: readOnce says why.
+  }
+  for (const name of entries.filter((n) => n === MODEL_FILE || n.endsWith(".csv")).sort()) await note(name);
+  return { key: parts.join("\n"), newestMtimeMs };
+}
+
+/**
+ * A policy file's text, or why it cannot be one: a file caught between
+ * truncate and write is empty, and binary junk (a NUL byte, bytes that are
+ * not UTF-8) never is a policy; each is refused with its file (and line).
+ */
+async function readPolicyFile(dir: string, file: string): Promise<{ text: string } | { error: Diagnostic }> {
+  let bytes: Buffer;
+  try {
+    bytes = await readFile(join(dir, file));
+  } catch (error) {
+    const reason = (error as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : (error as Error).message;
+    return { error: { where: file, severity: "error", message: `cannot read ${join(dir, file)}: ${reason}` } };
+  }
+  // Truncate-then-write passes through this state; a rules file meant to hold no rules says so in a comment.
+  // (An empty model.conf is refused by the model checks, which say what it lacks.)
+  if (bytes.length === 0 && file !== MODEL_FILE) {
+    return { error: { where: file, severity: "error", message: "is empty (0 bytes): still being written? (a file with no rules on purpose holds at least a comment)" } };
+  }
+  const lineAt = (offset: number) => bytes.subarray(0, offset).reduce((n, b) => (b === 10 ? n + 1 : n), 1);
+  const nul = bytes.indexOf(0);
+  if (nul !== -1) return { error: { where: `${file}:${lineAt(nul)}`, severity: "error", message: "contains a NUL byte (a binary or corrupt file)" } };
+  const text = bytes.toString("utf8");
+  if (!isUtf8(bytes)) {
+    const line = text.slice(0, text.indexOf("\uFFFD")).split("\n").length;
+    return { error: { where: `${file}:${line}`, severity: "error", message: "is not valid UTF-8" } };
+  }
+  return { text };
+}
+
+async function readOnce(dir: string): Promise<PolicySource> {
   const diagnostics: Diagnostic[] = [];
   let entries: string[];
   try {
@@ -119,12 +233,9 @@ export async function readPolicySource(dir: string): Promise<PolicySource> {
     return { dir, modelText: "", files: [], rules: [], links: [], diagnostics, version: "" };
   }
   let modelText = "";
-  try {
-    modelText = await readFile(join(dir, MODEL_FILE), "utf8");
-  } catch (error) {
-    const reason = (error as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : (error as Error).message;
-    diagnostics.push({ where: MODEL_FILE, severity: "error", message: `cannot read ${join(dir, MODEL_FILE)}: ${reason}` });
-  }
+  const model = await readPolicyFile(dir, MODEL_FILE);
+  if ("error" in model) diagnostics.push(model.error);
+  else modelText = model.text;
   const files = entries.filter((name) => name.endsWith(".csv")).sort();
   if (entries.length > 0 && files.length === 0) diagnostics.push({ where: "", severity: "error", message: `no .csv policy files in ${dir}` });
 
@@ -134,13 +245,12 @@ export async function readPolicySource(dir: string): Promise<PolicySource> {
   const rules: PolicyRule[] = [];
   const links: RoleLink[] = [];
   for (const file of files) {
-    let text: string;
-    try {
-      text = await readFile(join(dir, file), "utf8");
-    } catch (error) {
-      diagnostics.push({ where: file, severity: "error", message: `cannot read ${join(dir, file)}: ${(error as Error).message}` });
+    const read = await readPolicyFile(dir, file);
+    if ("error" in read) {
+      diagnostics.push(read.error);
       continue;
     }
+    const { text } = read;
     hash.update(`\0${file}\0${text}`);
     const lines = text.split(/\r?\n/);
     for (let i = 0; i < lines.length; i++) {

@@ -1,6 +1,6 @@
 import { newEnforcer, newModelFromString, type Adapter, type Enforcer, type Model } from "casbin";
 import { compilePolicy } from "./compiled-policy.js";
-import { MODEL_FILE, readPolicySource, type PolicyRule, type PolicySource, type RoleLink } from "./policy-source.js";
+import { MODEL_FILE, readPolicySource, type PolicyRule, type ReadPolicyOptions, type PolicySource, type RoleLink } from "./policy-source.js";
 
 /**
  * The policy: Casbin's model file is the definition of a decision, the CSV
@@ -91,8 +91,9 @@ export function formatDiagnostic(d: { where: string; message: string }): string 
   return d.where ? `${d.where}: ${d.message}` : d.message;
 }
 
-export async function loadPolicy(dir: string, now: () => Date = () => new Date()): Promise<Policy> {
-  const source = await readPolicySource(dir);
+/** Reads (see readPolicySource for `read`: how long a just-written file is waited for) and builds the policy in `dir`. */
+export async function loadPolicy(dir: string, now: () => Date = () => new Date(), read?: ReadPolicyOptions): Promise<Policy> {
+  const source = await readPolicySource(dir, read);
   return buildPolicy(source, now());
 }
 
@@ -110,6 +111,7 @@ export async function buildPolicy(source: PolicySource, loadedAt: Date): Promise
   } catch (error) {
     throw new PolicyLoadError(`${MODEL_FILE}: ${(error as Error).message}`, { cause: error });
   }
+  checkModelFields(model, source.modelText);
   const standard = isStandardModel(model);
   const info: PolicyInfo = {
     dir: source.dir,
@@ -135,6 +137,40 @@ export async function buildPolicy(source: PolicySource, loadedAt: Date): Promise
     };
   }
   return casbinPolicy(model, source, info);
+}
+
+/**
+ * Casbin reads a field the definitions do not have ("p.route" where p has no
+ * route) as undefined: the model loads, and then every rule quietly fails to
+ * match (or matches). A matcher or effect naming an unknown field is refused
+ * at load, naming the model.conf line, so a typo never reaches a decision.
+ */
+export function checkModelFields(model: Model, modelText: string): void {
+  const problem = unknownModelField(model, modelText);
+  if (problem) throw new PolicyLoadError(formatDiagnostic(problem));
+}
+
+/** The first matcher or effect reference to a field its definition lacks, with the model.conf line; undefined when none. */
+export function unknownModelField(model: Model, modelText: string): { where: string; message: string } | undefined {
+  const fields = new Map<string, string[]>();
+  for (const sec of ["r", "p"]) {
+    for (const [key, assertion] of model.model.get(sec) ?? []) fields.set(key, assertion.tokens.map((t) => t.slice(key.length + 1)));
+  }
+  for (const sec of ["m", "e"]) {
+    for (const assertion of model.model.get(sec)?.values() ?? []) {
+      // Casbin has rewritten "p.sub" to "p_sub"; string literals are not references.
+      const code = assertion.value.replace(/"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'/g, '""');
+      for (const [, key, field] of code.matchAll(/\b([rp][0-9]*)_([A-Za-z0-9_]+)\b/g)) {
+        if (sec === "e" && key === "p" && field === "eft") continue; // the effect's own column, allow when absent
+        const known = fields.get(key!);
+        if (known?.includes(field!)) continue;
+        const line = modelText.split(/\r?\n/).findIndex((l) => new RegExp(`\\b${key}\\.${field}\\b`).test(l) && !/^\s*#/.test(l)) + 1;
+        const has = known ? `"${key}" has no field "${field}" (it has ${known.join(", ")})` : `there is no "${key}" definition`;
+        return { where: line > 0 ? `${MODEL_FILE}:${line}` : MODEL_FILE, message: `the ${sec === "m" ? "matcher" : "effect"} uses ${key}.${field}, but ${has}` };
+      }
+    }
+  }
+  return undefined;
 }
 
 /** A custom model: Casbin decides; rule sources still name file:line. */

@@ -381,7 +381,8 @@ interface Pair {
 async function loadBoth(policy: PolicyCase): Promise<Pair> {
   const { text, lineOf } = csvOf(policy);
   await writeFile(join(dir, FILE), text);
-  const compiled = await loadPolicy(dir);
+  // Written and closed just now, by this test alone: nothing to wait for (the default waits for a just-written file to settle).
+  const compiled = await loadPolicy(dir, undefined, { settleMs: 0 });
   expect(compiled.info.engine).toBe("compiled");
   const casbin = await newEnforcer(newModelFromString(MODEL_TEXT), new FileAdapter(join(dir, FILE)));
   await casbin.addNamedDomainMatchingFunc("g", (org: string, pattern: string) => pattern === "*" || org === pattern);
