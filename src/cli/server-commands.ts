@@ -28,6 +28,9 @@ const DEV_WARNING = [
   "",
 ].join("\n");
 
+/** After KEYGATE_SHUTDOWN_TIMEOUT has closed the connections, how long closing the rest may take. */
+const SHUTDOWN_CLEANUP_MS = 5_000;
+
 function waitForSignal(): Promise<NodeJS.Signals> {
   return new Promise((resolve) => {
     const on = (signal: NodeJS.Signals) => {
@@ -133,13 +136,22 @@ export async function runServe(args: string[]): Promise<number> {
       startup_ms: Math.round(performance.now() - started),
     });
     const signal = await stopSignal;
-    log.info("shutting down", { signal });
+    const stopping = performance.now();
+    log.info("shutting down", { signal, timeout_ms: config.shutdownTimeoutMs });
     process.off("SIGHUP", onHangup);
+    // The listener force-closes what is left at the timeout; this bounds the rest (database,
+    // usage flush, decision log) so that an orchestrator never has to SIGKILL a stuck process.
+    const deadline = setTimeout(() => {
+      log.error("shutdown did not finish in time, exiting", { timeout_ms: config.shutdownTimeoutMs + SHUTDOWN_CLEANUP_MS });
+      process.exit(1);
+    }, config.shutdownTimeoutMs + SHUTDOWN_CLEANUP_MS);
+    deadline.unref();
     await server.stop();
     await runtime.close();
     await decisionLog?.close();
+    clearTimeout(deadline);
     if (decisionLog && decisionLog.dropped() > 0) log.warn("decision log lines dropped", { total_dropped: decisionLog.dropped() });
-    log.info("stopped");
+    log.info("stopped", { shutdown_ms: Math.round(performance.now() - stopping) });
     return 0;
   } finally {
     await decisionLog?.close();

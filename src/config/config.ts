@@ -9,6 +9,7 @@ import { parseRateLimit, type RateLimit } from "../ratelimit/rate-limit.js";
 import { LOG_LEVELS, type LogLevel } from "../runtime/logger.js";
 import { DEFAULT_TRUSTED_PROXIES, parseTrustedProxies, type ClientIpRules } from "../server/client-ip.js";
 import { FORWARD_AUTH_PATHS } from "../gateway/gateway-paths.js";
+import { DEFAULT_LISTENER_LIMITS } from "../server/listener.js";
 import { OPERATIONS_PATHS } from "../server/operations-paths.js";
 import { readTracingConfig, type TracingConfig } from "../telemetry/tracing-config.js";
 
@@ -77,6 +78,12 @@ export interface ServeConfig extends RuntimeConfig {
   metrics: boolean;
   /** OpenTelemetry traces, from the standard OTEL_* variables (off unless they ask for OTLP). */
   tracing: TracingConfig;
+  /** Request line and headers, in bytes (KEYGATE_MAX_HEADER_BYTES): larger is refused with 431. */
+  maxHeaderBytes: number;
+  /** The whole HTTP/1.1 request must arrive within this (KEYGATE_REQUEST_TIMEOUT), or 408. */
+  requestTimeoutMs: number;
+  /** Its request line and headers within this (KEYGATE_HEADERS_TIMEOUT), or 408; also a new connection's first bytes. */
+  headersTimeoutMs: number;
 }
 
 export interface ShimConfig {
@@ -165,6 +172,30 @@ class Reader {
       return fallbackMs;
     }
     return parsed.ms;
+  }
+
+  /** A timeout from 100ms to 1h: "500ms", or a duration such as "30s". */
+  timeout(envName: string, fallbackMs: number): number {
+    const text = this.string(undefined, envName, `${fallbackMs}ms`).trim();
+    const millis = /^(\d{1,9})ms$/.exec(text);
+    const parsed = millis ? { ok: true as const, ms: Number(millis[1]) } : parseDuration(text);
+    if (!parsed.ok || parsed.ms < 100 || parsed.ms > 3_600_000) {
+      this.errors.push(`${envName}: "${text}" is not a duration from 100ms to 1h (e.g. 500ms, 30s)`);
+      return fallbackMs;
+    }
+    return parsed.ms;
+  }
+
+  /** The request limits of the public port; the headers must be due no later than the whole request. */
+  requestLimits(): Pick<ServeConfig, "maxHeaderBytes" | "requestTimeoutMs" | "headersTimeoutMs"> {
+    const maxHeaderBytes = this.int(undefined, "KEYGATE_MAX_HEADER_BYTES", DEFAULT_LISTENER_LIMITS.maxHeaderBytes, 1024, 1024 * 1024);
+    const requestTimeoutMs = this.timeout("KEYGATE_REQUEST_TIMEOUT", DEFAULT_LISTENER_LIMITS.requestTimeoutMs);
+    let headersTimeoutMs = this.timeout("KEYGATE_HEADERS_TIMEOUT", Math.min(DEFAULT_LISTENER_LIMITS.headersTimeoutMs, requestTimeoutMs));
+    if (headersTimeoutMs > requestTimeoutMs) {
+      this.errors.push(`KEYGATE_HEADERS_TIMEOUT: ${headersTimeoutMs} ms is longer than KEYGATE_REQUEST_TIMEOUT (${requestTimeoutMs} ms), which includes the headers`);
+      headersTimeoutMs = requestTimeoutMs;
+    }
+    return { maxHeaderBytes, requestTimeoutMs, headersTimeoutMs };
   }
 
   host(): string {
@@ -382,6 +413,7 @@ export function readServeConfig(flags: Flags, env: Env, cwd: string): ConfigResu
     logLevel: r.logLevel(),
     metrics: r.bool(undefined, "KEYGATE_METRICS", true),
     tracing: readTracingConfig(env, r.errors),
+    ...r.requestLimits(),
   });
 }
 

@@ -38,6 +38,12 @@ export interface RunningServer {
 export const CONTROL_SOCKET = "keygate.sock";
 /** Authorize and ManageKey requests are small; larger bodies are refused before decoding. */
 const RPC_READ_MAX_BYTES = 64 * 1024;
+/**
+ * The plain HTTP endpoints (Cube callback, gateways, probes) read no body and
+ * drain whatever comes; a declared body larger than this is refused (413)
+ * rather than read and thrown away.
+ */
+const ENDPOINT_BODY_MAX_BYTES = 64 * 1024;
 
 /**
  * The public port's requests: the Cube callback, plain unary Authorize calls
@@ -82,7 +88,10 @@ export function createRequestHandler(
   return withRequestIds<Parameters<Handler>[0], Parameters<Handler>[1]>(
     (req, res) => {
       const endpoint = endpoints.get(urlPath(req.url));
-      if (endpoint === shimEndpoint) endpoint(req, res);
+      if (endpoint && declaredLength(req.rawHeaders) > ENDPOINT_BODY_MAX_BYTES) {
+        setRequestIdHeader(req, res);
+        refuseBody(req, res);
+      } else if (endpoint === shimEndpoint) endpoint(req, res);
       else if (endpoint) {
         setRequestIdHeader(req, res);
         endpoint(req, res);
@@ -94,6 +103,23 @@ export function createRequestHandler(
     log,
     "handler",
   );
+}
+
+/** The Content-Length a request declares (0 if none), read from the raw list: the Cube callback never builds `req.headers`. */
+function declaredLength(raw: string[]): number {
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    if (raw[i]!.length === 14 && raw[i]!.toLowerCase() === "content-length") return Number(raw[i + 1]) || 0;
+  }
+  return 0;
+}
+
+/** 413 for a body an endpoint would only have drained; over HTTP/1.1 the connection closes rather than read it. */
+function refuseBody(req: Parameters<Handler>[0], res: Parameters<Handler>[1]): void {
+  const body = JSON.stringify({ code: 413, message: `request body larger than ${ENDPOINT_BODY_MAX_BYTES} bytes (this endpoint reads no body)` });
+  if (req.httpVersionMajor === 1) (res as http.ServerResponse).shouldKeepAlive = false;
+  res.writeHead(413, { "content-type": "application/json", "content-length": String(Buffer.byteLength(body)), "cache-control": "no-store" });
+  res.end(body);
+  req.resume();
 }
 
 /**
@@ -117,7 +143,7 @@ export async function startServer(config: ServeConfig, runtime: Runtime, log: Lo
     onOutcome: (outcome) => logReload(log, outcome),
     onWatchError: (error) => log.warn("policy directory not watched", { dir: config.policyDir, ...errorFields(error) }),
   });
-  const listener = createListener(handler);
+  const listener = createListener(handler, { maxHeaderBytes: config.maxHeaderBytes, requestTimeoutMs: config.requestTimeoutMs, headersTimeoutMs: config.headersTimeoutMs });
   const address = await listener.listen(config.port, config.host).catch(async (error: unknown) => {
     policyWatcher.close();
     await keyChanges?.close();
