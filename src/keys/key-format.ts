@@ -8,7 +8,8 @@ import { createHash, randomBytes, randomInt } from "node:crypto";
  */
 export const DEFAULT_KEY_PREFIX = "sk-sb-";
 const BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-const RANDOM_LENGTH = 36;
+/** The secret part of a key, after its prefix (the checksum after it follows from it). */
+export const RANDOM_LENGTH = 36;
 const CHECKSUM_LENGTH = 6;
 /** How many characters of the key a listing shows: the prefix and four more. */
 const DISPLAY_EXTRA = 4;

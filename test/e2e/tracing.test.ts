@@ -1,15 +1,14 @@
-import http from "node:http";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
-import { gunzipSync } from "node:zlib";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AuthorizeService, Reason } from "../../gen/keygate/v1/authorize_pb.js";
 import { bearer, cubeRequest } from "../support/cube-request.js";
 import { createTestDataDir, type TestDataDir } from "../support/database.js";
+import { startOtlpReceiver as startReceiver, type OtlpExport as Export, type OtlpReceiver as Receiver } from "../support/otlp-receiver.js";
 import { createKey, startServerProcess, type CreatedKeyJson, type ServerProcess } from "../support/keygate-process.js";
 
 /**
@@ -21,44 +20,6 @@ import { createKey, startServerProcess, type CreatedKeyJson, type ServerProcess 
  * http/protobuf, by its bytes). And with no OTEL_* set: nothing sent, and no
  * OpenTelemetry SDK module even loaded (an ESM resolve hook watches).
  */
-
-interface Export {
-  contentType: string;
-  body: Buffer;
-}
-
-interface Receiver {
-  url: string;
-  exports: Export[];
-  close(): Promise<void>;
-}
-
-async function startReceiver(): Promise<Receiver> {
-  const exports: Export[] = [];
-  const server = http.createServer((req, res) => {
-    const chunks: Buffer[] = [];
-    req.on("data", (chunk: Buffer) => chunks.push(chunk));
-    req.on("end", () => {
-      let body = Buffer.concat(chunks);
-      if (req.headers["content-encoding"] === "gzip") body = gunzipSync(body);
-      if (req.method === "POST" && req.url === "/v1/traces") exports.push({ contentType: String(req.headers["content-type"]), body });
-      const json = String(req.headers["content-type"]).includes("json");
-      res.writeHead(200, { "content-type": json ? "application/json" : "application/x-protobuf" });
-      res.end(json ? "{}" : undefined);
-    });
-  });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", () => resolve()));
-  const { port } = server.address() as { port: number };
-  return {
-    url: `http://127.0.0.1:${port}`,
-    exports,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.closeAllConnections();
-        server.close(() => resolve());
-      }),
-  };
-}
 
 interface JsonSpan {
   name: string;
