@@ -50,6 +50,7 @@ import { join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { FileAdapter, newEnforcer, newModelFromString, type Enforcer } from "casbin";
 import { loadPolicy, type Policy, type PolicyRequest } from "../src/policy/policy.js";
+import { prng } from "./support/prng.js";
 
 const args = new Set(process.argv.slice(2));
 const QUICK = args.has("--quick");
@@ -71,17 +72,6 @@ const gc = (globalThis as { gc?: () => void }).gc ?? (() => {});
 
 // ---------------------------------------------------------------- random
 
-/** mulberry32: a small seeded PRNG, so every run benches the same policies and requests. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 type Rand = () => number;
 const pick = <T>(rand: Rand, list: readonly T[]): T => list[Math.floor(rand() * list.length)]!;
 
