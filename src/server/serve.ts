@@ -14,7 +14,7 @@ import { requestIdOf, setRequestIdHeader, withRequestIdValue, withRequestIds } f
 import type { Runtime } from "../runtime/runtime.js";
 import { formatRateLimit } from "../ratelimit/rate-limit.js";
 import type { RateLimiterHealth } from "../ratelimit/rate-limiter.js";
-import { createCubeCallbackHandler } from "../shim/cube-callback.js";
+import { createCubeCallbackHandler, headerReader } from "../shim/cube-callback.js";
 import { forwardAuthEndpoints } from "../gateway/forward-auth.js";
 import { listenForKeyChanges, type KeyChangeListener } from "./key-changes.js";
 import { operationsEndpoints } from "./operations-endpoints.js";
@@ -88,7 +88,7 @@ export function createRequestHandler(
   return withRequestIds<Parameters<Handler>[0], Parameters<Handler>[1]>(
     (req, res) => {
       const endpoint = endpoints.get(urlPath(req.url));
-      if (endpoint && declaredLength(req.rawHeaders) > ENDPOINT_BODY_MAX_BYTES) {
+      if (endpoint && declaredLength(req) > ENDPOINT_BODY_MAX_BYTES) {
         setRequestIdHeader(req, res);
         refuseBody(req, res);
       } else if (endpoint === shimEndpoint) endpoint(req, res);
@@ -106,11 +106,8 @@ export function createRequestHandler(
 }
 
 /** The Content-Length a request declares (0 if none), read from the raw list: the Cube callback never builds `req.headers`. */
-function declaredLength(raw: string[]): number {
-  for (let i = 0; i + 1 < raw.length; i += 2) {
-    if (raw[i]!.length === 14 && raw[i]!.toLowerCase() === "content-length") return Number(raw[i + 1]) || 0;
-  }
-  return 0;
+function declaredLength(req: Parameters<Handler>[0]): number {
+  return Number(headerReader(req)("content-length")) || 0;
 }
 
 /** 413 for a body an endpoint would only have drained; over HTTP/1.1 the connection closes rather than read it. */
