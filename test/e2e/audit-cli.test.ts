@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDataDir, testDatabaseKind, type TestDataDir } from "../support/database.js";
-import { createKey, runCli, startServerProcess, type CliResult, type CreatedKeyJson, type ServerProcess } from "../support/keygate-process.js";
+import { cliBudgetMs, createKey, runCli, startServerProcess, type CliResult, type CreatedKeyJson, type ServerProcess } from "../support/keygate-process.js";
 
 /**
  * `keygate audit` as an operator uses it: what the CLI and ManageKey over the
@@ -48,7 +48,7 @@ afterAll(async () => {
 });
 
 describe(`keygate audit with no server running, on ${testDatabaseKind}`, () => {
-  it("lists what the CLI did, newest first, with --org and --key", async () => {
+  it("lists what the CLI did, newest first", { timeout: cliBudgetMs(5) }, async () => {
     acme = await keygen(["--org", "acme", "--role", "writer", "--name", "w"]);
     globexAdmin = await keygen(["--org", "globex", "--role", "admin"]);
     ok(await cli(["keys", "update", acme.id, "--name", "w2"]));
@@ -60,6 +60,9 @@ describe(`keygate audit with no server running, on ${testDatabaseKind}`, () => {
       ["local", "create", globexAdmin.id, "globex", "ok"],
       ["local", "create", acme.id, "acme", "ok"],
     ]);
+  });
+
+  it("filters by --org, --key and --limit, and prints a table", { timeout: cliBudgetMs(4) }, async () => {
     expect((await events(["--org", "globex"])).map((e) => e.target)).toEqual([globexAdmin.id]);
     expect((await events(["--key", acme.id])).map((e) => e.action)).toEqual(["revoke", "update", "create"]);
     expect((await events(["--limit", "1"])).map((e) => e.action)).toEqual(["revoke"]);
@@ -68,7 +71,7 @@ describe(`keygate audit with no server running, on ${testDatabaseKind}`, () => {
     expect(table.stdout).toContain(acme.id);
   });
 
-  it("--since takes a duration back from now or an ISO time", async () => {
+  it("--since takes a duration back from now or an ISO time", { timeout: cliBudgetMs(3) }, async () => {
     expect(await events(["--since", "1h"])).toHaveLength(4);
     expect(await events(["--since", new Date(Date.now() + 60_000).toISOString()])).toEqual([]);
     const bad = await cli(["audit", "--since", "yesterday"]);
@@ -78,7 +81,7 @@ describe(`keygate audit with no server running, on ${testDatabaseKind}`, () => {
 });
 
 describe(`keygate audit while the server runs, on ${testDatabaseKind}`, () => {
-  it("records ManageKey calls over the network, refused ones too, and lists them locally", async () => {
+  it("records ManageKey calls over the network, refused ones too, and lists them locally", { timeout: cliBudgetMs(7) }, async () => {
     server = await startServerProcess([], { cwd: data.dir, env: data.env });
     const made = JSON.parse(ok(await cli(["keygen", "--json", "--role", "reader", "--server", server.url], { KEYGATE_API_KEY: globexAdmin.key })).stdout) as CreatedKeyJson;
     const refused = await cli(["keys", "revoke", acme.id, "--server", server.url], { KEYGATE_API_KEY: globexAdmin.key });
@@ -95,7 +98,7 @@ describe(`keygate audit while the server runs, on ${testDatabaseKind}`, () => {
     expect(await events(["--since", "10m", "--org", "globex"])).toHaveLength(4);
   });
 
-  it("over --server an admin key sees only its own org; another org or a writer key is refused", async () => {
+  it("over --server an admin key sees only its own org; another org or a writer key is refused", { timeout: cliBudgetMs(5) }, async () => {
     const remote = await events(["--server", server!.url], { KEYGATE_API_KEY: globexAdmin.key });
     expect(remote.length).toBeGreaterThanOrEqual(4);
     expect(remote.every((e) => e.org === "globex")).toBe(true);

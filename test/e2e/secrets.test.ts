@@ -9,7 +9,7 @@ import { AuthorizeService } from "../../gen/keygate/v1/authorize_pb.js";
 import { KeyService } from "../../gen/keygate/v1/key_pb.js";
 import { apiKey, bearer, cubeRequest } from "../support/cube-request.js";
 import { createTestDataDir, testDatabaseKind, type TestDataDir } from "../support/database.js";
-import { runCli, startServerProcess, startShimProcess, type CliResult, type ServerProcess, type ShimProcess } from "../support/keygate-process.js";
+import { cliBudgetMs, runCli, startServerProcess, startShimProcess, type CliResult, type ServerProcess, type ShimProcess } from "../support/keygate-process.js";
 
 /**
  * "Never log a key": a whole end-to-end flow at KEYGATE_LOG_LEVEL=debug, and
@@ -66,7 +66,7 @@ afterAll(async () => {
 });
 
 describe("a debug-level end-to-end flow", () => {
-  it("runs: keys made, used, checked, revoked, rotated, managed over the network, refused", async () => {
+  it("runs: keys made, used, checked, revoked, rotated, managed over the network, refused", { timeout: cliBudgetMs(12) }, async () => {
     const admin = await minting(["keygen", "--json", "--org", "acme", "--role", "admin", "--name", "admin"]);
     const reader = await minting(["keygen", "--org", "acme", "--role", "reader", "--expire", "1d"]);
     const list = JSON.parse((await cli(["keys", "list", "--json"])).stdout) as { keys: { id: string; name: string }[] };

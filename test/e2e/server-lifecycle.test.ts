@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AuthorizeService } from "../../gen/keygate/v1/authorize_pb.js";
 import { bearer, cubeRequest } from "../support/cube-request.js";
 import { createTestDataDir, TEST_DATABASE_URL, testDatabaseKind, type TestDataDir } from "../support/database.js";
-import { createKey, POLICY_DIR, runCli, startServerProcess, type ServerProcess } from "../support/keygate-process.js";
+import { cliBudgetMs, createKey, POLICY_DIR, runCli, startServerProcess, type ServerProcess } from "../support/keygate-process.js";
 
 /**
  * `keygate serve` from start to stop: every bad setting refused at start
@@ -104,7 +104,7 @@ describe("a bad setting is refused at start, naming it", () => {
 describe("shutdown and restart", () => {
   const cli = () => ({ cwd: data.dir, env: data.env });
 
-  it.each(["SIGTERM", "SIGINT"] as const)("%s: graceful (exit 0, stopped), lock released, data kept", async (signal) => {
+  it.each(["SIGTERM", "SIGINT"] as const)("%s: graceful (exit 0, stopped), lock released, data kept", { timeout: cliBudgetMs(7) }, async (signal) => {
     // No forced close: open connections must not hold a graceful shutdown (the test times out if they do).
     const server = await start([], { KEYGATE_SHUTDOWN_TIMEOUT: "1h" });
     const made = await createKey(["--org", "acme", "--role", "reader", "--name", `before-${signal}`], cli());

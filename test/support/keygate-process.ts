@@ -6,6 +6,18 @@ export const REPO = resolve(import.meta.dirname, "../..");
 export const BIN = resolve(REPO, "bin/keygate.js");
 export const POLICY_DIR = resolve(REPO, "policies");
 
+/**
+ * The time budget of a test that runs `count` CLI commands one after another.
+ * Each is a fresh process: about 0.6 s to load, plus about 1 s to open the
+ * data on PGlite (1.5 s a command measured idle on 2 vCPUs). Under the
+ * suite's own parallel load that triples, which is what this allows for; the
+ * vitest default of 30 s is the floor. A hung command still fails the test,
+ * through runCli's own timeout or this one.
+ */
+export function cliBudgetMs(count: number): number {
+  return Math.max(30_000, count * 5_000);
+}
+
 export interface CliResult {
   code: number;
   stdout: string;
