@@ -1,10 +1,11 @@
 import { Kysely, PostgresAdapter, PostgresIntrospector, PostgresQueryCompiler, type DatabaseConnection, type Driver } from "kysely";
 import { describe, expect, it } from "vitest";
-import type { Database } from "../../src/db/schema.js";
+import type { ApiKeyRow, Database } from "../../src/db/schema.js";
 import { createKeyCache, type KeyCache } from "../../src/keys/key-cache.js";
 import { DEFAULT_KEY_PREFIX, generateKey } from "../../src/keys/key-format.js";
 import { createKeyLookup, KeyLookupTimeoutError } from "../../src/keys/key-lookup.js";
 import type { KeyRecord } from "../../src/keys/key-record.js";
+import { toRecord } from "../../src/keys/key.repository.js";
 import { createLogger } from "../../src/runtime/logger.js";
 import { listenForKeyChanges } from "../../src/server/key-changes.js";
 
@@ -19,29 +20,8 @@ import { listenForKeyChanges } from "../../src/server/key-changes.js";
 let clock = 0;
 const newCache = () => createKeyCache({ ttlMs: 60_000, negativeTtlMs: 5_000, maxEntries: 100, now: () => clock });
 
-function record(id: string, enabled = true): KeyRecord {
-  const at = new Date(0);
-  return {
-    id,
-    name: id,
-    org: "acme",
-    namespace: "*",
-    roles: ["reader"],
-    enabled,
-    displayPrefix: "sk-sb-abcd",
-    createdAt: at,
-    updatedAt: at,
-    expiresAt: null,
-    revokedAt: enabled ? null : at,
-    lastUsedAt: null,
-    rotatedFrom: null,
-    createdBy: "local",
-    rateLimit: null,
-  };
-}
-
 /** An api_keys row as the database would return it. */
-function row(id: string, enabled: boolean) {
+function row(id: string, enabled: boolean): ApiKeyRow {
   const at = new Date(0);
   return {
     id,
@@ -63,6 +43,9 @@ function row(id: string, enabled: boolean) {
     rate_limit_window_seconds: null,
   };
 }
+
+/** The key record of that row, as the repository makes it. */
+const record = (id: string, enabled = true): KeyRecord => toRecord(row(id, enabled));
 
 /** A Kysely whose every query is answered by `answer` (no database), counting queries. */
 function fakeDatabase(answer: () => Promise<unknown[]>) {
