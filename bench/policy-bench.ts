@@ -49,7 +49,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { FileAdapter, newEnforcer, newModelFromString, type Enforcer } from "casbin";
-import { loadPolicy, type Policy, type PolicyRequest } from "../src/policy/policy.js";
+import { loadPolicy, type Policy, type PolicyRequest } from "../src/core/policy/policy.js";
 import { prng } from "./support/prng.js";
 
 const args = new Set(process.argv.slice(2));

@@ -64,7 +64,7 @@
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import { join, resolve } from "node:path";
-import { generateKey } from "../src/keys/key-format.js";
+import { generateKey } from "../src/core/keys/key-format.js";
 import type { ManageKeyRequest } from "../gen/keygate/v1/key_pb.js";
 import { ADMIN_URL, createScratchDatabase, unreachable, type ScratchDatabase } from "./support/postgres.js";
 import { memoryOf, runCli, startBenchServer, type ServerProcess } from "./support/process.js";

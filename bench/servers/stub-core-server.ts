@@ -9,11 +9,11 @@
  * Configured like `keygate serve --port 0` (the same environment
  * variables); logs "keygate listening" with its address.
  */
-import type { Authorize } from "../../src/authorize/authorizer.js";
-import type { Decision } from "../../src/authorize/decision.js";
+import type { Authorize } from "../../src/core/authorize/authorizer.js";
+import type { Decision } from "../../src/core/authorize/decision.js";
 import { readServeConfig } from "../../src/config/config.js";
-import { createLogger, errorFields } from "../../src/runtime/logger.js";
-import { openRuntime, type Runtime } from "../../src/runtime/runtime.js";
+import { createLogger, errorFields } from "../../src/telemetry/logger.js";
+import { openRuntime, type Runtime } from "../../src/server/runtime.js";
 import { startServer } from "../../src/server/serve.js";
 
 /** Shaped like a real allow for a reader key, so the response costs as much to convert and encode. */

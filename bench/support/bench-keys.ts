@@ -1,8 +1,8 @@
 import { sql, type Kysely } from "kysely";
-import { openStore, type StoreTarget } from "../../src/db/connect.js";
-import { migrateToLatest } from "../../src/db/migrate.js";
-import type { Database } from "../../src/db/schema.js";
-import { displayPrefix, generateKey, generateKeyId, hashKey } from "../../src/keys/key-format.js";
+import { openStore, type StoreTarget } from "../../src/core/db/connect.js";
+import { migrateToLatest } from "../../src/core/db/migrate.js";
+import type { Database } from "../../src/core/db/schema.js";
+import { displayPrefix, generateKey, generateKeyId, hashKey } from "../../src/core/keys/key-format.js";
 
 /**
  * Keys written straight into a keygate database (PGlite or Postgres), many

@@ -1,4 +1,4 @@
-import { DEFAULT_KEY_PREFIX, RANDOM_LENGTH } from "../../src/keys/key-format.js";
+import { DEFAULT_KEY_PREFIX, RANDOM_LENGTH } from "../../src/core/keys/key-format.js";
 import type { ServerProcess } from "./process.js";
 
 /**

@@ -1,7 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { ListAuditEventsRequestSchema, type AuditEvent } from "../../gen/keygate/v1/audit_pb.js";
-import { parseDuration } from "../keys/duration.js";
+import { parseDuration } from "../core/time/duration.js";
 import { CliError } from "./connect.js";
 import { withConnection } from "./key-commands.js";
 import { help, parse } from "./main.js";

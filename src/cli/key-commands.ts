@@ -9,9 +9,9 @@ import {
   type ManageKeyRequest,
   type ManageKeyResponse,
 } from "../../gen/keygate/v1/key_pb.js";
-import { parseExpiry, parseDuration } from "../keys/duration.js";
-import { parseRateLimit } from "../ratelimit/rate-limit.js";
-import { reasonFromProto } from "../server/convert.js";
+import { parseExpiry, parseDuration } from "../core/time/duration.js";
+import { parseRateLimit } from "../core/ratelimit/rate-limit.js";
+import { reasonFromProto } from "../entries/rpc/convert.js";
 import { CliError, connectLocal, connectRemote, type Connection } from "./connect.js";
 import { configOrThrow, help, parse, readRuntimeConfig, type Options, type Parsed } from "./main.js";
 import { createOut, keyJson, keyTable, keyText, usageJson, usageText, type Out } from "./output.js";

@@ -6,7 +6,7 @@ import { runCheck, runKeygen, runKeys } from "./key-commands.js";
 import { runPolicy } from "./policy-commands.js";
 import { runMigrate, runServe, runShim, runStatus } from "./server-commands.js";
 import { CliError } from "./connect.js";
-import { createScrubber } from "../runtime/logger.js";
+import { createScrubber } from "../telemetry/logger.js";
 
 export const USAGE = `keygate — policy decision service for API keys
 

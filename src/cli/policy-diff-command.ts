@@ -1,7 +1,7 @@
 import { open } from "node:fs/promises";
 import { isAbsolute, resolve } from "node:path";
 import { createInterface } from "node:readline";
-import { loadPolicy, PolicyLoadError, type Policy } from "../policy/policy.js";
+import { loadPolicy, PolicyLoadError, type Policy } from "../core/policy/policy.js";
 import {
   createReplayDiff,
   DEFAULT_EXAMPLE_LIMIT,
@@ -13,7 +13,7 @@ import {
   type ReplayDiff,
   type ReplayRequest,
   type SynthesizedRequests,
-} from "../policy/replay-diff.js";
+} from "../policy-tools/replay-diff.js";
 import { CliError } from "./connect.js";
 import { configOrThrow, parse, readPolicyDir } from "./main.js";
 import { createOut, type Out } from "./output.js";

@@ -1,6 +1,6 @@
 import { isAbsolute, resolve } from "node:path";
-import { lintPolicy } from "../policy/lint.js";
-import { readPolicySource, type Diagnostic } from "../policy/policy-source.js";
+import { lintPolicy } from "../policy-tools/lint.js";
+import { readPolicySource, type Diagnostic } from "../core/policy/policy-source.js";
 import { CliError } from "./connect.js";
 import { configOrThrow, help, parse, readPolicyDir } from "./main.js";
 import { createOut } from "./output.js";

@@ -1,7 +1,7 @@
 import { readdir, readFile, stat } from "node:fs/promises";
 import { isAbsolute, join, relative, resolve } from "node:path";
-import { parseDecisionTable, runDecisionTables, type CaseResult, type DecisionTable } from "../policy/decision-table.js";
-import { loadPolicy, PolicyLoadError, type Policy } from "../policy/policy.js";
+import { parseDecisionTable, runDecisionTables, type CaseResult, type DecisionTable } from "../policy-tools/decision-table.js";
+import { loadPolicy, PolicyLoadError, type Policy } from "../core/policy/policy.js";
 import { CliError } from "./connect.js";
 import { configOrThrow, help, parse, readPolicyDir } from "./main.js";
 import { createOut, type Out } from "./output.js";

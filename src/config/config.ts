@@ -1,15 +1,15 @@
 import { existsSync } from "node:fs";
 import { isAbsolute, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { parseDuration } from "../keys/duration.js";
-import { DEFAULT_KEY_PREFIX, isValidKeyPrefix } from "../keys/key-format.js";
-import { DEFAULT_AUTH_FAIL_LIMIT } from "../authguard/failed-auth-guard.js";
-import { DECISION_LOG_MODES, type DecisionLogMode } from "../decisionlog/decision-log.js";
-import { parseRateLimit, type RateLimit } from "../ratelimit/rate-limit.js";
-import { LOG_LEVELS, type LogLevel } from "../runtime/logger.js";
-import { DEFAULT_TRUSTED_PROXIES, parseTrustedProxies, type ClientIpRules } from "../server/client-ip.js";
-import { FORWARD_AUTH_PATHS } from "../gateway/gateway-paths.js";
-import { DEFAULT_LISTENER_LIMITS } from "../server/listener.js";
+import { parseDuration } from "../core/time/duration.js";
+import { DEFAULT_KEY_PREFIX, isValidKeyPrefix } from "../core/keys/key-format.js";
+import { DEFAULT_AUTH_FAIL_LIMIT } from "../core/authorize/failed-auth-guard.js";
+import { DECISION_LOG_MODES, type DecisionLogMode } from "../telemetry/decision-log.js";
+import { parseRateLimit, type RateLimit } from "../core/ratelimit/rate-limit.js";
+import { LOG_LEVELS, type LogLevel } from "../telemetry/logger.js";
+import { DEFAULT_TRUSTED_PROXIES, parseTrustedProxies, type ClientIpRules } from "../http/client-ip.js";
+import { FORWARD_AUTH_PATHS } from "./public-paths.js";
+import { DEFAULT_LISTENER_LIMITS } from "../http/listener.js";
 import { OPERATIONS_PATHS } from "../server/operations-paths.js";
 import { readTracingConfig, type TracingConfig } from "../telemetry/tracing-config.js";
 

@@ -1,9 +1,9 @@
 import type { ConnectRouter } from "@connectrpc/connect";
 import type { DescService } from "@bufbuild/protobuf";
 import type { CredentialSource } from "../config/config.js";
-import type { Runtime } from "../runtime/runtime.js";
-import type { Logger } from "../runtime/logger.js";
-import { errorFields } from "../runtime/logger.js";
+import type { Runtime } from "./runtime.js";
+import type { Logger } from "../telemetry/logger.js";
+import { errorFields } from "../telemetry/logger.js";
 import { AuthorizeService } from "../../gen/keygate/v1/authorize_pb.js";
 import { AuditService } from "../../gen/keygate/v1/audit_pb.js";
 import { KeyService } from "../../gen/keygate/v1/key_pb.js";
@@ -11,17 +11,17 @@ import { Authorization } from "../../gen/envoy/service/auth/v3/external_auth_pb.
 import { Health } from "../../gen/grpc/health/v1/health_pb.js";
 import { ServerReflection } from "../../gen/grpc/reflection/v1/reflection_pb.js";
 import { ServerReflection as ServerReflectionV1alpha } from "../../gen/grpc/reflection/v1alpha/reflection_pb.js";
-import { createAuditLog } from "../audit/audit-log.js";
-import { createExtAuthzService } from "../extauthz/ext-authz.js";
-import { createAuditService } from "./audit-service.js";
-import { createAuthorizeService } from "./authorize-service.js";
-import type { ClientIpRules } from "./client-ip.js";
-import { createHealthService } from "./health-service.js";
-import { createKeyChangeAnnouncer } from "./key-changes.js";
-import { createKeyService } from "./key-service.js";
-import { createPrincipalOf } from "./principal.js";
-import { createReadinessCheck } from "./readiness.js";
-import { createReflectionIndex, createReflectionService, createReflectionServiceV1alpha } from "./reflection-service.js";
+import { createAuditLog } from "../core/manage/audit-log.js";
+import { createExtAuthzService } from "../entries/extauthz/ext-authz.js";
+import { createAuditService } from "../entries/rpc/audit-service.js";
+import { createAuthorizeService } from "../entries/rpc/authorize-service.js";
+import type { ClientIpRules } from "../http/client-ip.js";
+import { createHealthService } from "../entries/rpc/health-service.js";
+import { createKeyChangeAnnouncer } from "../core/keys/key-changes.js";
+import { createKeyService } from "../entries/rpc/key-service.js";
+import { createPrincipalOf } from "../entries/rpc/principal.js";
+import { createReadinessCheck } from "../core/authorize/readiness.js";
+import { createReflectionIndex, createReflectionService, createReflectionServiceV1alpha } from "../entries/rpc/reflection-service.js";
 
 /** Every service createRoutes registers: what reflection lists and gRPC health knows by name. */
 export const SERVED_SERVICES: readonly DescService[] = [

@@ -1,5 +1,5 @@
 import { sql, type Kysely } from "kysely";
-import type { Database } from "../db/schema.js";
+import type { Database } from "../core/db/schema.js";
 
 /**
  * Over Postgres there is no lock file to say which servers run: each server

@@ -1,7 +1,7 @@
 import type { Attributes, Span, Tracer } from "@opentelemetry/api";
 import type { ReadableSpan, Sampler, SpanExporter } from "@opentelemetry/sdk-trace-base";
-import type { DecisionSpan, DecisionTracer } from "../authorize/authorizer.js";
-import type { AuthorizeInput, Decision } from "../authorize/decision.js";
+import type { DecisionSpan, DecisionTracer } from "../core/authorize/authorizer.js";
+import type { AuthorizeInput, Decision } from "../core/authorize/decision.js";
 import type { TracingOn } from "./tracing-config.js";
 
 /**

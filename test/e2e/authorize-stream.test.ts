@@ -5,7 +5,7 @@ import { createGrpcWebTransport as createFetchGrpcWebTransport } from "@connectr
 import * as grpc from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AuthorizeService, Reason, type AuthorizeResponse, type AuthorizeStreamRequest } from "../../gen/keygate/v1/authorize_pb.js";
-import { generateKey } from "../../src/keys/key-format.js";
+import { generateKey } from "../../src/core/keys/key-format.js";
 import { grpcClient } from "../support/grpc-js.js";
 import { createTestDataDir, type TestDataDir } from "../support/database.js";
 import { createKey, runCli, startServerProcess, type CreatedKeyJson, type ServerProcess } from "../support/keygate-process.js";

@@ -1,7 +1,7 @@
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { generateKey } from "../../src/keys/key-format.js";
+import { generateKey } from "../../src/core/keys/key-format.js";
 import { bearer, cubeRequest } from "../support/cube-request.js";
 import { createTestDataDir, type TestDataDir } from "../support/database.js";
 import { createKey, POLICY_DIR, runCli, startServerProcess, type CreatedKeyJson, type ServerProcess } from "../support/keygate-process.js";

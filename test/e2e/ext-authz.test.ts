@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { generateKey } from "../../src/keys/key-format.js";
+import { generateKey } from "../../src/core/keys/key-format.js";
 import { createTestDataDir, type TestDataDir } from "../support/database.js";
 import { grpcClient, unary, type GrpcClient } from "../support/grpc-js.js";
 import { createKey, runCli, startServerProcess, type CreatedKeyJson, type ServerProcess } from "../support/keygate-process.js";

@@ -5,8 +5,8 @@ import { createConnectTransport, createGrpcTransport, Http2SessionManager } from
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AuthorizeService, Reason } from "../../gen/keygate/v1/authorize_pb.js";
-import { generateKey } from "../../src/keys/key-format.js";
-import { loadPolicy } from "../../src/policy/policy.js";
+import { generateKey } from "../../src/core/keys/key-format.js";
+import { loadPolicy } from "../../src/core/policy/policy.js";
 import { bearer, cubeRequest, type RawHeaders } from "../support/cube-request.js";
 import { createTestDataDir, TEST_DATABASE_URL, testDatabaseKind, type TestDataDir } from "../support/database.js";
 import { createKey, POLICY_DIR, runCli, startServerProcess, type CreatedKeyJson, type ServerProcess } from "../support/keygate-process.js";

@@ -5,7 +5,7 @@ import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AuthorizeService, Reason } from "../../gen/keygate/v1/authorize_pb.js";
-import { loadPolicy } from "../../src/policy/policy.js";
+import { loadPolicy } from "../../src/core/policy/policy.js";
 import { bearer, cubeRequest } from "../support/cube-request.js";
 import { createTestDataDir, testDatabaseKind, type TestDataDir } from "../support/database.js";
 import { createKey, POLICY_DIR, runCli, startServerProcess, type CliResult, type ServerProcess } from "../support/keygate-process.js";

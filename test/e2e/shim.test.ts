@@ -2,7 +2,7 @@ import { cp, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { generateKey } from "../../src/keys/key-format.js";
+import { generateKey } from "../../src/core/keys/key-format.js";
 import { apiKey, bearer, cubeRequest, type CubeResponse, type RawHeaders } from "../support/cube-request.js";
 import { createTestDataDir, type TestDataDir } from "../support/database.js";
 import {

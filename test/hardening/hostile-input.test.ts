@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AuthorizeRequestSchema, AuthorizeResponseSchema, Reason } from "../../gen/keygate/v1/authorize_pb.js";
 import { ManageKeyRequestSchema, type ManageKeyRequest } from "../../gen/keygate/v1/key_pb.js";
 import { fromBinary, type MessageInitShape } from "@bufbuild/protobuf";
-import { KNOWN_METHODS, MAX_PATH_LENGTH, normalizeMethod, normalizePath } from "../../src/authorize/normalize.js";
+import { KNOWN_METHODS, MAX_PATH_LENGTH, normalizeMethod, normalizePath } from "../../src/core/request/normalize.js";
 import { cubeRequest, type CubeResponse, type RawHeaders } from "../support/cube-request.js";
 import { createTestDataDir, type TestDataDir } from "../support/database.js";
 import { grpcClient, type GrpcClient } from "../support/grpc-js.js";

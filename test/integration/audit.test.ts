@@ -1,9 +1,9 @@
 import { createHash } from "node:crypto";
 import { sql } from "kysely";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { createAuditLog, type AuditLog } from "../../src/audit/audit-log.js";
-import type { AuditEvent } from "../../src/audit/audit-event.js";
-import { listAuditEvents } from "../../src/audit/audit.repository.js";
+import { createAuditLog, type AuditLog } from "../../src/core/manage/audit-log.js";
+import type { AuditEvent } from "../../src/core/audit/audit-event.js";
+import { listAuditEvents } from "../../src/core/audit/audit.repository.js";
 import { createTestDatabase, testDatabaseKind, type TestDatabase } from "../support/database.js";
 import { asKey, createCore, createKey, HOUR, LOCAL, unwrap, type Core } from "./test-core.js";
 

@@ -1,8 +1,8 @@
 import { describe, expect, it } from "vitest";
-import { createKeyCache } from "../../src/keys/key-cache.js";
-import { DEFAULT_KEY_PREFIX } from "../../src/keys/key-format.js";
-import { createKeyLookup } from "../../src/keys/key-lookup.js";
-import type { Policy } from "../../src/policy/policy.js";
+import { createKeyCache } from "../../src/core/keys/key-cache.js";
+import { DEFAULT_KEY_PREFIX } from "../../src/core/keys/key-format.js";
+import { createKeyLookup } from "../../src/core/keys/key-lookup.js";
+import type { Policy } from "../../src/core/policy/policy.js";
 import { testDatabaseKind, type TestDatabase } from "../support/database.js";
 import { check, createCore, createKey, LOCAL, realPolicy, type Core, useCoreDatabase, createOutage } from "./test-core.js";
 

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { Reason } from "../../src/authorize/decision.js";
-import { generateKey } from "../../src/keys/key-format.js";
-import type { Policy, PolicyRequest } from "../../src/policy/policy.js";
+import type { Reason } from "../../src/core/authorize/decision.js";
+import { generateKey } from "../../src/core/keys/key-format.js";
+import type { Policy, PolicyRequest } from "../../src/core/policy/policy.js";
 import { createTestDatabase, testDatabaseKind, type TestDatabase } from "../support/database.js";
 import { check, createCore, createKey, HOUR, LOCAL, realPolicy, ruleLine, unwrap, type Core } from "./test-core.js";
 

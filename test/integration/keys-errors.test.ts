@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import type { Expiry, ManageResult } from "../../src/keys/key-manager.js";
+import type { Expiry, ManageResult } from "../../src/core/manage/key-manager.js";
 import { testDatabaseKind, type TestDatabase } from "../support/database.js";
 import { check, createKey, LOCAL, unwrap, type Core, useCoreDatabase } from "./test-core.js";
 

@@ -1,7 +1,7 @@
 import { createHash } from "node:crypto";
 import { sql } from "kysely";
 import { describe, expect, it } from "vitest";
-import { createUsageRecorder } from "../../src/keys/usage-recorder.js";
+import { createUsageRecorder } from "../../src/core/keys/usage-recorder.js";
 import { testDatabaseKind, type TestDatabase } from "../support/database.js";
 import { asKey, check, countStatements, createCore, createKey, DAY, HOUR, LOCAL, unwrap, type Core, useCoreDatabase, createOutage } from "./test-core.js";
 

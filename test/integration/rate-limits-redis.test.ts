@@ -1,6 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createRateLimiter, type HealthLog, type RateLimiter } from "../../src/ratelimit/rate-limiter.js";
+import { createRateLimiter, type HealthLog, type RateLimiter } from "../../src/core/ratelimit/rate-limiter.js";
 import { createTestDatabase, type TestDatabase } from "../support/database.js";
 import { startTestRedis, type TestRedis } from "../support/redis-server.js";
 import { check, createCore, createKey, type Core } from "./test-core.js";

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { MESSAGES } from "../../src/authorize/decision.js";
-import type { RateLimiter } from "../../src/ratelimit/rate-limiter.js";
+import { MESSAGES } from "../../src/core/authorize/decision.js";
+import type { RateLimiter } from "../../src/core/ratelimit/rate-limiter.js";
 import { createTestDatabase, type TestDatabase } from "../support/database.js";
 import { asKey, check, createCore, createKey, LOCAL, unwrap, type Core } from "./test-core.js";
 

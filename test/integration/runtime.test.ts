@@ -2,8 +2,8 @@ import { readFile } from "node:fs/promises";
 import { PGlite } from "@electric-sql/pglite";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { readRuntimeConfig, type RuntimeConfig } from "../../src/config/config.js";
-import type { StoreTarget } from "../../src/db/connect.js";
-import { openRuntime, type Runtime } from "../../src/runtime/runtime.js";
+import type { StoreTarget } from "../../src/core/db/connect.js";
+import { openRuntime, type Runtime } from "../../src/server/runtime.js";
 import { createPostgresDatabase, TEST_DATABASE_URL, testDatabaseKind } from "../support/database.js";
 import { createFakeClock, HOUR, LOCAL, POLICY_DIR, unwrap } from "./test-core.js";
 

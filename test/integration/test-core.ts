@@ -2,20 +2,20 @@ import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import type { Kysely, KyselyPlugin, PluginTransformQueryArgs, PluginTransformResultArgs, QueryResult, RootOperationNode, UnknownRow } from "kysely";
 import { afterAll, beforeAll, expect } from "vitest";
-import { createAuthorizer, type Authorize } from "../../src/authorize/authorizer.js";
-import type { AuthorizeInput, Decision } from "../../src/authorize/decision.js";
-import type { Database } from "../../src/db/schema.js";
-import { createKeyCache, type KeyCache } from "../../src/keys/key-cache.js";
-import { DEFAULT_KEY_PREFIX } from "../../src/keys/key-format.js";
-import { createKeyLookup, type LookupKey } from "../../src/keys/key-lookup.js";
-import { createKeyManager, type CreatedKey, type CreateKeyInput, type KeyManager, type ManageResult, type Principal } from "../../src/keys/key-manager.js";
-import type { KeyRecord } from "../../src/keys/key-record.js";
-import { createKeyUsageReader, withKeyUsage } from "../../src/keys/key-usage.js";
-import { createUsageRecorder, type UsageRecorder } from "../../src/keys/usage-recorder.js";
-import { loadPolicy, type Policy } from "../../src/policy/policy.js";
+import { createAuthorizer, type Authorize } from "../../src/core/authorize/authorizer.js";
+import type { AuthorizeInput, Decision } from "../../src/core/authorize/decision.js";
+import type { Database } from "../../src/core/db/schema.js";
+import { createKeyCache, type KeyCache } from "../../src/core/keys/key-cache.js";
+import { DEFAULT_KEY_PREFIX } from "../../src/core/keys/key-format.js";
+import { createKeyLookup, type LookupKey } from "../../src/core/keys/key-lookup.js";
+import { createKeyManager, type CreatedKey, type CreateKeyInput, type KeyManager, type ManageResult, type Principal } from "../../src/core/manage/key-manager.js";
+import type { KeyRecord } from "../../src/core/keys/key-record.js";
+import { createKeyUsageReader, withKeyUsage } from "../../src/core/manage/key-usage.js";
+import { createUsageRecorder, type UsageRecorder } from "../../src/core/keys/usage-recorder.js";
+import { loadPolicy, type Policy } from "../../src/core/policy/policy.js";
 import { createTestDatabase, type TestDatabase } from "../support/database.js";
-import type { RateLimit } from "../../src/ratelimit/rate-limit.js";
-import { createRateLimiter, type RateLimiter } from "../../src/ratelimit/rate-limiter.js";
+import type { RateLimit } from "../../src/core/ratelimit/rate-limit.js";
+import { createRateLimiter, type RateLimiter } from "../../src/core/ratelimit/rate-limiter.js";
 
 /**
  * keygate's core wired as `openRuntime` wires it, over a test database, with

@@ -1,7 +1,7 @@
 import { sql } from "kysely";
 import { describe, expect, it } from "vitest";
-import { createKeyUsageReader } from "../../src/keys/key-usage.js";
-import { createUsageRecorder } from "../../src/keys/usage-recorder.js";
+import { createKeyUsageReader } from "../../src/core/manage/key-usage.js";
+import { createUsageRecorder } from "../../src/core/keys/usage-recorder.js";
 import { testDatabaseKind, type TestDatabase } from "../support/database.js";
 import { check, countStatements, createCore, createKey, DAY, HOUR, LOCAL, unwrap, type Core, useCoreDatabase, createOutage } from "./test-core.js";
 

@@ -5,8 +5,8 @@ import { join } from "node:path";
 import { PGlite } from "@electric-sql/pglite";
 import pg from "pg";
 import { inject } from "vitest";
-import { openStore, PGDATA_DIR, type Store } from "../../src/db/connect.js";
-import { migrateToLatest } from "../../src/db/migrate.js";
+import { openStore, PGDATA_DIR, type Store } from "../../src/core/db/connect.js";
+import { migrateToLatest } from "../../src/core/db/migrate.js";
 
 /**
  * One suite, two databases: KEYGATE_TEST_DATABASE_URL=postgres://… runs the

@@ -5,8 +5,8 @@ import { join } from "node:path";
 import { PGlite } from "@electric-sql/pglite";
 import pg from "pg";
 import type { TestProject } from "vitest/node";
-import { openStore, PGDATA_DIR } from "../../src/db/connect.js";
-import { migrateToLatest } from "../../src/db/migrate.js";
+import { openStore, PGDATA_DIR } from "../../src/core/db/connect.js";
+import { migrateToLatest } from "../../src/core/db/migrate.js";
 
 declare module "vitest" {
   export interface ProvidedContext {

@@ -2,7 +2,7 @@ import { execFile } from "node:child_process";
 import { readdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { DEFAULT_KEY_PREFIX, RANDOM_LENGTH } from "../../src/keys/key-format.js";
+import { DEFAULT_KEY_PREFIX, RANDOM_LENGTH } from "../../src/core/keys/key-format.js";
 import { startOtlpReceiver } from "./otlp-receiver.js";
 
 /**

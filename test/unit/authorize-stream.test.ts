@@ -1,9 +1,9 @@
 import { Code, createClient, createRouterTransport, type Interceptor } from "@connectrpc/connect";
 import { describe, expect, it } from "vitest";
-import type { AuthorizeInput, Decision } from "../../src/authorize/decision.js";
-import { createAuthorizeService } from "../../src/server/authorize-service.js";
-import { mapUnordered } from "../../src/server/authorize-stream.js";
-import { kSource } from "../../src/server/request-source.js";
+import type { AuthorizeInput, Decision } from "../../src/core/authorize/decision.js";
+import { createAuthorizeService } from "../../src/entries/rpc/authorize-service.js";
+import { mapUnordered } from "../../src/entries/rpc/authorize-stream.js";
+import { kSource } from "../../src/http/rpc-context.js";
 import { AuthorizeService, Reason, type AuthorizeStreamResponse } from "../../gen/keygate/v1/authorize_pb.js";
 
 /**

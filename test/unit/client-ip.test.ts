@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { clientIp, DEFAULT_TRUSTED_PROXIES, parseTrustedProxies, type ClientIpRules } from "../../src/server/client-ip.js";
+import { clientIp, DEFAULT_TRUSTED_PROXIES, parseTrustedProxies, type ClientIpRules } from "../../src/http/client-ip.js";
 
 function rules(header: string | undefined, proxies = DEFAULT_TRUSTED_PROXIES): ClientIpRules {
   const parsed = parseTrustedProxies(proxies);

@@ -4,7 +4,7 @@ import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterEach, describe, expect, it } from "vitest";
-import { acquireLock, isHolderAlive, LOCK_FILE, procStat, readLockOwner, type LockOwner } from "../../src/db/data-dir-lock.js";
+import { acquireLock, isHolderAlive, LOCK_FILE, procStat, readLockOwner, type LockOwner } from "../../src/core/db/data-dir-lock.js";
 
 /**
  * The data-dir lock after a crash: a holder killed with SIGKILL leaves its

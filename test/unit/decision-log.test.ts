@@ -1,8 +1,8 @@
 import { Writable } from "node:stream";
 import { describe, expect, it } from "vitest";
-import type { AuthorizeInput, Decision } from "../../src/authorize/decision.js";
-import { createDecisionLog, decisionLine, MAX_RAW_LENGTH, type DecisionLogMode } from "../../src/decisionlog/decision-log.js";
-import { parseRequestLine } from "../../src/policy/replay-diff.js";
+import type { AuthorizeInput, Decision } from "../../src/core/authorize/decision.js";
+import { createDecisionLog, decisionLine, MAX_RAW_LENGTH, type DecisionLogMode } from "../../src/telemetry/decision-log.js";
+import { parseRequestLine } from "../../src/policy-tools/replay-diff.js";
 
 const SECRET = "sk-sb-ksblvDKp3YAGCCW86uxMkrdPhqbjoVAg9RVc1RRAtV";
 const KEY = { id: "key_abc", name: "demo", org: "acme", namespace: "*", roles: ["reader"] };

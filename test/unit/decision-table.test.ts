@@ -1,10 +1,10 @@
 import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
-import { createAuthorizer } from "../../src/authorize/authorizer.js";
-import { KNOWN_METHODS } from "../../src/authorize/normalize.js";
-import type { KeyRecord } from "../../src/keys/key-record.js";
-import { isManagementResource } from "../../src/keys/management.js";
+import { createAuthorizer } from "../../src/core/authorize/authorizer.js";
+import { KNOWN_METHODS } from "../../src/core/request/normalize.js";
+import type { KeyRecord } from "../../src/core/keys/key-record.js";
+import { isManagementResource } from "../../src/core/manage/management.js";
 import {
   decideCase,
   evaluateCase,
@@ -12,8 +12,8 @@ import {
   runDecisionTables,
   type DecisionCase,
   type DecisionTable,
-} from "../../src/policy/decision-table.js";
-import { loadPolicy, type Policy } from "../../src/policy/policy.js";
+} from "../../src/policy-tools/decision-table.js";
+import { loadPolicy, type Policy } from "../../src/core/policy/policy.js";
 
 /**
  * Decision tables (`keygate policy test`): parsing and strict validation,

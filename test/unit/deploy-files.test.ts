@@ -5,7 +5,7 @@ import type { AddressInfo } from "node:net";
 import { dirname, posix, relative, resolve } from "node:path";
 import { describe, expect, it } from "vitest";
 import { parseDocument } from "yaml";
-import { NGINX_AUTH_PATH, TRAEFIK_AUTH_PATH } from "../../src/gateway/gateway-paths.js";
+import { NGINX_AUTH_PATH, TRAEFIK_AUTH_PATH } from "../../src/config/public-paths.js";
 import { HEALTHZ_PATH, READYZ_PATH } from "../../src/server/operations-paths.js";
 
 /**

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { parseDuration, parseExpiry, printable } from "../../src/keys/duration.js";
+import { parseDuration, parseExpiry, printable } from "../../src/core/time/duration.js";
 
 const SECOND = 1_000;
 const MINUTE = 60 * SECOND;

@@ -2,10 +2,10 @@ import { create } from "@bufbuild/protobuf";
 import { describe, expect, it } from "vitest";
 import { HeaderValueOption_HeaderAppendAction } from "../../gen/envoy/config/core/v3/base_pb.js";
 import { CheckRequestSchema, type CheckResponse } from "../../gen/envoy/service/auth/v3/external_auth_pb.js";
-import type { Decision } from "../../src/authorize/decision.js";
-import { checkRequestInput, clientAddress, headerReader, pathOnly } from "../../src/extauthz/check-request.js";
-import { checkResponseFor } from "../../src/extauthz/check-response.js";
-import { DEFAULT_TRUSTED_PROXIES, parseTrustedProxies, type ClientIpRules } from "../../src/server/client-ip.js";
+import type { Decision } from "../../src/core/authorize/decision.js";
+import { checkRequestInput, clientAddress, headerReader, pathOnly } from "../../src/entries/extauthz/check-request.js";
+import { checkResponseFor } from "../../src/entries/extauthz/check-response.js";
+import { DEFAULT_TRUSTED_PROXIES, parseTrustedProxies, type ClientIpRules } from "../../src/http/client-ip.js";
 
 /** Envoy's CheckRequest → keygate's question, and a decision → CheckResponse, without a server. */
 

@@ -1,11 +1,11 @@
 import { describe, expect, it } from "vitest";
-import { AUTH_FAIL_MESSAGE, createFailedAuthGuard, delayFor, MAX_DELAY_MS } from "../../src/authguard/failed-auth-guard.js";
-import { createAuthorizer } from "../../src/authorize/authorizer.js";
-import type { AuthorizeInput } from "../../src/authorize/decision.js";
-import type { KeyLookup } from "../../src/keys/key-lookup.js";
-import type { KeyRecord } from "../../src/keys/key-record.js";
-import type { Policy } from "../../src/policy/policy.js";
-import { createRateLimiter } from "../../src/ratelimit/rate-limiter.js";
+import { AUTH_FAIL_MESSAGE, createFailedAuthGuard, delayFor, MAX_DELAY_MS } from "../../src/core/authorize/failed-auth-guard.js";
+import { createAuthorizer } from "../../src/core/authorize/authorizer.js";
+import type { AuthorizeInput } from "../../src/core/authorize/decision.js";
+import type { KeyLookup } from "../../src/core/keys/key-lookup.js";
+import type { KeyRecord } from "../../src/core/keys/key-record.js";
+import type { Policy } from "../../src/core/policy/policy.js";
+import { createRateLimiter } from "../../src/core/ratelimit/rate-limiter.js";
 
 /**
  * The failed-auth guard: invalid credentials from one address are slowed,

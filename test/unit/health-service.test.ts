@@ -1,8 +1,8 @@
 import { Code, ConnectError, createClient, createRouterTransport, type Client } from "@connectrpc/connect";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/grpc/health/v1/health_pb.js";
-import { createHealthService } from "../../src/server/health-service.js";
-import type { Readiness } from "../../src/server/readiness.js";
+import { createHealthService } from "../../src/entries/rpc/health-service.js";
+import type { Readiness } from "../../src/core/authorize/readiness.js";
 
 /**
  * grpc.health.v1.Health over a fake readiness check, in memory, on a fake

@@ -1,13 +1,13 @@
 import { Kysely, PostgresAdapter, PostgresIntrospector, PostgresQueryCompiler, type DatabaseConnection, type Driver } from "kysely";
 import { describe, expect, it } from "vitest";
-import type { ApiKeyRow, Database } from "../../src/db/schema.js";
-import { createKeyCache, type KeyCache } from "../../src/keys/key-cache.js";
-import { DEFAULT_KEY_PREFIX, generateKey } from "../../src/keys/key-format.js";
-import { createKeyLookup, KeyLookupTimeoutError } from "../../src/keys/key-lookup.js";
-import type { KeyRecord } from "../../src/keys/key-record.js";
-import { toRecord } from "../../src/keys/key.repository.js";
-import { createLogger } from "../../src/runtime/logger.js";
-import { listenForKeyChanges } from "../../src/server/key-changes.js";
+import type { ApiKeyRow, Database } from "../../src/core/db/schema.js";
+import { createKeyCache, type KeyCache } from "../../src/core/keys/key-cache.js";
+import { DEFAULT_KEY_PREFIX, generateKey } from "../../src/core/keys/key-format.js";
+import { createKeyLookup, KeyLookupTimeoutError } from "../../src/core/keys/key-lookup.js";
+import type { KeyRecord } from "../../src/core/keys/key-record.js";
+import { toRecord } from "../../src/core/keys/key.repository.js";
+import { createLogger } from "../../src/telemetry/logger.js";
+import { listenForKeyChanges } from "../../src/core/keys/key-changes.js";
 
 /**
  * The key cache is only as good as its change feed (Postgres LISTEN): while

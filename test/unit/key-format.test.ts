@@ -10,7 +10,7 @@ import {
   hashKey,
   isValidKeyPrefix,
   isWellFormedKey,
-} from "../../src/keys/key-format.js";
+} from "../../src/core/keys/key-format.js";
 
 const BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 const BASE62_BODY = /^[0-9A-Za-z]+$/;

@@ -1,10 +1,10 @@
 import { describe, expect, it } from "vitest";
 import { readServeConfig, readShimConfig } from "../../src/config/config.js";
-import { createDecisionLog, decisionLine } from "../../src/decisionlog/decision-log.js";
-import { generateKey } from "../../src/keys/key-format.js";
-import { createLogger, createScrubber, errorFields, REDACTED, type LogLevel } from "../../src/runtime/logger.js";
-import { incomingRequestId, MAX_REQUEST_ID_LENGTH } from "../../src/runtime/request-id.js";
-import type { AuthorizeInput, Decision } from "../../src/authorize/decision.js";
+import { createDecisionLog, decisionLine } from "../../src/telemetry/decision-log.js";
+import { generateKey } from "../../src/core/keys/key-format.js";
+import { createLogger, createScrubber, errorFields, REDACTED, type LogLevel } from "../../src/telemetry/logger.js";
+import { incomingRequestId, MAX_REQUEST_ID_LENGTH } from "../../src/http/request-id.js";
+import type { AuthorizeInput, Decision } from "../../src/core/authorize/decision.js";
 import { Writable } from "node:stream";
 
 function capture(level: LogLevel = "debug", keyPrefix?: string) {

@@ -1,8 +1,8 @@
 import { Histogram, Registry } from "prom-client";
 import { describe, expect, it } from "vitest";
-import type { Decision, DecisionEntry, Reason } from "../../src/authorize/decision.js";
-import { FixedHistogram } from "../../src/metrics/fixed-histogram.js";
-import { createMetrics, DECISION_BUCKETS, ENTRIES, REASONS, type MetricSources } from "../../src/metrics/metrics.js";
+import type { Decision, DecisionEntry, Reason } from "../../src/core/authorize/decision.js";
+import { FixedHistogram } from "../../src/telemetry/fixed-histogram.js";
+import { createMetrics, DECISION_BUCKETS, ENTRIES, REASONS, type MetricSources } from "../../src/telemetry/metrics.js";
 
 /**
  * The metrics on their own: what a decision, a lookup and a reload add;

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { KNOWN_METHODS, MAX_PATH_LENGTH, normalizeMethod, normalizePath } from "../../src/authorize/normalize.js";
+import { KNOWN_METHODS, MAX_PATH_LENGTH, normalizeMethod, normalizePath } from "../../src/core/request/normalize.js";
 
 /** `null` in the "becomes" column means: refused (the request is denied). */
 type Row = [label: string, raw: string, becomes: string | null];

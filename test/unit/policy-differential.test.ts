@@ -4,9 +4,9 @@ import { join } from "node:path";
 import { FileAdapter, newEnforcer, newModelFromString, type Enforcer } from "casbin";
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { KNOWN_METHODS } from "../../src/authorize/normalize.js";
-import { compileKeyMatch2 } from "../../src/policy/patterns.js";
-import { loadPolicy, type Policy, type PolicyRequest } from "../../src/policy/policy.js";
+import { KNOWN_METHODS } from "../../src/core/request/normalize.js";
+import { compileKeyMatch2 } from "../../src/core/policy/patterns.js";
+import { loadPolicy, type Policy, type PolicyRequest } from "../../src/core/policy/policy.js";
 
 /**
  * Differential test: the compiled policy (src/policy/compiled-policy.ts)

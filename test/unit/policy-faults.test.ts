@@ -4,10 +4,10 @@ import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterEach, describe, expect, it } from "vitest";
-import { lintPolicy } from "../../src/policy/lint.js";
-import { readPolicySource } from "../../src/policy/policy-source.js";
-import { loadPolicy, PolicyLoadError } from "../../src/policy/policy.js";
-import { createPolicyHolder, watchPolicy, type PolicyWatcher, type ReloadOutcome } from "../../src/policy/policy-watcher.js";
+import { lintPolicy } from "../../src/policy-tools/lint.js";
+import { readPolicySource } from "../../src/core/policy/policy-source.js";
+import { loadPolicy, PolicyLoadError } from "../../src/core/policy/policy.js";
+import { createPolicyHolder, watchPolicy, type PolicyWatcher, type ReloadOutcome } from "../../src/core/policy/policy-watcher.js";
 
 /**
  * What a broken or half-written policy file reads as: never a policy that

@@ -3,10 +3,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { KNOWN_METHODS } from "../../src/authorize/normalize.js";
-import { lintPolicy } from "../../src/policy/lint.js";
-import { compileKeyMatch2, compileMethodPattern } from "../../src/policy/patterns.js";
-import { readPolicySource, type Diagnostic, type PolicyRule, type PolicySource } from "../../src/policy/policy-source.js";
+import { KNOWN_METHODS } from "../../src/core/request/normalize.js";
+import { lintPolicy } from "../../src/policy-tools/lint.js";
+import { compileKeyMatch2, compileMethodPattern } from "../../src/core/policy/patterns.js";
+import { readPolicySource, type Diagnostic, type PolicyRule, type PolicySource } from "../../src/core/policy/policy-source.js";
 
 /**
  * `keygate policy lint` as decision tables: each row is a tiny policy and

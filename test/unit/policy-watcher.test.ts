@@ -2,7 +2,7 @@ import { cp, mkdir, mkdtemp, readFile, rename, rm, symlink, writeFile } from "no
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import { loadPolicy, PolicyLoadError, type Policy } from "../../src/policy/policy.js";
+import { loadPolicy, PolicyLoadError, type Policy } from "../../src/core/policy/policy.js";
 import {
   createDebouncer,
   createPolicyHolder,
@@ -11,7 +11,7 @@ import {
   type ReloadOutcome,
   type Schedule,
   type WatchFs,
-} from "../../src/policy/policy-watcher.js";
+} from "../../src/core/policy/policy-watcher.js";
 
 /**
  * The policy holder and watcher: a reload swaps in only a complete, valid

@@ -2,8 +2,8 @@ import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promi
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { KNOWN_METHODS } from "../../src/authorize/normalize.js";
-import { loadPolicy, PolicyLoadError, type Policy, type PolicyRequest } from "../../src/policy/policy.js";
+import { KNOWN_METHODS } from "../../src/core/request/normalize.js";
+import { loadPolicy, PolicyLoadError, type Policy, type PolicyRequest } from "../../src/core/policy/policy.js";
 
 const POLICY_DIR = "policies";
 const ORG = "acme";

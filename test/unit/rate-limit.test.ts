@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { formatRateLimit, isHigherRate, parseRateLimit } from "../../src/ratelimit/rate-limit.js";
+import { formatRateLimit, isHigherRate, parseRateLimit } from "../../src/core/ratelimit/rate-limit.js";
 
 describe("parseRateLimit: N/WINDOW", () => {
   it.each([

@@ -2,7 +2,7 @@ import { copyFile, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { loadPolicy, type Policy } from "../../src/policy/policy.js";
+import { loadPolicy, type Policy } from "../../src/core/policy/policy.js";
 import {
   parseRequestLine,
   replayDiff,
@@ -12,7 +12,7 @@ import {
   synthesizeRequests,
   type ReplayDiff,
   type ReplayRequest,
-} from "../../src/policy/replay-diff.js";
+} from "../../src/policy-tools/replay-diff.js";
 
 const POLICY_DIR = resolve(import.meta.dirname, "../../policies");
 const FIXTURES = resolve(import.meta.dirname, "../fixtures/diff-requests");

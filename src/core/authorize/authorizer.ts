@@ -1,0 +1,240 @@
+import type { KeyRecord } from "../keys/key-record.js";
+import { ALL_NAMESPACES, isValidName, isValidNamespace } from "../keys/key-record.js";
+import type { KeyLookup, LookupKey } from "../keys/key-lookup.js";
+import type { Policy, RuleMiss } from "../policy/policy.js";
+import type { FailedAuthGuard } from "./failed-auth-guard.js";
+import type { RateLimit } from "../ratelimit/rate-limit.js";
+import type { RateLimiter } from "../ratelimit/rate-limiter.js";
+import { deny, forbiddenMessage, MESSAGES, type AuthorizeInput, type Decision, type DecisionEntry, type KeyIdentity } from "./decision.js";
+import { KNOWN_METHODS, normalizeMethod, normalizePath, type HttpMethod } from "../request/normalize.js";
+
+export interface AuthorizerDeps {
+  lookupKey: LookupKey;
+  /** The policy in force now (it may be swapped by a reload). */
+  policy: () => Policy;
+  now: () => Date;
+  /** Called with each allowed key, to keep last_used_at and the allowed count. */
+  onUsed?: (keyId: string, at: Date) => void;
+  /** Called with each known key denied a request (revoked, expired, forbidden, rate limited, …), to count it. */
+  onDenied?: (keyId: string, at: Date) => void;
+  /** Called when a decision could not be made (an outage), before denying. */
+  onError?: (error: unknown) => void;
+  dev?: boolean;
+  /** Enforces per-key allocations; unset = no rate limits at all. */
+  rateLimiter?: RateLimiter;
+  /** The allocation of keys without their own; null = unlimited. */
+  defaultRateLimit?: RateLimit | null;
+  /** Slows, then refuses, invalid credentials from one source; only applied when the input has a source. */
+  guard?: FailedAuthGuard;
+  /** Every decision as it leaves the core (the decision log). Must not throw or wait. */
+  onDecision?: (input: AuthorizeInput, decision: Decision) => void;
+  /** Counts and times every decision (metrics). Must not throw or wait; unset = no clock is read. */
+  observe?: DecisionObserver;
+  /** Traces decisions (OpenTelemetry); unset = no per-request work at all. */
+  tracer?: DecisionTracer;
+}
+
+export type Authorize = (input: AuthorizeInput) => Promise<Decision>;
+
+/** A decision, where it came in (undefined counts as "rpc", as in the decision log) and how long it took, in seconds. */
+export type DecisionObserver = (entry: DecisionEntry | undefined, decision: Decision, seconds: number) => void;
+
+/** Starts a trace of one decision; the core calls its span at each step. */
+export interface DecisionTracer {
+  start(input: AuthorizeInput): DecisionSpan;
+}
+
+/**
+ * One decision's trace: the decision itself, with the key lookup and the
+ * policy evaluation as steps inside it. Never given the credential.
+ */
+export interface DecisionSpan {
+  /** The request as the policy sees it (normalized path and method). */
+  request(request: NormalizedRequest): void;
+  lookupStarted(): void;
+  /** `found` is undefined when the lookup failed with `error`. */
+  lookupEnded(found: KeyLookup | undefined, error?: unknown): void;
+  policyStarted(): void;
+  policyEnded(decision: Decision | undefined, error?: unknown): void;
+  /** The decision given; undefined when deciding threw `error` (a bug). */
+  end(decision: Decision | undefined, error?: unknown): void;
+}
+
+export function identityOf(key: KeyRecord): KeyIdentity {
+  return { id: key.id, name: key.name, org: key.org, namespace: key.namespace, roles: key.roles };
+}
+
+const DEV_DECISION: Decision = {
+  allowed: true,
+  reason: "allowed",
+  message: "dev mode: every request is allowed",
+  matchedRule: "",
+};
+
+/**
+ * Request → Decision. Pure of transport: the RPC services and the HTTP shim
+ * both call this. Order: credential present, credential shape, request
+ * shape, key state, org, namespace, policy, then the key's rate limit.
+ * Any internal error denies.
+ */
+export function createAuthorizer({
+  lookupKey,
+  policy,
+  now,
+  onUsed,
+  onDenied,
+  onError,
+  dev = false,
+  rateLimiter,
+  defaultRateLimit = null,
+  guard,
+  onDecision,
+  observe,
+  tracer,
+}: AuthorizerDeps): Authorize {
+  return async function authorize(input) {
+    const started = observe ? performance.now() : 0;
+    const span = tracer?.start(input);
+    let decision: Decision;
+    try {
+      decision = await decide(input, span);
+    } catch (error) {
+      span?.end(undefined, error);
+      throw error;
+    }
+    // Metrics before the hooks below: the time is the decision's, not the decision log's.
+    if (observe) observe(input.entry, decision, (performance.now() - started) / 1000);
+    span?.end(decision);
+    // A deny that names a key is about a known key; one without (no or invalid credential) is not.
+    if (!decision.allowed && decision.key) onDenied?.(decision.key.id, now());
+    if (onDecision) {
+      try {
+        onDecision(input, decision);
+      } catch (error) {
+        onError?.(error);
+      }
+    }
+    return decision;
+  };
+
+  async function decide(input: AuthorizeInput, span: DecisionSpan | undefined): Promise<Decision> {
+    if (dev) return DEV_DECISION;
+    if (input.credential === "") return deny("missing_credential", MESSAGES.missing_credential);
+
+    const request = normalizeRequest(input);
+    if ("reason" in request) return request;
+    span?.request(request);
+
+    // A credential known invalid without the database (malformed, or in the negative
+    // cache) costs no query here, so a blocked source's guesses reach no database.
+    let found;
+    span?.lookupStarted();
+    try {
+      found = await lookupKey(input.credential);
+    } catch (error) {
+      span?.lookupEnded(undefined, error);
+      onError?.(error);
+      return deny("unavailable", MESSAGES.unavailable);
+    }
+    span?.lookupEnded(found);
+    switch (found.status) {
+      case "invalid":
+        // Counted only for requests whose source is known (the shim, the RPC service) and not exempt.
+        return guard && input.source && guard.applies(input.source) ? guard.failed(input.source) : deny("invalid_key", MESSAGES.invalid_key);
+      case "revoked":
+        return deny("revoked", MESSAGES.revoked, identityOf(found.key));
+      case "expired":
+        return deny("expired", MESSAGES.expired, identityOf(found.key));
+      case "ok":
+        break;
+    }
+    const key = found.key;
+    let decision: Decision;
+    span?.policyStarted();
+    try {
+      decision = decideForSubject(policy(), key, request, identityOf(key), input.explain === true);
+    } catch (error) {
+      span?.policyEnded(undefined, error);
+      onError?.(error);
+      return deny("unavailable", "authorization unavailable: the policy could not be evaluated, request denied", identityOf(key));
+    }
+    span?.policyEnded(decision);
+    if (!decision.allowed) return decision;
+    // Only a request the policy allows costs a point: denied requests never drain a budget.
+    const limit = key.rateLimit ?? defaultRateLimit;
+    if (limit && rateLimiter) {
+      let consumed;
+      try {
+        consumed = await rateLimiter.consume(key.id, limit);
+      } catch (error) {
+        onError?.(error);
+        return deny("unavailable", "authorization unavailable: the rate limiter failed, request denied", identityOf(key));
+      }
+      if (!consumed.allowed) return { ...deny("rate_limited", MESSAGES.rate_limited, identityOf(key)), rateLimit: consumed.status };
+      decision = { ...decision, rateLimit: consumed.status };
+    }
+    onUsed?.(key.id, now());
+    return decision;
+  }
+}
+
+/** A request after normalization: what the policy sees. */
+export interface NormalizedRequest {
+  path: string;
+  /** One method, or every known method when none was given. */
+  methods: readonly HttpMethod[];
+  /** "" = the subject's own namespace. */
+  namespace: string;
+  /** "" = no org hint. */
+  org: string;
+}
+
+/** Path, method, org and namespace checked and normalized, or the bad-request deny. */
+export function normalizeRequest(input: Pick<AuthorizeInput, "path" | "method" | "namespace" | "org">): NormalizedRequest | Decision {
+  const method = normalizeMethod(input.method);
+  if (!method.ok) return deny("bad_request", method.error);
+  const path = normalizePath(input.path);
+  if (!path.ok) return deny("bad_request", path.error);
+  if (input.org !== "" && !isValidName(input.org)) return deny("bad_request", "invalid org");
+  if (input.namespace !== "" && (!isValidNamespace(input.namespace) || input.namespace === ALL_NAMESPACES)) {
+    return deny("bad_request", "invalid namespace");
+  }
+  // With no method given, the key must be allowed every method on the path.
+  return { path: path.value, methods: method.value === "" ? KNOWN_METHODS : [method.value], namespace: input.namespace, org: input.org };
+}
+
+/** Who is asking: a key's roles, org and namespace scope. */
+export interface Subject {
+  roles: readonly string[];
+  org: string;
+  /** "*" = every namespace. */
+  namespace: string;
+}
+
+/**
+ * The decision for a known, valid subject: org hint, namespace scope, then
+ * the policy for every method asked. Shared by Authorize, `policy test` and
+ * `policy diff`, so they all decide the same way.
+ */
+export function decideForSubject(policy: Policy, subject: Subject, request: NormalizedRequest, identity?: KeyIdentity, explain = false): Decision {
+  const shownMethod = request.methods[0]!;
+  const forbidden = (method: string, explanation?: RuleMiss[]): Decision => ({
+    ...deny("forbidden", forbiddenMessage(method, request.path), identity),
+    ...(explanation && { explanation }),
+  });
+  if (request.org !== "" && request.org !== subject.org) {
+    return forbidden(shownMethod, explain ? [{ rule: "", text: "", reasons: [`wrong org: the key is in "${subject.org}", the request names "${request.org}"`] }] : undefined);
+  }
+  const namespace = request.namespace === "" ? subject.namespace : request.namespace;
+  if (subject.namespace !== ALL_NAMESPACES && namespace !== subject.namespace) {
+    return forbidden(shownMethod, explain ? [{ rule: "", text: "", reasons: [`wrong namespace: the key is scoped to "${subject.namespace}", the request is in "${namespace}"`] }] : undefined);
+  }
+  let rule = "";
+  for (const method of request.methods) {
+    const asked = { roles: subject.roles, org: subject.org, namespace, path: request.path, method };
+    const decision = policy.decide(asked);
+    if (!decision.allowed) return forbidden(method, explain ? policy.explain(asked) : undefined);
+    rule ||= decision.rule;
+  }
+  return { allowed: true, reason: "allowed", message: "", matchedRule: rule, ...(identity && { key: identity }) };
+}

@@ -1,0 +1,88 @@
+import type { ServerResponse } from "node:http";
+import type { Runtime } from "../../server/runtime.js";
+import type { Handler } from "../../http/listener.js";
+import { HEALTHZ_PATH, METRICS_PATH, READYZ_PATH } from "../../server/operations-paths.js";
+import { createReadinessCheck } from "../../core/authorize/readiness.js";
+
+/**
+ * Liveness, readiness and metrics for operators, on the public port:
+ *
+ * - `/healthz`: 200 `{"status":"ok"}` whenever the process can answer HTTP
+ *   (liveness: restart it only when this fails).
+ * - `/readyz`: 200 with the readiness JSON when the database answers and a
+ *   policy is in force, 503 with the same JSON when not, or once shutdown
+ *   has begun (send it no more traffic).
+ * - `/metrics`: Prometheus text format (absent with KEYGATE_METRICS=false).
+ *
+ * GET or HEAD only; never cached.
+ */
+
+type Request = Parameters<Handler>[0];
+type Response = Parameters<Handler>[1];
+
+export interface OperationsDeps {
+  /** Aborted when the server begins to stop: /readyz answers 503 from then on. */
+  shutdown?: AbortSignal;
+  onError?: (error: unknown) => void;
+}
+
+const HEALTHY = JSON.stringify({ status: "ok" });
+const SHUTTING_DOWN = JSON.stringify({ ready: false, shuttingDown: true });
+
+export function operationsEndpoints(runtime: Pick<Runtime, "store" | "policyHolder" | "metrics">, { shutdown, onError }: OperationsDeps = {}): [string, Handler][] {
+  const readiness = createReadinessCheck(runtime);
+  const endpoints: [string, Handler][] = [
+    [
+      HEALTHZ_PATH,
+      (req, res) => {
+        if (readOnly(req, res)) write(res, 200, "application/json", HEALTHY);
+      },
+    ],
+    [
+      READYZ_PATH,
+      (req, res) => {
+        if (!readOnly(req, res)) return;
+        if (shutdown?.aborted) return write(res, 503, "application/json", SHUTTING_DOWN);
+        readiness().then(
+          (state) => write(res, state.ready ? 200 : 503, "application/json", JSON.stringify(state)),
+          (error: unknown) => {
+            onError?.(error);
+            write(res, 503, "application/json", JSON.stringify({ ready: false, error: "readiness check failed" }));
+          },
+        );
+      },
+    ],
+  ];
+  const metrics = runtime.metrics;
+  if (metrics) {
+    endpoints.push([
+      METRICS_PATH,
+      (req, res) => {
+        if (!readOnly(req, res)) return;
+        metrics.render().then(
+          (text) => write(res, 200, metrics.contentType, text),
+          (error: unknown) => {
+            onError?.(error);
+            write(res, 500, "text/plain; charset=utf-8", "metrics could not be collected\n");
+          },
+        );
+      },
+    ]);
+  }
+  return endpoints;
+}
+
+/** True for GET and HEAD; anything else is answered 405 here. A body is never read. */
+function readOnly(req: Request, res: Response): boolean {
+  req.resume();
+  if (req.method === "GET" || req.method === "HEAD") return true;
+  write(res, 405, "application/json", JSON.stringify({ code: 405, message: "use GET" }), { allow: "GET, HEAD" });
+  return false;
+}
+
+function write(res: Response, status: number, contentType: string, body: string, headers: Record<string, string> = {}): void {
+  if (res.headersSent || res.destroyed) return;
+  const out = res as ServerResponse;
+  out.writeHead(status, { "content-type": contentType, "content-length": String(Buffer.byteLength(body)), "cache-control": "no-store", ...headers });
+  out.end(body);
+}

@@ -1,0 +1,52 @@
+import { create } from "@bufbuild/protobuf";
+import type { ServiceImpl } from "@connectrpc/connect";
+import type { Authorize } from "../../core/authorize/authorizer.js";
+import {
+  AuthorizeRequestSchema,
+  AuthorizeResponseSchema,
+  AuthorizeService,
+  AuthorizeStreamResponseSchema,
+  Reason,
+  type AuthorizeStreamRequest,
+  type AuthorizeStreamResponse,
+} from "../../../gen/keygate/v1/authorize_pb.js";
+import { mapUnordered, STREAM_MAX_IN_FLIGHT } from "./authorize-stream.js";
+import { createRequestDecider, unaryResponse } from "./authorize-call.js";
+import { decisionToProto } from "./convert.js";
+import { kSource } from "../../http/rpc-context.js";
+
+const EMPTY_REQUEST = create(AuthorizeRequestSchema);
+
+/**
+ * AuthorizeService over the core authorizer. A deny is a response; an outage
+ * is UNAVAILABLE for Authorize, and an UNAVAILABLE decision for one id on
+ * AuthorizeStream (the stream outlives it). `explain` is honoured only for
+ * the local operator (control socket, CLI): an explanation shows policy rule
+ * text and scans every rule, so on the public port any key holder could read
+ * the policy or make each call cost a full scan.
+ */
+export function createAuthorizeService(authorize: Authorize, allowExplain: boolean): ServiceImpl<typeof AuthorizeService> {
+  const decide = createRequestDecider(authorize, allowExplain);
+
+  async function decideOne({ id, request }: AuthorizeStreamRequest, source: string | undefined): Promise<AuthorizeStreamResponse> {
+    let response;
+    try {
+      response = decisionToProto(await decide(request ?? EMPTY_REQUEST, source));
+    } catch {
+      // The core turns outages into decisions, so this is a bug; still, one id fails closed, not the stream.
+      response = create(AuthorizeResponseSchema, { allowed: false, reason: Reason.UNAVAILABLE, message: "authorization unavailable: the decision failed, request denied" });
+    }
+    return create(AuthorizeStreamResponseSchema, { id, response });
+  }
+
+  return {
+    async authorize(request, context) {
+      return unaryResponse(await decide(request, context.values.get(kSource)));
+    },
+
+    authorizeStream(requests, context) {
+      const source = context.values.get(kSource);
+      return mapUnordered(requests, STREAM_MAX_IN_FLIGHT, (message) => decideOne(message, source), context.signal);
+    },
+  };
+}
