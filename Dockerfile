@@ -27,7 +27,7 @@ WORKDIR /app
 COPY package.json package-lock.json ./
 # --ignore-scripts: "prepare" would call the compiler, a dev dependency; no runtime dependency has an install script.
 RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund && npm cache clean --force
-# Migrations are compiled modules imported by src/db/migrate.ts, so dist/ carries them;
+# Migrations are compiled modules imported by src/core/db/migrate.ts, so dist/ carries them;
 # policies/ is the shipped default (./policies from WORKDIR, and SHIPPED_POLICY_DIR).
 COPY --from=build /src/dist/src ./dist/src
 COPY --from=build /src/dist/gen ./dist/gen

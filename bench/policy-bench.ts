@@ -1,5 +1,5 @@
 /**
- * Policy benchmark: the compiled policy (src/policy) against plain Casbin on
+ * Policy benchmark: the compiled policy (src/core/policy) against plain Casbin on
  * the same model and CSV, at 100, 10,000 and 100,000 policy lines.
  *
  *   npm run bench:policy            full run (≈ 1 min; Casbin at 100k lines is most of it)
@@ -49,7 +49,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { FileAdapter, newEnforcer, newModelFromString, type Enforcer } from "casbin";
-import { loadPolicy, type Policy, type PolicyRequest } from "../src/core/policy/policy.js";
+import { loadPolicy, type Policy } from "../src/core/policy/policy.js";
+import type { PolicyRequest } from "../src/core/policy/policy-request.js";
 import { prng } from "./support/prng.js";
 
 const args = new Set(process.argv.slice(2));

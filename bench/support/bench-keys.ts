@@ -6,7 +6,7 @@ import { displayPrefix, generateKey, generateKeyId, hashKey } from "../../src/co
 
 /**
  * Keys written straight into a keygate database (PGlite or Postgres), many
- * at once, in the row shape of src/db/migrations: real keys (the bench
+ * at once, in the row shape of src/core/db/migrations: real keys (the bench
  * keeps the plaintext; the row holds its SHA-256, as keygate would) and
  * filler rows made entirely in SQL.
  */

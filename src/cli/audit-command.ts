@@ -2,9 +2,8 @@ import { create } from "@bufbuild/protobuf";
 import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { ListAuditEventsRequestSchema, type AuditEvent } from "../../gen/keygate/v1/audit_pb.js";
 import { parseDuration } from "../core/time/duration.js";
-import { CliError } from "./connect.js";
-import { withConnection } from "./key-commands.js";
-import { help, parse } from "./main.js";
+import { CliError, help, parse } from "./args.js";
+import { withConnection } from "./connect.js";
 import { createOut } from "./output.js";
 
 const DEFAULT_LIMIT = 100;

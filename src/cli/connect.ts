@@ -2,7 +2,8 @@ import http from "node:http";
 import { setTimeout as sleep } from "node:timers/promises";
 import { createClient, createRouterTransport, type Client, type Interceptor, type Transport } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
-import type { RuntimeConfig } from "../config/config.js";
+import { readRuntimeConfig, type RuntimeConfig } from "../config/config.js";
+import { CliError, configOrThrow, type Parsed } from "./args.js";
 import { redactUrl } from "../core/db/connect.js";
 import { acquireLock, type DataDirLock } from "../core/db/data-dir-lock.js";
 import { PolicyLoadError } from "../core/policy/policy.js";
@@ -32,10 +33,6 @@ export interface Connection {
   audit: Client<typeof AuditService>;
   status(): Promise<ServerStatus & { server: "running" | "not running" | "unknown" }>;
   close(): Promise<void>;
-}
-
-export class CliError extends Error {
-  override readonly name = "CliError";
 }
 
 const LOCK_WAIT_MS = 10_000;
@@ -150,4 +147,20 @@ function getJson<T>(socketPath: string, path: string): Promise<T> {
     req.on("timeout", () => req.destroy(new CliError("server did not answer the status request in 5s")));
     req.on("error", reject);
   });
+}
+
+/** The connection a command's flags ask for: remote with --server, else local. */
+async function connectFor(parsed: Parsed, command: string): Promise<Connection> {
+  const server = parsed.flags.server as string | undefined;
+  if (server) return connectRemote(server, (parsed.flags["api-key"] as string | undefined) ?? process.env.KEYGATE_API_KEY ?? "");
+  return connectLocal(configOrThrow(readRuntimeConfig(parsed.flags, process.env, process.cwd())), command);
+}
+
+export async function withConnection<T>(parsed: Parsed, command: string, run: (c: Connection) => Promise<T>): Promise<T> {
+  const connection = await connectFor(parsed, command);
+  try {
+    return await run(connection);
+  } finally {
+    await connection.close();
+  }
 }

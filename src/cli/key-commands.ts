@@ -12,24 +12,9 @@ import {
 import { parseExpiry, parseDuration } from "../core/time/duration.js";
 import { parseRateLimit } from "../core/ratelimit/rate-limit.js";
 import { reasonFromProto } from "../entries/rpc/convert.js";
-import { CliError, connectLocal, connectRemote, type Connection } from "./connect.js";
-import { configOrThrow, help, parse, readRuntimeConfig, type Options, type Parsed } from "./main.js";
+import { CliError, configOrThrow, help, type Options, parse, type Parsed } from "./args.js";
+import { withConnection, type Connection } from "./connect.js";
 import { createOut, keyJson, keyTable, keyText, usageJson, usageText, type Out } from "./output.js";
-
-async function connect(parsed: Parsed, command: string): Promise<Connection> {
-  const server = parsed.flags.server as string | undefined;
-  if (server) return connectRemote(server, (parsed.flags["api-key"] as string | undefined) ?? process.env.KEYGATE_API_KEY ?? "");
-  return connectLocal(configOrThrow(readRuntimeConfig(parsed.flags, process.env, process.cwd())), command);
-}
-
-export async function withConnection<T>(parsed: Parsed, command: string, run: (c: Connection) => Promise<T>): Promise<T> {
-  const connection = await connect(parsed, command);
-  try {
-    return await run(connection);
-  } finally {
-    await connection.close();
-  }
-}
 
 function manage(connection: Connection, action: ManageKeyRequest["action"]): Promise<ManageKeyResponse> {
   return connection.keys.manageKey(create(ManageKeyRequestSchema, { action }));

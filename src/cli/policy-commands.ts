@@ -1,7 +1,7 @@
 import { runPolicyDiff } from "./policy-diff-command.js";
 import { runPolicyLint } from "./policy-lint-command.js";
 import { runPolicyTest } from "./policy-test-command.js";
-import { CliError } from "./connect.js";
+import { CliError } from "./args.js";
 
 /** `keygate policy lint|test|diff`: tools for policy authors. They read files only, never the database. */
 export async function runPolicy(args: string[]): Promise<number> {

@@ -14,8 +14,8 @@ import {
   type ReplayRequest,
   type SynthesizedRequests,
 } from "../policy-tools/replay-diff.js";
-import { CliError } from "./connect.js";
-import { configOrThrow, parse, readPolicyDir } from "./main.js";
+import { CliError, configOrThrow, parse } from "./args.js";
+import { readPolicyDir } from "../config/config.js";
 import { createOut, type Out } from "./output.js";
 
 const DIFF_USAGE = `Usage: keygate policy diff --against OLD_DIR [--requests FILE] [--policy-dir NEW_DIR] [--json] [--limit N]

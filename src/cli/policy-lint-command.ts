@@ -1,8 +1,8 @@
 import { isAbsolute, resolve } from "node:path";
 import { lintPolicy } from "../policy-tools/lint.js";
 import { readPolicySource, type Diagnostic } from "../core/policy/policy-source.js";
-import { CliError } from "./connect.js";
-import { configOrThrow, help, parse, readPolicyDir } from "./main.js";
+import { CliError, configOrThrow, help, parse } from "./args.js";
+import { readPolicyDir } from "../config/config.js";
 import { createOut } from "./output.js";
 
 /**

@@ -2,13 +2,13 @@ import { readdir, readFile, stat } from "node:fs/promises";
 import { isAbsolute, join, relative, resolve } from "node:path";
 import { parseDecisionTable, runDecisionTables, type CaseResult, type DecisionTable } from "../policy-tools/decision-table.js";
 import { loadPolicy, PolicyLoadError, type Policy } from "../core/policy/policy.js";
-import { CliError } from "./connect.js";
-import { configOrThrow, help, parse, readPolicyDir } from "./main.js";
+import { CliError, configOrThrow, help, parse } from "./args.js";
+import { readPolicyDir } from "../config/config.js";
 import { createOut, type Out } from "./output.js";
 
 /**
  * `keygate policy test [FILES…]`: run decision tables (YAML, see
- * src/policy/decision-table.ts) against the policy in --policy-dir, as
+ * src/policy-tools/decision-table.ts) against the policy in --policy-dir, as
  * `opa test` runs Rego tests. No FILES: every *.yaml / *.yml under
  * <policy-dir>/tests/. A directory among FILES means the tables under it.
  * Exit 0 when every case passes, 1 when any fails, 2 when a table or the
@@ -152,7 +152,7 @@ function printJson(out: Out, policy: Policy, results: CaseResult[], failed: numb
           reason: r.decision.reason,
           message: r.decision.message,
           matched_rule: r.decision.matchedRule,
-          ...(r.decision.explanation && { closest_rules: r.decision.explanation }),
+          ...(!r.decision.allowed && r.decision.explanation && { closest_rules: r.decision.explanation }),
         },
         mismatches: r.mismatches,
       })),

@@ -13,8 +13,9 @@ import { startServer, type ServerStatus } from "../server/serve.js";
 import { createCubeCallbackHandler, isCallbackUrl } from "../entries/cube/cube-callback.js";
 import { createRemoteAuthorizer } from "../server/remote-authorizer.js";
 import { openDecisionLog, type DecisionLog } from "../telemetry/decision-log.js";
-import { CliError, connectLocal, openError } from "./connect.js";
-import { configOrThrow, help, parse, readRuntimeConfig } from "./main.js";
+import { CliError, configOrThrow, help, parse } from "./args.js";
+import { connectLocal, openError } from "./connect.js";
+import { readRuntimeConfig } from "../config/config.js";
 import { createOut } from "./output.js";
 
 const DEV_WARNING = [

@@ -1,4 +1,5 @@
 import { existsSync } from "node:fs";
+import type { BlockList } from "node:net";
 import { isAbsolute, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseDuration } from "../core/time/duration.js";
@@ -7,10 +8,9 @@ import { DEFAULT_AUTH_FAIL_LIMIT } from "../core/authorize/failed-auth-guard.js"
 import { DECISION_LOG_MODES, type DecisionLogMode } from "../telemetry/decision-log.js";
 import { parseRateLimit, type RateLimit } from "../core/ratelimit/rate-limit.js";
 import { LOG_LEVELS, type LogLevel } from "../telemetry/logger.js";
-import { DEFAULT_TRUSTED_PROXIES, parseTrustedProxies, type ClientIpRules } from "../http/client-ip.js";
-import { FORWARD_AUTH_PATHS } from "./public-paths.js";
-import { DEFAULT_LISTENER_LIMITS } from "../http/listener.js";
-import { OPERATIONS_PATHS } from "../server/operations-paths.js";
+import { parseAddressList } from "../core/request/address.js";
+import { FORWARD_AUTH_PATHS, OPERATIONS_PATHS } from "./public-paths.js";
+
 import { readTracingConfig, type TracingConfig } from "../telemetry/tracing-config.js";
 
 /**
@@ -20,6 +20,19 @@ import { readTracingConfig, type TracingConfig } from "../telemetry/tracing-conf
  */
 
 export type CredentialSource = "authorization" | "x-api-key";
+
+/** How the client's address is found: the TCP peer, or a trusted proxy's header. */
+export interface ClientIpRules {
+  /** Lower-cased header name ("x-forwarded-for", "x-real-ip"); unset = always the peer. */
+  header: string | undefined;
+  /** The peers whose header is believed. */
+  trusted: BlockList;
+}
+
+export const DEFAULT_TRUSTED_PROXIES = "127.0.0.0/8,::1/128";
+
+/** The request limits of the public port (KEYGATE_MAX_HEADER_BYTES, KEYGATE_REQUEST_TIMEOUT, KEYGATE_HEADERS_TIMEOUT). */
+export const DEFAULT_LISTENER_LIMITS = { maxHeaderBytes: 16 * 1024, requestTimeoutMs: 30_000, headersTimeoutMs: 15_000 } as const;
 
 export interface StorageConfig {
   /** Set: real Postgres. Unset: embedded PGlite in dataDir. */
@@ -276,10 +289,10 @@ class Reader {
 
   authGuardExempt(): ClientIpRules["trusted"] {
     const text = this.string(undefined, "KEYGATE_AUTH_GUARD_EXEMPT", DEFAULT_TRUSTED_PROXIES);
-    const parsed = parseTrustedProxies(text === "none" ? "" : text);
+    const parsed = parseAddressList(text === "none" ? "" : text);
     if (!parsed.ok) {
       this.errors.push(`KEYGATE_AUTH_GUARD_EXEMPT: ${parsed.error} (or "none")`);
-      return (parseTrustedProxies(DEFAULT_TRUSTED_PROXIES) as { ok: true; list: ClientIpRules["trusted"] }).list;
+      return (parseAddressList(DEFAULT_TRUSTED_PROXIES) as { ok: true; list: ClientIpRules["trusted"] }).list;
     }
     return parsed.list;
   }
@@ -288,10 +301,10 @@ class Reader {
     const header = this.string("trusted-proxy-header", "KEYGATE_CLIENT_IP_HEADER", "").toLowerCase() || undefined;
     if (header !== undefined && !/^[a-z0-9-]{1,64}$/.test(header)) this.errors.push(`--trusted-proxy-header/KEYGATE_CLIENT_IP_HEADER: "${header}" is not a header name`);
     const proxiesText = this.string(undefined, "KEYGATE_TRUSTED_PROXIES", DEFAULT_TRUSTED_PROXIES);
-    const proxies = parseTrustedProxies(proxiesText);
+    const proxies = parseAddressList(proxiesText);
     if (!proxies.ok) {
       this.errors.push(`KEYGATE_TRUSTED_PROXIES: ${proxies.error}`);
-      return { header, trusted: (parseTrustedProxies(DEFAULT_TRUSTED_PROXIES) as { ok: true; list: ClientIpRules["trusted"] }).list };
+      return { header, trusted: (parseAddressList(DEFAULT_TRUSTED_PROXIES) as { ok: true; list: ClientIpRules["trusted"] }).list };
     }
     return { header, trusted: proxies.list };
   }

@@ -33,8 +33,6 @@ export interface ListenerLimits {
   headersTimeoutMs: number;
 }
 
-export const DEFAULT_LISTENER_LIMITS: ListenerLimits = { maxHeaderBytes: 16 * 1024, requestTimeoutMs: 30_000, headersTimeoutMs: 15_000 };
-
 /** A request URL's path: the query string dropped (routing ignores it). */
 export function urlPath(url: string | undefined): string {
   const target = url ?? "/";
@@ -55,7 +53,7 @@ const DRAIN_IDLE_GRACE_MS = 1_000;
 /** After an error answer (400/408/431), how long the rest of what the client sends is read and dropped before closing. */
 const ERROR_LINGER_MS = 2_000;
 
-export function createListener(handler: Handler, limits: ListenerLimits = DEFAULT_LISTENER_LIMITS): Listener {
+export function createListener(handler: Handler, limits: ListenerLimits): Listener {
   let draining = false;
   const onRequest: Handler = (req, res) => {
     if (req.httpVersionMajor === 2 && headerListBytes(req.rawHeaders) > limits.maxHeaderBytes) {

@@ -1,8 +1,9 @@
 import { createContextKey, createContextValues, type ContextValues } from "@connectrpc/connect";
 import type { IncomingMessage } from "node:http";
 import type { Http2ServerRequest } from "node:http2";
-import { canonicalIp, clientIp, type ClientIpRules } from "./client-ip.js";
-import { headerReader } from "../entries/cube/cube-callback.js";
+import type { ClientIpRules } from "../config/config.js";
+import { canonicalIp } from "../core/request/address.js";
+import { requestSource } from "./client-ip.js";
 
 /** The client's address of an RPC, for the failed-auth guard (undefined: a Unix socket peer). */
 export const kSource = createContextKey<string | undefined>(undefined, { description: "client address" });
@@ -13,11 +14,6 @@ export const kSource = createContextKey<string | undefined>(undefined, { descrip
  * from a trusted peer.
  */
 export const kPeer = createContextKey<string | undefined>(undefined, { description: "peer address" });
-
-/** The client's address of a request: the peer, or a trusted proxy's client-IP header. */
-export function requestSource(rules: ClientIpRules, req: IncomingMessage | Http2ServerRequest): string | undefined {
-  return clientIp(rules, req.socket?.remoteAddress, headerReader(req));
-}
 
 /** connectNodeAdapter's `contextValues`: the request's source under kSource. */
 export function sourceContextValues(rules: ClientIpRules) {

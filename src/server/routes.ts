@@ -15,7 +15,7 @@ import { createAuditLog } from "../core/manage/audit-log.js";
 import { createExtAuthzService } from "../entries/extauthz/ext-authz.js";
 import { createAuditService } from "../entries/rpc/audit-service.js";
 import { createAuthorizeService } from "../entries/rpc/authorize-service.js";
-import type { ClientIpRules } from "../http/client-ip.js";
+import type { ClientIpRules } from "../config/config.js";
 import { createHealthService } from "../entries/rpc/health-service.js";
 import { createKeyChangeAnnouncer } from "../core/keys/key-changes.js";
 import { createKeyService } from "../entries/rpc/key-service.js";
@@ -46,7 +46,14 @@ export function createRoutes(runtime: Runtime, credentialPriority: readonly Cred
   const announce = runtime.store.kind === "postgres" ? createKeyChangeAnnouncer(runtime.store.db) : undefined;
   const reflection = createReflectionIndex(SERVED_SERVICES);
   return (router: ConnectRouter) => {
-    router.service(AuthorizeService, createAuthorizeService(runtime.authorize, localOperator));
+    router.service(
+      AuthorizeService,
+      createAuthorizeService({
+        authorize: runtime.authorize,
+        allowExplain: localOperator,
+        onError: (error, requestId) => log.error("authorize error", { ...errorFields(error), request_id: requestId }),
+      }),
+    );
     router.service(
       KeyService,
       createKeyService({ keys: runtime.keys, lookupKey: runtime.lookupKey, credentialPriority, dev: runtime.dev, localOperator, log, ...(announce && { announce }) }),
@@ -72,7 +79,7 @@ export function createRoutes(runtime: Runtime, credentialPriority: readonly Cred
       Health,
       createHealthService({
         services: SERVED_SERVICES.map((s) => s.typeName),
-        readiness: createReadinessCheck(runtime),
+        readiness: createReadinessCheck({ db: runtime.store.db, policyHolder: runtime.policyHolder }),
         ...(options.shutdown && { shutdown: options.shutdown }),
       }),
     );

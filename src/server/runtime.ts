@@ -1,5 +1,5 @@
+import { canonicalIp, inList } from "../core/request/address.js";
 import { createFailedAuthGuard } from "../core/authorize/failed-auth-guard.js";
-import { isTrusted } from "../http/client-ip.js";
 import { createAuthorizer, type Authorize } from "../core/authorize/authorizer.js";
 import type { AuthorizeInput, Decision } from "../core/authorize/decision.js";
 import type { RuntimeConfig, ServeConfig } from "../config/config.js";
@@ -121,7 +121,7 @@ export async function openRuntime(config: RuntimeConfig & RuntimeTelemetryConfig
           rateLimiter,
           limit: config.authFailLimit,
           onError,
-          exempt: (source) => isTrusted({ header: undefined, trusted: config.authGuardExempt }, source),
+          exempt: (source) => inList(config.authGuardExempt, canonicalIp(source)),
           ...(options.sleep && { sleep: options.sleep }),
         }),
       }),

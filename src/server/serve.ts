@@ -14,13 +14,16 @@ import { requestIdOf, setRequestIdHeader, withRequestIdValue, withRequestIds } f
 import type { Runtime } from "./runtime.js";
 import { formatRateLimit } from "../core/ratelimit/rate-limit.js";
 import type { RateLimiterHealth } from "../core/ratelimit/rate-limiter.js";
-import { createCubeCallbackHandler, headerReader } from "../entries/cube/cube-callback.js";
+import { createCubeCallbackHandler } from "../entries/cube/cube-callback.js";
+import { headerReader } from "../http/header-reader.js";
 import { forwardAuthEndpoints } from "../entries/gateway/forward-auth.js";
-import { listenForKeyChanges, type KeyChangeListener } from "../core/keys/key-changes.js";
+import { listenForKeyChanges, type KeyChangeListener } from "./key-change-listener.js";
 import { operationsEndpoints } from "../entries/operations/operations-endpoints.js";
+import { createReadinessCheck } from "../core/authorize/readiness.js";
 import { createListener, urlPath, type Handler } from "../http/listener.js";
 import { serverApplicationName, type ServerEntry } from "./server-registry.js";
-import { requestSource, sourceContextValues } from "../http/rpc-context.js";
+import { requestSource } from "../http/client-ip.js";
+import { sourceContextValues } from "../http/rpc-context.js";
 import { createAuthorizeCall } from "../entries/rpc/authorize-call.js";
 import { createDirectAuthorize } from "../entries/rpc/direct-authorize.js";
 import { createRoutes } from "./routes.js";
@@ -80,7 +83,12 @@ export function createRequestHandler(
   // nginx auth_request and Traefik forwardAuth, at fixed paths (/auth/nginx, /auth/traefik).
   for (const [path, handler] of forwardAuthEndpoints(config, runtime.authorize, log)) endpoints.set(path, handler);
   // /healthz, /readyz (503 once shutdown begins) and /metrics.
-  const operations = operationsEndpoints(runtime, { ...(shutdown && { shutdown }), onError: (error) => log.error("operations endpoint error", errorFields(error)) });
+  const operations = operationsEndpoints({
+    readiness: createReadinessCheck({ db: runtime.store.db, policyHolder: runtime.policyHolder }),
+    ...(runtime.metrics && { metrics: runtime.metrics }),
+    ...(shutdown && { shutdown }),
+    onError: (error) => log.error("operations endpoint error", errorFields(error)),
+  });
   for (const [path, handler] of operations) endpoints.set(path, handler);
   // Every request gets an id (x-request-id in and out); at debug level, a log line when it ends.
   // The Cube callback and the direct Authorize path put x-request-id in their own writeHead (the

@@ -13,7 +13,7 @@ import { startTestRedis, type TestRedis } from "../support/redis-server.js";
 /**
  * Several servers over one Postgres database: a key change made through one
  * server (or by the CLI, in-process) reaches every other server's key cache
- * through LISTEN/NOTIFY (src/server/key-changes.ts). The cache TTL is ten
+ * through LISTEN/NOTIFY (src/core/keys/key-changes.ts, src/server/key-change-listener.ts). The cache TTL is ten
  * minutes here, so only a notification can explain a change seen within the
  * two seconds each check polls for. Rate limits are shared through Redis.
  *

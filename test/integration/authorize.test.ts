@@ -1,7 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Reason } from "../../src/core/authorize/decision.js";
 import { generateKey } from "../../src/core/keys/key-format.js";
-import type { Policy, PolicyRequest } from "../../src/core/policy/policy.js";
+import type { Policy } from "../../src/core/policy/policy.js";
+import type { PolicyRequest } from "../../src/core/policy/policy-request.js";
 import { createTestDatabase, testDatabaseKind, type TestDatabase } from "../support/database.js";
 import { check, createCore, createKey, HOUR, LOCAL, realPolicy, ruleLine, unwrap, type Core } from "./test-core.js";
 

@@ -7,14 +7,14 @@ import { create, toBinary, toJsonString, type MessageInitShape } from "@bufbuild
 import { PGlite } from "@electric-sql/pglite";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { AuthorizeRequestSchema } from "../../gen/keygate/v1/authorize_pb.js";
-import { readRuntimeConfig, type RuntimeConfig } from "../../src/config/config.js";
+import { DEFAULT_LISTENER_LIMITS, readRuntimeConfig, type RuntimeConfig } from "../../src/config/config.js";
 import type { StoreTarget } from "../../src/core/db/connect.js";
 import { createLogger } from "../../src/telemetry/logger.js";
 import { openRuntime, type Runtime } from "../../src/server/runtime.js";
 import { createAuthorizeCall } from "../../src/entries/rpc/authorize-call.js";
 import { AUTHORIZE_PATH, createDirectAuthorize } from "../../src/entries/rpc/direct-authorize.js";
 import { createListener, type Handler, type Listener } from "../../src/http/listener.js";
-import { requestSource } from "../../src/http/rpc-context.js";
+import { requestSource } from "../../src/http/client-ip.js";
 import { createRequestHandler } from "../../src/server/serve.js";
 import { createPostgresDatabase, TEST_DATABASE_URL } from "../support/database.js";
 import { HOUR, LOCAL, POLICY_DIR, unwrap } from "./test-core.js";
@@ -57,7 +57,7 @@ async function target(): Promise<StoreTarget> {
 }
 
 async function serve(handler: Handler): Promise<number> {
-  const listener = createListener(handler);
+  const listener = createListener(handler, DEFAULT_LISTENER_LIMITS);
   listeners.push(listener);
   return (await listener.listen(0, "127.0.0.1")).port;
 }

@@ -32,7 +32,7 @@ const SERVICE = "keygate.v1.AuthorizeService";
 
 function healthClient(policyHolder: PolicyHolder, outage: ReturnType<typeof createOutage>) {
   const store = { ...database.store, db: core.db.withPlugin(outage.plugin) };
-  const impl = createHealthService({ services: [SERVICE], readiness: createReadinessCheck({ store, policyHolder }), pollMs: 20 });
+  const impl = createHealthService({ services: [SERVICE], readiness: createReadinessCheck({ db: store.db, policyHolder }), pollMs: 20 });
   return createClient(Health, createRouterTransport(({ service }) => service(Health, impl)));
 }
 

@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
-import type { Expiry, ManageResult } from "../../src/core/manage/key-manager.js";
+import type { Expiry } from "../../src/core/manage/key-input.js";
+import type { ManageResult } from "../../src/core/manage/access.js";
 import { testDatabaseKind, type TestDatabase } from "../support/database.js";
 import { check, createKey, LOCAL, unwrap, type Core, useCoreDatabase } from "./test-core.js";
 

@@ -1,7 +1,8 @@
 import { beforeAll, describe, expect, it } from "vitest";
 import { DEFAULT_KEY_PREFIX } from "../../src/core/keys/key-format.js";
 import { createKeyLookup } from "../../src/core/keys/key-lookup.js";
-import type { CreatedKey, CreateKeyInput, ManageResult, Principal } from "../../src/core/manage/key-manager.js";
+import type { CreatedKey, CreateKeyInput } from "../../src/core/manage/key-manager.js";
+import type { ManageResult, Principal } from "../../src/core/manage/access.js";
 import type { KeyRecord } from "../../src/core/keys/key-record.js";
 import { testDatabaseKind, type TestDatabase } from "../support/database.js";
 import { asKey, check, createCore, createKey, DAY, HOUR, LOCAL, unwrap, type Core, useCoreDatabase } from "./test-core.js";

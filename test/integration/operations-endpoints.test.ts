@@ -2,7 +2,7 @@ import { readFile } from "node:fs/promises";
 import { BlockList } from "node:net";
 import { PGlite } from "@electric-sql/pglite";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
-import { readServeConfig, type ServeConfig } from "../../src/config/config.js";
+import { DEFAULT_LISTENER_LIMITS, readServeConfig, type ServeConfig } from "../../src/config/config.js";
 import type { StoreTarget } from "../../src/core/db/connect.js";
 import { createLogger } from "../../src/telemetry/logger.js";
 import { openRuntime, type Runtime } from "../../src/server/runtime.js";
@@ -37,7 +37,7 @@ async function target(): Promise<StoreTarget> {
 }
 
 async function serve(core: Runtime, shutdown?: AbortSignal): Promise<string> {
-  const listener = createListener(createRequestHandler(SERVE, core, silent, shutdown));
+  const listener = createListener(createRequestHandler(SERVE, core, silent, shutdown), DEFAULT_LISTENER_LIMITS);
   listeners.push(listener);
   const { port } = await listener.listen(0, "127.0.0.1");
   return `http://127.0.0.1:${port}`;

@@ -1,4 +1,4 @@
-import { Code, createClient, createRouterTransport, type Interceptor } from "@connectrpc/connect";
+import { Code, ConnectError, createClient, createRouterTransport, type Interceptor } from "@connectrpc/connect";
 import { describe, expect, it } from "vitest";
 import type { AuthorizeInput, Decision } from "../../src/core/authorize/decision.js";
 import { createAuthorizeService } from "../../src/entries/rpc/authorize-service.js";
@@ -199,14 +199,15 @@ function fakeCore() {
 /** The service over the in-memory transport, each call from the client address 203.0.113.7. */
 function clientFor(allowExplain: boolean) {
   const core = fakeCore();
+  const errors: { error: unknown; requestId: string | undefined }[] = [];
   const fromClientAddress: Interceptor = (next) => (req) => {
     req.contextValues.set(kSource, "203.0.113.7");
     return next(req);
   };
-  const transport = createRouterTransport((router) => router.service(AuthorizeService, createAuthorizeService(core.authorize, allowExplain)), {
+  const transport = createRouterTransport((router) => router.service(AuthorizeService, createAuthorizeService({ authorize: core.authorize, allowExplain, onError: (error, requestId) => errors.push({ error, requestId }) })), {
     router: { interceptors: [fromClientAddress] },
   });
-  return { core, client: createClient(AuthorizeService, transport) };
+  return { core, errors, client: createClient(AuthorizeService, transport) };
 }
 
 async function* requests(credentials: string[], explain = false) {
@@ -244,11 +245,23 @@ describe("AuthorizeStream over a fake core", () => {
     await expect(client.authorize({ credential: "outage", path: "/x", method: "GET" })).rejects.toMatchObject({ code: Code.Unavailable });
   });
 
-  it("a core that throws answers that id UNAVAILABLE, not the whole stream", async () => {
-    const { client } = clientFor(false);
+  it("a core that throws answers that id UNAVAILABLE, not the whole stream, and the bug is reported", async () => {
+    const { client, errors } = clientFor(false);
     const answers = await collect(client.authorizeStream(requests(["bug", "allow"])));
     expect(answers.get(100n)?.response).toMatchObject({ allowed: false, reason: Reason.UNAVAILABLE, message: expect.stringMatching(/^authorization unavailable/) });
     expect(answers.get(101n)?.response?.allowed).toBe(true);
+    expect(errors.map((e) => (e.error as Error).message)).toEqual(["a bug in the core"]);
+  });
+
+  it("unary Authorize: a core that throws is reported and answered internal (as the direct path answers it), never allowed", async () => {
+    const { client, errors } = clientFor(false);
+    const failure = await client.authorize({ credential: "bug", path: "/x", method: "GET" }).then(
+      () => undefined,
+      (error: unknown) => ConnectError.from(error),
+    );
+    expect(failure?.code).toBe(Code.Internal);
+    expect(failure?.rawMessage).toBe("internal error");
+    expect(errors.map((e) => (e.error as Error).message)).toEqual(["a bug in the core"]);
   });
 
   it("a request without its AuthorizeRequest is decided as an empty one", async () => {

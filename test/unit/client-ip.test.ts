@@ -1,8 +1,10 @@
 import { describe, expect, it } from "vitest";
-import { clientIp, DEFAULT_TRUSTED_PROXIES, parseTrustedProxies, type ClientIpRules } from "../../src/http/client-ip.js";
+import { DEFAULT_TRUSTED_PROXIES, type ClientIpRules } from "../../src/config/config.js";
+import { parseAddressList } from "../../src/core/request/address.js";
+import { clientIp } from "../../src/http/client-ip.js";
 
 function rules(header: string | undefined, proxies = DEFAULT_TRUSTED_PROXIES): ClientIpRules {
-  const parsed = parseTrustedProxies(proxies);
+  const parsed = parseAddressList(proxies);
   if (!parsed.ok) throw new Error(parsed.error);
   return { header, trusted: parsed.list };
 }
@@ -32,6 +34,6 @@ describe("client IP: the peer, or a trusted proxy's header", () => {
   });
 
   it.each(["10.0.0.0/33", "not-an-ip", "10.0.0.1/8/2", "::1/129", "10.0.0.0/x"])("refuses trusted proxy %s", (text) => {
-    expect(parseTrustedProxies(text).ok).toBe(false);
+    expect(parseAddressList(text).ok).toBe(false);
   });
 });

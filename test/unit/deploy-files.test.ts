@@ -6,7 +6,7 @@ import { dirname, posix, relative, resolve } from "node:path";
 import { describe, expect, it } from "vitest";
 import { parseDocument } from "yaml";
 import { NGINX_AUTH_PATH, TRAEFIK_AUTH_PATH } from "../../src/config/public-paths.js";
-import { HEALTHZ_PATH, READYZ_PATH } from "../../src/server/operations-paths.js";
+import { HEALTHZ_PATH, READYZ_PATH } from "../../src/config/public-paths.js";
 
 /**
  * Docker cannot run here, so the deploy files are checked by reading them:

@@ -5,12 +5,13 @@ import { CheckRequestSchema, type CheckResponse } from "../../gen/envoy/service/
 import type { Decision } from "../../src/core/authorize/decision.js";
 import { checkRequestInput, clientAddress, headerReader, pathOnly } from "../../src/entries/extauthz/check-request.js";
 import { checkResponseFor } from "../../src/entries/extauthz/check-response.js";
-import { DEFAULT_TRUSTED_PROXIES, parseTrustedProxies, type ClientIpRules } from "../../src/http/client-ip.js";
+import { DEFAULT_TRUSTED_PROXIES, type ClientIpRules } from "../../src/config/config.js";
+import { parseAddressList } from "../../src/core/request/address.js";
 
 /** Envoy's CheckRequest → keygate's question, and a decision → CheckResponse, without a server. */
 
 function trusting(proxies: string): ClientIpRules {
-  const parsed = parseTrustedProxies(proxies);
+  const parsed = parseAddressList(proxies);
   if (!parsed.ok) throw new Error(parsed.error);
   return { header: undefined, trusted: parsed.list };
 }

@@ -7,7 +7,7 @@ import { createKeyLookup, KeyLookupTimeoutError } from "../../src/core/keys/key-
 import type { KeyRecord } from "../../src/core/keys/key-record.js";
 import { toRecord } from "../../src/core/keys/key.repository.js";
 import { createLogger } from "../../src/telemetry/logger.js";
-import { listenForKeyChanges } from "../../src/core/keys/key-changes.js";
+import { listenForKeyChanges } from "../../src/server/key-change-listener.js";
 
 /**
  * The key cache is only as good as its change feed (Postgres LISTEN): while

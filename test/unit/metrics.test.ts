@@ -22,7 +22,8 @@ function sources(overrides: Partial<MetricSources> = {}): MetricSources {
 }
 
 function decision(reason: Reason, withKey = reason !== "missing_credential" && reason !== "invalid_key" && reason !== "bad_request"): Decision {
-  return { allowed: reason === "allowed", reason, message: reason, matchedRule: "", ...(withKey && { key: KEY }) };
+  const fields = { message: reason, matchedRule: "", ...(withKey && { key: KEY }) };
+  return reason === "allowed" ? { allowed: true, reason, ...fields } : { allowed: false, reason, ...fields };
 }
 
 /** Sample lines of one metric family: `name{labels} value`. */

@@ -6,10 +6,11 @@ import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { KNOWN_METHODS } from "../../src/core/request/normalize.js";
 import { compileKeyMatch2 } from "../../src/core/policy/patterns.js";
-import { loadPolicy, type Policy, type PolicyRequest } from "../../src/core/policy/policy.js";
+import { loadPolicy, type Policy } from "../../src/core/policy/policy.js";
+import type { PolicyRequest } from "../../src/core/policy/policy-request.js";
 
 /**
- * Differential test: the compiled policy (src/policy/compiled-policy.ts)
+ * Differential test: the compiled policy (src/core/policy/compiled-policy.ts)
  * against plain Casbin on the same model.conf and CSV. Casbin is the
  * definition: for every request, "allowed" must agree with "any of the
  * request's roles is allowed by enforceExSync", and the rule the compiled

@@ -3,7 +3,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { KNOWN_METHODS } from "../../src/core/request/normalize.js";
-import { loadPolicy, PolicyLoadError, type Policy, type PolicyRequest } from "../../src/core/policy/policy.js";
+import { loadPolicy, PolicyLoadError, type Policy } from "../../src/core/policy/policy.js";
+import type { PolicyRequest } from "../../src/core/policy/policy-request.js";
 
 const POLICY_DIR = "policies";
 const ORG = "acme";

@@ -1,4 +1,5 @@
 import { sql, type Kysely, type Transaction } from "kysely";
+import type { PageCursor } from "../db/page-token.js";
 import type { AuditLogRow, Database } from "../db/schema.js";
 import type { AuditEvent, NewAuditEvent } from "./audit-event.js";
 
@@ -42,13 +43,8 @@ export interface AuditFilter {
   since?: Date;
 }
 
-export interface AuditCursor {
-  at: Date;
-  id: string;
-}
-
 /** Newest first, ordered by (at, id) descending. */
-export async function listAuditEvents(db: Db, filter: AuditFilter, limit: number, before?: AuditCursor): Promise<AuditEvent[]> {
+export async function listAuditEvents(db: Db, filter: AuditFilter, limit: number, before?: PageCursor): Promise<AuditEvent[]> {
   let query = db.selectFrom("audit_log").selectAll();
   if (filter.org !== undefined) query = query.where("org", "=", filter.org);
   if (filter.keyId !== undefined) {

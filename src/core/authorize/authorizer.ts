@@ -1,7 +1,8 @@
 import type { KeyRecord } from "../keys/key-record.js";
 import { ALL_NAMESPACES, isValidName, isValidNamespace } from "../keys/key-record.js";
 import type { KeyLookup, LookupKey } from "../keys/key-lookup.js";
-import type { Policy, RuleMiss } from "../policy/policy.js";
+import type { Policy } from "../policy/policy.js";
+import type { RuleMiss } from "../policy/policy-request.js";
 import type { FailedAuthGuard } from "./failed-auth-guard.js";
 import type { RateLimit } from "../ratelimit/rate-limit.js";
 import type { RateLimiter } from "../ratelimit/rate-limiter.js";

@@ -1,13 +1,13 @@
-import type { RuleMiss } from "../policy/policy.js";
+import type { RuleMiss } from "../policy/policy-request.js";
 import type { RateLimitStatus } from "../ratelimit/rate-limit.js";
 
-/** Why a decision came out as it did. A deny is data, not an exception. */
 /**
  * Where a request came in: the RPC services, the Cube callback, Envoy's
  * ext_authz, or an nginx auth_request / Traefik forwardAuth endpoint.
  */
 export type DecisionEntry = "rpc" | "shim" | "ext_authz" | "forward_auth";
 
+/** Why a decision came out as it did. A deny is data, not an exception. */
 export type Reason =
   | "allowed"
   | "missing_credential"
@@ -27,18 +27,31 @@ export interface KeyIdentity {
   roles: string[];
 }
 
-export interface Decision {
-  allowed: boolean;
-  reason: Reason;
+export type DenyReason = Exclude<Reason, "allowed">;
+
+interface DecisionFields {
   message: string;
   key?: KeyIdentity;
   /** "policy.csv:12", or "" when no rule decided. */
   matchedRule: string;
-  /** On a policy deny, when asked: the closest rules that did not match, and why. */
-  explanation?: RuleMiss[];
-  /** The key's rate-limit budget, when the policy allowed and the key has a limit (its own or the default). */
+  /** The key's rate-limit budget, when the policy allowed and the key has a limit (its own or the default); on a rate-limited deny, the spent budget. */
   rateLimit?: RateLimitStatus;
 }
+
+export interface Allow extends DecisionFields {
+  allowed: true;
+  reason: "allowed";
+}
+
+export interface Deny extends DecisionFields {
+  allowed: false;
+  reason: DenyReason;
+  /** On a policy deny, when asked: the closest rules that did not match, and why. */
+  explanation?: RuleMiss[];
+}
+
+/** Allowed with reason "allowed", or denied with any other reason: `{ allowed: true, reason: "revoked" }` does not type-check. */
+export type Decision = Allow | Deny;
 
 export interface AuthorizeInput {
   credential: string;
@@ -71,7 +84,7 @@ export function forbiddenMessage(method: string, path: string): string {
   return `API key is not allowed to ${method} ${path}`;
 }
 
-export function deny(reason: Exclude<Reason, "allowed">, message: string, key?: KeyIdentity): Decision {
+export function deny(reason: DenyReason, message: string, key?: KeyIdentity): Deny {
   return { allowed: false, reason, message, matchedRule: "", ...(key && { key }) };
 }
 

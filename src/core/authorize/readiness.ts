@@ -1,5 +1,6 @@
-import { sql } from "kysely";
-import type { Runtime } from "../../server/runtime.js";
+import { sql, type Kysely } from "kysely";
+import type { Database } from "../db/schema.js";
+import type { PolicyHolder } from "../policy/policy-watcher.js";
 
 /** Whether this instance can decide: its database answers and a policy is loaded. */
 export interface Readiness {
@@ -18,13 +19,20 @@ export const READINESS_DB_TIMEOUT_MS = 1_000;
  * deadline, and the policy in force. A policy reload that failed keeps the
  * last good policy, which still decides: that is ready, with the error shown.
  */
-export function createReadinessCheck(runtime: Pick<Runtime, "store" | "policyHolder">, timeoutMs = READINESS_DB_TIMEOUT_MS): () => Promise<Readiness> {
+export interface ReadinessDeps {
+  db: Kysely<Database>;
+  policyHolder: Pick<PolicyHolder, "current" | "status">;
+}
+
+export type ReadinessCheck = () => Promise<Readiness>;
+
+export function createReadinessCheck({ db, policyHolder }: ReadinessDeps, timeoutMs = READINESS_DB_TIMEOUT_MS): ReadinessCheck {
   return async () => {
-    const database = await pingDatabase(runtime, timeoutMs);
+    const database = await pingDatabase(db, timeoutMs);
     let policy: Readiness["checks"]["policy"];
     try {
-      const current = runtime.policyHolder.current();
-      const lastError = runtime.policyHolder.status().lastError;
+      const current = policyHolder.current();
+      const lastError = policyHolder.status().lastError;
       policy = { ok: true, version: current.info.version, ...(lastError && { error: `last reload failed: ${lastError.message}` }) };
     } catch (error) {
       policy = { ok: false, error: error instanceof Error ? error.message : String(error) };
@@ -33,14 +41,14 @@ export function createReadinessCheck(runtime: Pick<Runtime, "store" | "policyHol
   };
 }
 
-async function pingDatabase(runtime: Pick<Runtime, "store">, timeoutMs: number): Promise<{ ok: boolean; error?: string }> {
+async function pingDatabase(db: Kysely<Database>, timeoutMs: number): Promise<{ ok: boolean; error?: string }> {
   let timer: NodeJS.Timeout | undefined;
   const deadline = new Promise<never>((_, reject) => {
     timer = setTimeout(() => reject(new Error(`no answer in ${timeoutMs} ms`)), timeoutMs);
     timer.unref();
   });
   try {
-    await Promise.race([sql`select 1`.execute(runtime.store.db), deadline]);
+    await Promise.race([sql`select 1`.execute(db), deadline]);
     return { ok: true };
   } catch (error) {
     return { ok: false, error: error instanceof Error ? error.message : String(error) };

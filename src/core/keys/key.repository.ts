@@ -1,4 +1,5 @@
 import type { Kysely, Transaction } from "kysely";
+import type { PageCursor } from "../db/page-token.js";
 import type { ApiKeyRow, Database, NewApiKeyRow } from "../db/schema.js";
 import type { RateLimit } from "../ratelimit/rate-limit.js";
 import type { KeyRecord } from "./key-record.js";
@@ -81,11 +82,6 @@ export interface KeyFilter {
   enabled?: boolean;
 }
 
-export interface PageCursor {
-  createdAt: Date;
-  id: string;
-}
-
 export async function listKeys(db: Db, filter: KeyFilter, limit: number, after?: PageCursor): Promise<KeyRecord[]> {
   let query = db.selectFrom("api_keys").selectAll();
   if (filter.org !== undefined) query = query.where("org", "=", filter.org);
@@ -93,7 +89,7 @@ export async function listKeys(db: Db, filter: KeyFilter, limit: number, after?:
   if (filter.enabled !== undefined) query = query.where("enabled", "=", filter.enabled);
   if (after) {
     query = query.where((eb) =>
-      eb.or([eb("created_at", ">", after.createdAt), eb.and([eb("created_at", "=", after.createdAt), eb("id", ">", after.id)])]),
+      eb.or([eb("created_at", ">", after.at), eb.and([eb("created_at", "=", after.at), eb("id", ">", after.id)])]),
     );
   }
   const rows = await query.orderBy("created_at").orderBy("id").limit(limit).execute();

@@ -1,6 +1,7 @@
 import type { Kysely } from "kysely";
+import { decodePageToken, encodePageToken, type PageCursor } from "../db/page-token.js";
 import type { Database } from "../db/schema.js";
-import type { ManageResult, Principal } from "./key-manager.js";
+import { actorOf, type ManageResult, type Principal } from "./access.js";
 import { managementDecision } from "./management.js";
 import type { Policy } from "../policy/policy.js";
 import { refusedOutcome, type AuditEvent } from "../audit/audit-event.js";
@@ -31,6 +32,8 @@ export interface AuditLogDeps {
   now: () => Date;
 }
 
+/** Audit rows are numbered by a bigint sequence. */
+const AUDIT_ID = /^\d{1,19}$/;
 const MAX_PAGE_SIZE = 1000;
 const DEFAULT_PAGE_SIZE = 100;
 
@@ -40,7 +43,7 @@ export function createAuditLog({ db, policy, now }: AuditLogDeps) {
   async function refuse(principal: Principal, code: "invalid_argument" | "permission_denied", message: string, input: ListAuditInput): Promise<ManageResult<AuditPage>> {
     await repo.insertAuditEvent(db, {
       at: now(),
-      actor: principal.kind === "local" ? "local" : principal.key.id,
+      actor: actorOf(principal),
       action: "audit",
       target: null,
       newTarget: null,
@@ -65,9 +68,9 @@ export function createAuditLog({ db, policy, now }: AuditLogDeps) {
         if (Number.isNaN(input.since.getTime())) return refuse(principal, "invalid_argument", "invalid since time", input);
         filter.since = input.since;
       }
-      let before: repo.AuditCursor | undefined;
+      let before: PageCursor | undefined;
       if (input.pageToken) {
-        before = decodePageToken(input.pageToken);
+        before = decodePageToken(input.pageToken, AUDIT_ID);
         if (!before) return refuse(principal, "invalid_argument", "invalid page_token: pass the next_page_token of a previous page", input);
       }
       const pageSize = input.pageSize ? Math.min(input.pageSize, MAX_PAGE_SIZE) : DEFAULT_PAGE_SIZE;
@@ -77,22 +80,4 @@ export function createAuditLog({ db, policy, now }: AuditLogDeps) {
       return { ok: true, value: { events, nextPageToken: rows.length > pageSize && last ? encodePageToken(last) : "" } };
     },
   };
-}
-
-function encodePageToken(last: AuditEvent): string {
-  return Buffer.from(JSON.stringify([last.at.toISOString(), last.id])).toString("base64url");
-}
-
-function decodePageToken(token: string): repo.AuditCursor | undefined {
-  if (token.length > 200) return undefined;
-  try {
-    const parsed: unknown = JSON.parse(Buffer.from(token, "base64url").toString("utf8"));
-    if (!Array.isArray(parsed) || parsed.length !== 2) return undefined;
-    const [time, id] = parsed as [unknown, unknown];
-    if (typeof time !== "string" || typeof id !== "string" || !/^\d{1,19}$/.test(id)) return undefined;
-    const at = new Date(time);
-    return Number.isNaN(at.getTime()) ? undefined : { at, id };
-  } catch {
-    return undefined;
-  }
 }

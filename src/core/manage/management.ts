@@ -1,4 +1,5 @@
-import type { Policy, PolicyDecision } from "../policy/policy.js";
+import type { Policy } from "../policy/policy.js";
+import type { PolicyDecision } from "../policy/policy-request.js";
 import { ALL_NAMESPACES } from "../keys/key-record.js";
 
 /**

@@ -1,7 +1,7 @@
 import { KNOWN_METHODS } from "../request/normalize.js";
 import type { PolicyRule, RoleLink } from "./policy-source.js";
 import { compileKeyMatch2, compileMethodPattern, firstSegmentOf, literalFirstSegment } from "./patterns.js";
-import type { PolicyDecision, PolicyRequest, RuleMiss } from "./policy.js";
+import type { PolicyDecision, PolicyRequest, RuleMiss } from "./policy-request.js";
 
 /**
  * keygate's model (see policies/model.conf) compiled into lookup structures:

@@ -1,5 +1,6 @@
 import { newEnforcer, newModelFromString, type Adapter, type Enforcer, type Model } from "casbin";
 import { compilePolicy } from "./compiled-policy.js";
+import type { PolicyDecision, PolicyRequest, RuleMiss } from "./policy-request.js";
 import { MODEL_FILE, readPolicySource, type PolicyRule, type ReadPolicyOptions, type PolicySource, type RoleLink } from "./policy-source.js";
 
 /**
@@ -9,29 +10,6 @@ import { MODEL_FILE, readPolicySource, type PolicyRule, type ReadPolicyOptions, 
  * is evaluated by Casbin itself, so an edited matcher still means what
  * Casbin says it means.
  */
-
-export interface PolicyRequest {
-  roles: readonly string[];
-  org: string;
-  namespace: string;
-  /** Normalized path (or a management resource such as "keys/key_…"). */
-  path: string;
-  /** Upper-case HTTP method. */
-  method: string;
-}
-
-export interface PolicyDecision {
-  allowed: boolean;
-  /** "policy.csv:12" for the rule that allowed (the first in file order); "" on deny. */
-  rule: string;
-}
-
-/** A rule that did not match a request, and why: for explaining a deny. */
-export interface RuleMiss {
-  rule: string;
-  text: string;
-  reasons: string[];
-}
 
 export interface Policy {
   decide(request: PolicyRequest): PolicyDecision;

@@ -1,7 +1,8 @@
 import { isIP } from "node:net";
 import type { AuthorizeInput } from "../../core/authorize/decision.js";
-import type { CredentialSource } from "../../config/config.js";
-import { canonicalIp, isTrusted, type ClientIpRules } from "../../http/client-ip.js";
+import type { ClientIpRules, CredentialSource } from "../../config/config.js";
+import { canonicalIp } from "../../core/request/address.js";
+import { isTrusted } from "../../http/client-ip.js";
 import { credentialFromHeaders } from "../../http/credentials.js";
 import type { AttributeContext_HttpRequest } from "../../../gen/envoy/service/auth/v3/attribute_context_pb.js";
 import type { CheckRequest } from "../../../gen/envoy/service/auth/v3/external_auth_pb.js";

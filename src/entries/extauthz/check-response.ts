@@ -1,7 +1,7 @@
 import { create, type JsonObject } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
 import { httpStatusFor, type Decision } from "../../core/authorize/decision.js";
-import { rateLimitHeaders } from "../cube/cube-callback.js";
+import { denyHeaders, rateLimitHeaders } from "../../http/decision-answer.js";
 import { HeaderValueOption_HeaderAppendAction, HeaderValueOptionSchema, type HeaderValueOption } from "../../../gen/envoy/config/core/v3/base_pb.js";
 import { CheckResponseSchema, type CheckResponse } from "../../../gen/envoy/service/auth/v3/external_auth_pb.js";
 import type { StatusCode } from "../../../gen/envoy/type/v3/http_status_pb.js";
@@ -30,8 +30,7 @@ export function checkResponseFor(decision: Decision): CheckResponse {
   }
   const status = httpStatusFor(decision.reason);
   const body = JSON.stringify({ code: status, message: decision.message });
-  const extra =
-    status === 429 ? { "retry-after": String(Math.max(1, decision.rateLimit?.resetSeconds ?? 1)), ...rateLimitHeaders(decision) } : {};
+  const extra = denyHeaders(status, decision);
   return create(CheckResponseSchema, {
     status: { code: grpcCodeFor(status), message: decision.message },
     httpResponse: {

@@ -1,13 +1,13 @@
 import type { Authorize } from "../../core/authorize/authorizer.js";
 import { deny, httpStatusFor, type Decision } from "../../core/authorize/decision.js";
-import type { CredentialSource } from "../../config/config.js";
+import type { ClientIpRules, CredentialSource } from "../../config/config.js";
 import type { Logger } from "../../telemetry/logger.js";
 import { errorFields } from "../../telemetry/logger.js";
-import { clientIp, PEER_ONLY, type ClientIpRules } from "../../http/client-ip.js";
+import { clientIp, PEER_ONLY } from "../../http/client-ip.js";
 import type { Handler } from "../../http/listener.js";
 import { credentialFromHeaders } from "../../http/credentials.js";
-import { headerReader, writeDecision } from "../cube/cube-callback.js";
-import { utf8HeaderValue } from "../../http/header-reader.js";
+import { writeDecision } from "../../http/decision-answer.js";
+import { headerReader, utf8HeaderValue } from "../../http/header-reader.js";
 import { NGINX_AUTH_PATH, TRAEFIK_AUTH_PATH } from "../../config/public-paths.js";
 
 /**
@@ -105,7 +105,7 @@ function answer(res: Parameters<Handler>[1], decision: Decision): void {
   const status = httpStatusFor(decision.reason);
   res.setHeader("x-keygate-reason", decision.reason);
   if (status === 401) res.setHeader("www-authenticate", 'Bearer realm="keygate"');
-  writeDecision(res, GATEWAY_STATUSES.has(status) ? decision : { ...decision, reason: "forbidden" });
+  writeDecision(res, decision.allowed || GATEWAY_STATUSES.has(status) ? decision : { ...decision, reason: "forbidden" });
 }
 
 /** The endpoints `serve` mounts next to the Cube callback: exact path → handler. */

@@ -1,8 +1,8 @@
 import type { ServerResponse } from "node:http";
-import type { Runtime } from "../../server/runtime.js";
 import type { Handler } from "../../http/listener.js";
-import { HEALTHZ_PATH, METRICS_PATH, READYZ_PATH } from "../../server/operations-paths.js";
-import { createReadinessCheck } from "../../core/authorize/readiness.js";
+import { HEALTHZ_PATH, METRICS_PATH, READYZ_PATH } from "../../config/public-paths.js";
+import type { ReadinessCheck } from "../../core/authorize/readiness.js";
+import type { Metrics } from "../../telemetry/metrics.js";
 
 /**
  * Liveness, readiness and metrics for operators, on the public port:
@@ -21,6 +21,9 @@ type Request = Parameters<Handler>[0];
 type Response = Parameters<Handler>[1];
 
 export interface OperationsDeps {
+  readiness: ReadinessCheck;
+  /** Served at /metrics; unset (KEYGATE_METRICS=false) = no /metrics. */
+  metrics?: Pick<Metrics, "render" | "contentType">;
   /** Aborted when the server begins to stop: /readyz answers 503 from then on. */
   shutdown?: AbortSignal;
   onError?: (error: unknown) => void;
@@ -29,8 +32,7 @@ export interface OperationsDeps {
 const HEALTHY = JSON.stringify({ status: "ok" });
 const SHUTTING_DOWN = JSON.stringify({ ready: false, shuttingDown: true });
 
-export function operationsEndpoints(runtime: Pick<Runtime, "store" | "policyHolder" | "metrics">, { shutdown, onError }: OperationsDeps = {}): [string, Handler][] {
-  const readiness = createReadinessCheck(runtime);
+export function operationsEndpoints({ readiness, metrics, shutdown, onError }: OperationsDeps): [string, Handler][] {
   const endpoints: [string, Handler][] = [
     [
       HEALTHZ_PATH,
@@ -53,7 +55,6 @@ export function operationsEndpoints(runtime: Pick<Runtime, "store" | "policyHold
       },
     ],
   ];
-  const metrics = runtime.metrics;
   if (metrics) {
     endpoints.push([
       METRICS_PATH,

@@ -1,5 +1,5 @@
 import { create } from "@bufbuild/protobuf";
-import type { ServiceImpl } from "@connectrpc/connect";
+import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import type { Authorize } from "../../core/authorize/authorizer.js";
 import {
   AuthorizeRequestSchema,
@@ -13,6 +13,7 @@ import {
 import { mapUnordered, STREAM_MAX_IN_FLIGHT } from "./authorize-stream.js";
 import { createRequestDecider, unaryResponse } from "./authorize-call.js";
 import { decisionToProto } from "./convert.js";
+import { kRequestIdValue } from "../../http/request-id.js";
 import { kSource } from "../../http/rpc-context.js";
 
 const EMPTY_REQUEST = create(AuthorizeRequestSchema);
@@ -24,16 +25,29 @@ const EMPTY_REQUEST = create(AuthorizeRequestSchema);
  * the local operator (control socket, CLI): an explanation shows policy rule
  * text and scans every rule, so on the public port any key holder could read
  * the policy or make each call cost a full scan.
+ *
+ * The core turns outages into decisions, so anything thrown while deciding is
+ * a bug: it is reported (onError, with the request id) and the call fails
+ * closed: unary Authorize with `internal`, as the direct path answers it; on
+ * AuthorizeStream only that id is denied, the stream goes on.
  */
-export function createAuthorizeService(authorize: Authorize, allowExplain: boolean): ServiceImpl<typeof AuthorizeService> {
+export interface AuthorizeServiceDeps {
+  authorize: Authorize;
+  /** Honour `explain`: only for the local operator. */
+  allowExplain: boolean;
+  /** A bug caught while deciding, with the call's request id. */
+  onError?: (error: unknown, requestId: string | undefined) => void;
+}
+
+export function createAuthorizeService({ authorize, allowExplain, onError }: AuthorizeServiceDeps): ServiceImpl<typeof AuthorizeService> {
   const decide = createRequestDecider(authorize, allowExplain);
 
-  async function decideOne({ id, request }: AuthorizeStreamRequest, source: string | undefined): Promise<AuthorizeStreamResponse> {
+  async function decideOne({ id, request }: AuthorizeStreamRequest, source: string | undefined, context: HandlerContext): Promise<AuthorizeStreamResponse> {
     let response;
     try {
       response = decisionToProto(await decide(request ?? EMPTY_REQUEST, source));
-    } catch {
-      // The core turns outages into decisions, so this is a bug; still, one id fails closed, not the stream.
+    } catch (error) {
+      onError?.(error, context.values.get(kRequestIdValue));
       response = create(AuthorizeResponseSchema, { allowed: false, reason: Reason.UNAVAILABLE, message: "authorization unavailable: the decision failed, request denied" });
     }
     return create(AuthorizeStreamResponseSchema, { id, response });
@@ -41,12 +55,19 @@ export function createAuthorizeService(authorize: Authorize, allowExplain: boole
 
   return {
     async authorize(request, context) {
-      return unaryResponse(await decide(request, context.values.get(kSource)));
+      let decision;
+      try {
+        decision = await decide(request, context.values.get(kSource));
+      } catch (error) {
+        onError?.(error, context.values.get(kRequestIdValue));
+        throw new ConnectError("internal error", Code.Internal, undefined, undefined, error);
+      }
+      return unaryResponse(decision);
     },
 
     authorizeStream(requests, context) {
       const source = context.values.get(kSource);
-      return mapUnordered(requests, STREAM_MAX_IN_FLIGHT, (message) => decideOne(message, source), context.signal);
+      return mapUnordered(requests, STREAM_MAX_IN_FLIGHT, (message) => decideOne(message, source, context), context.signal);
     },
   };
 }

@@ -2,7 +2,7 @@ import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { AuthorizeInput, Decision, KeyIdentity, Reason as CoreReason } from "../../core/authorize/decision.js";
 import type { KeyRecord } from "../../core/keys/key-record.js";
-import type { RuleMiss as CoreRuleMiss } from "../../core/policy/policy.js";
+import type { RuleMiss as CoreRuleMiss } from "../../core/policy/policy-request.js";
 import { formatRateLimit } from "../../core/ratelimit/rate-limit.js";
 import {
   AuthorizeResponseSchema,
@@ -59,7 +59,7 @@ export function decisionToProto(decision: Decision): AuthorizeResponse {
     matchedRule: decision.matchedRule,
     ...(decision.key && { key: create(KeyIdentitySchema, decision.key) }),
     ...(decision.rateLimit && { rateLimit: create(RateLimitStatusSchema, decision.rateLimit) }),
-    explanation: (decision.explanation ?? []).map(ruleMissToProto),
+    explanation: decision.allowed ? [] : (decision.explanation ?? []).map(ruleMissToProto),
   });
 }
 
@@ -80,17 +80,20 @@ export function decisionFromProto(response: AuthorizeResponse): Decision {
     namespace: response.key.namespace,
     roles: [...response.key.roles],
   };
-  // Fail closed: only an explicit allow with the allowed reason allows.
-  const allowed = response.allowed && reason === "allowed";
-  return {
-    allowed,
-    reason: allowed ? "allowed" : reason === "allowed" ? "unavailable" : reason,
+  const fields = {
     message: response.message,
     matchedRule: response.matchedRule,
     ...(key && { key }),
     ...(response.rateLimit && {
       rateLimit: { limit: response.rateLimit.limit, remaining: response.rateLimit.remaining, resetSeconds: response.rateLimit.resetSeconds },
     }),
+  };
+  // Fail closed: only an explicit allow with the allowed reason allows.
+  if (response.allowed && reason === "allowed") return { allowed: true, reason, ...fields };
+  return {
+    allowed: false,
+    reason: reason === "allowed" ? "unavailable" : reason,
+    ...fields,
     ...(response.explanation.length > 0 && { explanation: response.explanation.map(ruleMissFromProto) }),
   };
 }

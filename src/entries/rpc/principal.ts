@@ -2,7 +2,7 @@ import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
 import { MESSAGES } from "../../core/authorize/decision.js";
 import type { CredentialSource } from "../../config/config.js";
 import type { LookupKey } from "../../core/keys/key-lookup.js";
-import type { Principal } from "../../core/manage/key-manager.js";
+import type { Principal } from "../../core/manage/access.js";
 import { credentialFromHeaders } from "../../http/credentials.js";
 
 export interface PrincipalDeps {
