@@ -157,6 +157,12 @@ function accepts(port: number): Promise<boolean> {
 // ---------------------------------------------------------------------------------
 
 const nginxBin = findNginx();
+/**
+ * nginx is an optional system binary: without it this file is skipped, saying so in one line;
+ * in CI (`.ci/run` installs nginx and sets CI=true) its absence fails the file instead.
+ */
+const SKIP = !nginxBin && process.env.CI !== "true";
+if (SKIP) console.log(`[skipped] nginx-auth-request: ${NGINX_MISSING}`);
 let data: TestDataDir;
 let keygate: ServerProcess | undefined;
 let nginx: Nginx | undefined;
@@ -176,7 +182,8 @@ const k = (name: KeyName) => keys[name].key;
 const UNKNOWN_KEY = generateKey();
 
 beforeAll(async () => {
-  // Fails the file (every test in it) with how to install nginx: CI must not skip this silently.
+  if (SKIP) return;
+  // In CI: fails the file (every test in it) with how to install nginx.
   if (!nginxBin) throw new Error(NGINX_MISSING);
   data = await createTestDataDir();
   const policyDir = join(data.dir, "policies");
@@ -277,7 +284,7 @@ function expectStopped({ response, reached }: Sent, status: number): void {
   for (const key of Object.values(keys)) expect(JSON.stringify(response)).not.toContain(key.key);
 }
 
-describe("nginx auth_request → keygate /auth/nginx (deploy/nginx-auth-request.conf)", () => {
+describe.skipIf(SKIP)("nginx auth_request → keygate /auth/nginx (deploy/nginx-auth-request.conf)", () => {
   it.each<[string, KeyName, "bearer" | "api-key", string, string]>([
     ["reader GET, Authorization: Bearer", "reader", "bearer", "GET", "/sandboxes/abc"],
     ["reader GET, X-API-Key", "reader", "api-key", "GET", "/sandboxes/abc"],
