@@ -6,7 +6,7 @@ import * as grpc from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AuthorizeService, Reason, type AuthorizeResponse, type AuthorizeStreamRequest } from "../../gen/keygate/v1/authorize_pb.js";
 import { generateKey } from "../../src/core/keys/key-format.js";
-import { grpcClient } from "../support/grpc-js.js";
+import { grpcClient, streamReader } from "../support/grpc-js.js";
 import { createTestDataDir, type TestDataDir } from "../support/database.js";
 import { createKey, runCli, startServerProcess, type CreatedKeyJson, type ServerProcess } from "../support/keygate-process.js";
 
@@ -190,6 +190,20 @@ describe("AuthorizeStream decisions", () => {
   it("a message over the 64 KiB limit fails the stream with RESOURCE_EXHAUSTED", async () => {
     const big = { credential: "x".repeat(70 * 1024), path: "/sandboxes/abc", method: "GET", namespace: "", org: "", explain: false };
     await expect(client().authorizeStream(streamOf([big]))[Symbol.asyncIterator]().next()).rejects.toMatchObject({ code: Code.ResourceExhausted });
+  });
+});
+
+describe("AuthorizeStream via grpc-js with the README's loader options", () => {
+  it("ids come back as decimal strings, exact up to uint64's maximum (longs: String); a deny as allowed: false", async () => {
+    const call = grpcJs.authorizeStream();
+    const answers = streamReader(call);
+    const max = "18446744073709551615"; // 2^64 - 1: no JavaScript number holds it
+    call.write({ id: max, request: requestKinds()[1]! }); // forbidden
+    const answer = await answers.message();
+    call.end();
+    expect(answer.id).toBe(max);
+    expect(answer.response).toMatchObject({ allowed: false, reason: "REASON_FORBIDDEN", message: "API key is not allowed to DELETE /sandboxes/abc" });
+    expect(await answers.next()).toEqual({ end: true });
   });
 });
 

@@ -6,7 +6,7 @@ import * as grpc from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AuthorizeService, Reason, type AuthorizeResponse } from "../../gen/keygate/v1/authorize_pb.js";
 import { KeyService, ManageKeyRequestSchema, type ManageKeyRequest, type ManageKeyResponse } from "../../gen/keygate/v1/key_pb.js";
-import { grpcClient } from "../support/grpc-js.js";
+import { grpcClient, unary, type GrpcClient } from "../support/grpc-js.js";
 import { createTestDataDir, type TestDataDir } from "../support/database.js";
 import { createKey, runCli, startServerProcess, type CreatedKeyJson, type ServerProcess } from "../support/keygate-process.js";
 import { policyLine } from "../support/policy-lines.js";
@@ -184,6 +184,29 @@ describe.each(CLIENTS)("Authorize via %s", (_, call) => {
     if (allowed) expect(decision.matched_rule).toMatch(/^policy\.csv:\d+$/);
     // The identity is never the secret.
     for (const created of Object.values(keys)) expect(raw).not.toContain(created.key);
+  });
+});
+
+describe("grpc-js: what the README's loader options (GRPC_JS_LOADER_OPTIONS) change", () => {
+  const deny = () => ({ credential: keys.reader.key, path: "/sandboxes/abc", method: "DELETE" });
+
+  it("with them, a deny reads allowed: false, the reason by name, every field present", async () => {
+    const response = await unary<Record<string, unknown>>(grpcJs as unknown as GrpcClient, "Authorize", deny());
+    expect(response.allowed).toBe(false);
+    expect(response).toMatchObject({ reason: "REASON_FORBIDDEN", message: "API key is not allowed to DELETE /sandboxes/abc", matched_rule: "", rate_limit: null, explanation: [] });
+  });
+
+  it("with proto-loader's own defaults, the same deny reads allowed: undefined and reason 6", async () => {
+    // proto3 leaves a false bool and an empty string off the wire; only defaults: true puts them back.
+    const bare = grpcClient("keygate/v1/authorize.proto", "keygate.v1.AuthorizeService", server.port, {});
+    try {
+      const response = await unary<Record<string, unknown>>(bare, "Authorize", deny());
+      expect(response.allowed).toBeUndefined();
+      expect(response.reason).toBe(Reason.FORBIDDEN);
+      expect(response).not.toHaveProperty("matched_rule");
+    } finally {
+      bare.close();
+    }
   });
 });
 

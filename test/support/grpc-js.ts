@@ -8,22 +8,36 @@ import { REPO } from "./keygate-process.js";
  * TypeScript would write them), and small promise helpers around them.
  */
 
-const LOADER_OPTIONS: protoLoader.Options = {
+/**
+ * The proto-loader options the README's grpc-js example uses, and every
+ * grpc-js client of the suite (test/e2e/client-package.test.ts runs the
+ * example with exactly these). Without them a deny reads `allowed:
+ * undefined` (proto3 leaves false off the wire), `reason` is a number, and
+ * an AuthorizeStream id is a Long object.
+ */
+export const GRPC_JS_LOADER_OPTIONS = {
+  /** matched_rule, rate_limit: the field names of the .proto, as the README and the JSON API spell them. */
   keepCase: true,
-  enums: String,
+  /** uint64 ids (AuthorizeStream's id) as decimal strings, not Long objects. */
   longs: String,
+  /** reason as its name ("REASON_FORBIDDEN"), not its number. */
+  enums: String,
+  /** Fields at their default are present: a deny reads allowed: false, an empty message "". */
   defaults: true,
+  /** A oneof's set case as a field of its own (ManageKeyRequest's action: "create"). */
   oneofs: true,
-  includeDirs: [resolve(REPO, "proto")],
-};
+} as const satisfies protoLoader.Options;
 
 type Callback = (error: grpc.ServiceError | null, response: unknown) => void;
 /** A grpc-js client whose methods are called by name. */
 export type GrpcClient = grpc.Client & Record<string, (...args: unknown[]) => unknown>;
 
-/** A client for `service` ("grpc.health.v1.Health") from `file` ("grpc/health/v1/health.proto"), to 127.0.0.1:`port`. */
-export function grpcClient(file: string, service: string, port: number): GrpcClient {
-  const loaded = grpc.loadPackageDefinition(protoLoader.loadSync(resolve(REPO, "proto", file), LOADER_OPTIONS));
+/**
+ * A client for `service` ("grpc.health.v1.Health") from `file` ("grpc/health/v1/health.proto"), to 127.0.0.1:`port`.
+ * `loaderOptions` other than the README's only to show what those change.
+ */
+export function grpcClient(file: string, service: string, port: number, loaderOptions: protoLoader.Options = GRPC_JS_LOADER_OPTIONS): GrpcClient {
+  const loaded = grpc.loadPackageDefinition(protoLoader.loadSync(resolve(REPO, "proto", file), { ...loaderOptions, includeDirs: [resolve(REPO, "proto")] }));
   let node: unknown = loaded;
   for (const part of service.split(".")) node = (node as Record<string, unknown>)[part];
   const Client = node as grpc.ServiceClientConstructor;

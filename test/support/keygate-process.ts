@@ -27,6 +27,8 @@ export interface CliResult {
 export interface ProcessOptions {
   cwd: string;
   env?: Record<string, string>;
+  /** The keygate to run: this repository's bin/keygate.js by default, or an installed package's. */
+  bin?: string;
 }
 
 export interface CliOptions extends ProcessOptions {
@@ -41,9 +43,9 @@ function childEnv(env: Record<string, string> | undefined): NodeJS.ProcessEnv {
   return { ...base, ...env };
 }
 
-export function runCli(args: string[], { cwd, env, timeoutMs = 60_000 }: CliOptions): Promise<CliResult> {
+export function runCli(args: string[], { cwd, env, bin = BIN, timeoutMs = 60_000 }: CliOptions): Promise<CliResult> {
   return new Promise((done, fail) => {
-    const child = spawn(process.execPath, [BIN, ...args], { cwd, env: childEnv(env), stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, [bin, ...args], { cwd, env: childEnv(env), stdio: ["ignore", "pipe", "pipe"] });
     let stdout = "";
     let stderr = "";
     // A command that should have failed at once (serve with a bad config) must not hang the suite.
@@ -109,9 +111,9 @@ export type ShimProcess = KeygateProcess;
  * Spawns `keygate ARGS…` and waits for the JSON log line `{"msg": READY, "address": "HOST:PORT"}`.
  * A process that exits first, or does not get there in time, rejects with its output.
  */
-export function startKeygateProcess(args: string[], ready: string, { cwd, env }: ProcessOptions, timeoutMs = 20_000): Promise<KeygateProcess> {
+export function startKeygateProcess(args: string[], ready: string, { cwd, env, bin = BIN }: ProcessOptions, timeoutMs = 20_000): Promise<KeygateProcess> {
   return new Promise((done, fail) => {
-    const child = spawn(process.execPath, [BIN, ...args], { cwd, env: childEnv(env), stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, [bin, ...args], { cwd, env: childEnv(env), stdio: ["ignore", "pipe", "pipe"] });
     let output = "";
     let started = false;
     // "close", not "exit": by then every byte the process wrote has been read.
