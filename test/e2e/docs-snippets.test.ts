@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDataDir, TEST_DATABASE_URL, type TestDataDir } from "../support/database.js";
 import { REPO, startServerProcess, type ServerProcess } from "../support/keygate-process.js";
+import { createClientProject, type ClientProject } from "../support/client-project.js";
 import { atPort, parseSnippets, ShellSession, type Snippet } from "../support/doc-snippets.js";
 
 /**
@@ -14,9 +15,21 @@ import { atPort, parseSnippets, ShellSession, type Snippet } from "../support/do
  * (test/support/doc-snippets.ts says how a snippet states what to expect):
  * shell blocks in order in one bash session per page, from the repository's
  * directory, against a real `keygate serve` of the page's own (the docs'
- * 127.0.0.1:8080 is that server's free port); the quick start's install
- * command in a copy of the repository, as on a new machine.
+ * 127.0.0.1:8080 is that server's free port); TypeScript blocks as a service
+ * author's code, in a separate project that installed keygate from a packed
+ * tarball, given the variables the page's shell blocks set (KEY=…); the
+ * quick start's install command in a copy of the repository, as on a new
+ * machine.
  */
+
+/** One separate project for every page: packing and installing take seconds. */
+let project: ClientProject | undefined;
+beforeAll(async () => {
+  project = await createClientProject({ packages: ["@grpc/grpc-js", "@grpc/proto-loader"] });
+}, 180_000);
+afterAll(async () => {
+  await project?.dispose();
+});
 
 const PAGES = ["README.md", ...readdirSync(join(REPO, "docs")).filter((name) => name.endsWith(".md")).sort().map((name) => `docs/${name}`)];
 
@@ -110,7 +123,11 @@ describe.each(PAGES)("%s", (page) => {
         }
       }, 120_000);
     } else {
-      it.todo(`${name}: TypeScript, as a client in another directory`);
+      it(`${name}: TypeScript, as a client in another directory`, async () => {
+        const run = await project!.compileAndRun(atPort(snippet.code, server.port), { env: shell.variables(), timeoutMs: 60_000 });
+        const output = run.stdout + run.stderr;
+        checkOutput(snippet, { output, ...(run.code !== 0 && { failure: { status: run.code, command: "node" } }) });
+      }, 120_000);
     }
   }
 });
