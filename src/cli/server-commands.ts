@@ -1,7 +1,8 @@
 import { mkdir } from "node:fs/promises";
 import http from "node:http";
 import { performance } from "node:perf_hooks";
-import { readServeConfig, readShimConfig, readStorageConfig } from "../config/config.js";
+import { readRuntimeConfig, readServeConfig, readShimConfig, readStorageConfig } from "../config/config.js";
+import { flagOptions } from "../config/settings.js";
 import { openStore } from "../core/db/connect.js";
 import { acquireLock, type DataDirLock } from "../core/db/data-dir-lock.js";
 import { migrateToLatest } from "../core/db/migrate.js";
@@ -15,7 +16,6 @@ import { createRemoteAuthorizer } from "../server/remote-authorizer.js";
 import { openDecisionLog, type DecisionLog } from "../telemetry/decision-log.js";
 import { CliError, configOrThrow, help, parse } from "./args.js";
 import { connectLocal, openError } from "./connect.js";
-import { readRuntimeConfig } from "../config/config.js";
 import { createOut } from "./output.js";
 
 const DEV_WARNING = [
@@ -57,20 +57,8 @@ async function lockDataDir(dataDir: string, role: string): Promise<DataDirLock> 
 }
 
 export async function runServe(args: string[]): Promise<number> {
-  const { flags } = parse(args, {
-    port: { type: "string" },
-    host: { type: "string" },
-    dev: { type: "boolean" },
-    "credential-priority": { type: "string" },
-    "shim-path": { type: "string" },
-    "key-cache-ttl": { type: "string" },
-    "default-rate-limit": { type: "string" },
-    "redis-url": { type: "string" },
-    "decision-log": { type: "string" },
-    "trusted-proxy-header": { type: "string" },
-    "auth-fail-limit": { type: "string" },
-    "log-level": { type: "string" },
-  });
+  // Every flag the serve settings have (config/settings.ts), so the help and the parser agree.
+  const { flags } = parse(args, flagOptions("serve"));
   if (flags.help) return help();
   const config = configOrThrow(readServeConfig(flags, process.env, process.cwd()));
   const log = createLogger(config.logLevel, undefined, { keyPrefix: config.keyPrefix });
@@ -161,15 +149,7 @@ export async function runServe(args: string[]): Promise<number> {
 }
 
 export async function runShim(args: string[]): Promise<number> {
-  const { flags } = parse(args, {
-    upstream: { type: "string" },
-    port: { type: "string" },
-    host: { type: "string" },
-    "credential-priority": { type: "string" },
-    "shim-path": { type: "string" },
-    "trusted-proxy-header": { type: "string" },
-    "log-level": { type: "string" },
-  });
+  const { flags } = parse(args, flagOptions("shim"));
   if (flags.help) return help();
   const config = configOrThrow(readShimConfig(flags, process.env));
   const log = createLogger(config.logLevel, undefined, { keyPrefix: config.keyPrefix });

@@ -1,19 +1,14 @@
-/** The global help page (keygate --help). */
+import { environmentOnlyHelp, flagsHelp } from "../config/settings-docs.js";
+
+/** The global help page (keygate --help); the serve flags come from the settings schema (config/settings.ts). */
 export const USAGE = `keygate — policy decision service for API keys
 
 Usage: keygate <command> [options]
 
 Server
   serve                 serve Authorize, ManageKey (gRPC, Connect, gRPC-Web) and the Cube callback
-      --port N            (PORT, default 8080)        --host H        (KEYGATE_HOST, default 127.0.0.1)
-      --data-dir DIR      (KEYGATE_DATA_DIR, default .keygate; ignored with DATABASE_URL)
-      --policy-dir DIR    (KEYGATE_POLICY_DIR, default policies)
-      --credential-priority authorization,x-api-key | x-api-key,authorization
-      --shim-path PATH    (KEYGATE_SHIM_PATH, default /verify)
-      --default-rate-limit N/WINDOW  (KEYGATE_DEFAULT_RATE_LIMIT) limit of keys without their own; unset = unlimited
-      --redis-url URL     (REDIS_URL) share rate-limit counters between instances through Redis
-      --dev               allow every request (never in production)
-      --log-level L       (KEYGATE_LOG_LEVEL) debug, info (default), warn or error; JSON lines on stderr
+${flagsHelp("serve")}
+${environmentOnlyHelp("serve")}
   shim --upstream URL   serve only the Cube callback, asking a remote keygate over gRPC
   migrate               apply database migrations
   status                show database, policy, keys and whether a server is running

@@ -7,6 +7,7 @@ import { describe, expect, it } from "vitest";
 import { parseDocument } from "yaml";
 import { NGINX_AUTH_PATH, TRAEFIK_AUTH_PATH } from "../../src/config/public-paths.js";
 import { HEALTHZ_PATH, READYZ_PATH } from "../../src/config/public-paths.js";
+import { ENV_VARIABLES, SETTINGS } from "../../src/config/settings.js";
 
 /**
  * Docker cannot run here, so the deploy files are checked by reading them:
@@ -14,8 +15,8 @@ import { HEALTHZ_PATH, READYZ_PATH } from "../../src/config/public-paths.js";
  * Dockerfile and .dockerignore, the nginx auth_request and Traefik
  * forwardAuth examples, and the Kubernetes manifests in deploy/k8s. What is checked is what would break a
  * real `docker compose up` or `kubectl apply -k`: a replica pointed at the
- * wrong service, an env var keygate does not read (src/config/config.ts is
- * grepped, so a renamed setting fails here), a COPY of a path the build does
+ * wrong service, an env var keygate does not read (the settings schema,
+ * src/config/settings.ts, is asked, so a renamed setting fails here), a COPY of a path the build does
  * not have, a healthcheck a `service_healthy` condition waits for in vain, a
  * probe on a port the container does not name, a policy ConfigMap that has
  * drifted from policies/. (nginx itself runs the auth_request example in
@@ -106,9 +107,9 @@ function inSubnet(ip: string, cidr: string): boolean {
   return Math.floor(ipv4ToInt(ip) / size) === Math.floor(ipv4ToInt(base) / size);
 }
 
-/** Every env var name src/config/config.ts reads: the string literals in its reader calls. */
+/** Whether keygate reads this env var: the settings schema lists every one. */
 function readByConfig(name: string): boolean {
-  return new RegExp(`["'\`]${name}["'\`]`).test(CONFIG_SOURCE);
+  return ENV_VARIABLES.includes(name);
 }
 
 // --- Dockerfile ------------------------------------------------------------------
@@ -297,9 +298,9 @@ describe("deploy/compose.yaml", () => {
       expect(dependsOn(service)).toMatchObject({ postgres: "service_healthy", redis: "service_healthy" });
     });
 
-    it("sets only variables that src/config/config.ts reads", () => {
+    it("sets only variables that keygate reads", () => {
       expect(Object.keys(env).length).toBeGreaterThan(0);
-      for (const variable of Object.keys(env)) expect(readByConfig(variable), `${variable} is read by src/config/config.ts`).toBe(true);
+      for (const variable of Object.keys(env)) expect(readByConfig(variable), `${variable} is read by keygate (src/config/settings.ts)`).toBe(true);
     });
 
     it("publishes the port the image listens on", () => {
@@ -403,9 +404,9 @@ describe("Dockerfile", () => {
     const env = envOf(runtime);
     expect(env.KEYGATE_HOST).toBe("0.0.0.0");
     const exposed = last(runtime, "EXPOSE")!.args;
-    expect(env.PORT ?? /r\.int\("port", "PORT", (\d+)/.exec(CONFIG_SOURCE)?.[1]).toBe(exposed);
-    expect(/r\.int\("port", "PORT", (\d+)/.exec(CONFIG_SOURCE)?.[1], "the default port in config.ts").toBe(exposed);
-    for (const variable of Object.keys(env).filter((name) => name !== "NODE_ENV")) expect(readByConfig(variable), `${variable} is read by src/config/config.ts`).toBe(true);
+    expect(env.PORT ?? SETTINGS.port.default).toBe(exposed);
+    expect(SETTINGS.port.default, "the default port in src/config/settings.ts").toBe(exposed);
+    for (const variable of Object.keys(env).filter((name) => name !== "NODE_ENV")) expect(readByConfig(variable), `${variable} is read by keygate (src/config/settings.ts)`).toBe(true);
   });
 
   it("has a HEALTHCHECK whose probe exits 0 when /healthz answers 200, 1 otherwise or when nothing listens", async () => {
@@ -653,10 +654,10 @@ const service = byKind("Service") as K8sObject & {
 };
 const envValue = (name: string) => container.env.find((entry) => entry.name === name);
 
-/** "10s" → 10 (seconds), as KEYGATE_SHUTDOWN_TIMEOUT's default is written in config.ts. */
+/** "10s" → 10 (seconds), as KEYGATE_SHUTDOWN_TIMEOUT's default is written in the settings schema. */
 function shutdownTimeoutSeconds(): number {
-  const text = /"KEYGATE_SHUTDOWN_TIMEOUT", "(\d+)s"\)/.exec(CONFIG_SOURCE)?.[1];
-  expect(text, "KEYGATE_SHUTDOWN_TIMEOUT's default in config.ts").toBeDefined();
+  const text = /^(\d+)s$/.exec(SETTINGS.shutdownTimeout.default)?.[1];
+  expect(text, "KEYGATE_SHUTDOWN_TIMEOUT's default in src/config/settings.ts, in seconds").toBeDefined();
   return Number(text);
 }
 
@@ -718,8 +719,8 @@ describe("deploy/k8s", () => {
     expect(container.volumeMounts.map((mounted) => mounted.mountPath)).not.toContain(envOf(runtime).KEYGATE_DATA_DIR);
   });
 
-  it("sets only variables config.ts reads; DATABASE_URL from a Secret, listening on every interface", () => {
-    for (const { name } of container.env) expect(readByConfig(name), `${name} is read by src/config/config.ts`).toBe(true);
+  it("sets only variables keygate reads; DATABASE_URL from a Secret, listening on every interface", () => {
+    for (const { name } of container.env) expect(readByConfig(name), `${name} is read by keygate (src/config/settings.ts)`).toBe(true);
     expect(envValue("DATABASE_URL")?.valueFrom?.secretKeyRef).toEqual({ name: "keygate-database", key: "DATABASE_URL" });
     expect(envValue("DATABASE_URL")?.value).toBeUndefined();
     expect(envValue("KEYGATE_HOST")?.value).toBe("0.0.0.0");
