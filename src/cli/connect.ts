@@ -2,7 +2,7 @@ import http from "node:http";
 import { setTimeout as sleep } from "node:timers/promises";
 import { createClient, createRouterTransport, type Client, type Interceptor, type Transport } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
-import { readRuntimeConfig, type RuntimeConfig } from "../config/config.js";
+import { readCliKeys, readRuntimeConfig, type RuntimeConfig } from "../config/config.js";
 import { CliError, configOrThrow, type Parsed } from "./args.js";
 import { redactUrl } from "../core/db/connect.js";
 import { acquireLock, type DataDirLock } from "../core/db/data-dir-lock.js";
@@ -152,7 +152,7 @@ function getJson<T>(socketPath: string, path: string): Promise<T> {
 /** The connection a command's flags ask for: remote with --server, else local. */
 async function connectFor(parsed: Parsed, command: string): Promise<Connection> {
   const server = parsed.flags.server as string | undefined;
-  if (server) return connectRemote(server, (parsed.flags["api-key"] as string | undefined) ?? process.env.KEYGATE_API_KEY ?? "");
+  if (server) return connectRemote(server, configOrThrow(readCliKeys(parsed.flags, process.env)).apiKey ?? "");
   return connectLocal(configOrThrow(readRuntimeConfig(parsed.flags, process.env, process.cwd())), command);
 }
 

@@ -12,6 +12,7 @@ import {
 import { parseExpiry, parseDuration } from "../core/time/duration.js";
 import { parseRateLimit } from "../core/ratelimit/rate-limit.js";
 import { reasonFromProto } from "../entries/rpc/convert.js";
+import { readCliKeys } from "../config/config.js";
 import { CliError, configOrThrow, help, type Options, parse, type Parsed } from "./args.js";
 import { withConnection, type Connection } from "./connect.js";
 import { createOut, keyJson, keyTable, keyText, usageJson, usageText, type Out } from "./output.js";
@@ -267,7 +268,7 @@ export async function runCheck(args: string[]): Promise<number> {
     explain: { type: "boolean" },
   });
   if (parsed.flags.help) return help();
-  const key = (parsed.flags.key as string | undefined) ?? process.env.KEYGATE_CHECK_KEY ?? "";
+  const key = configOrThrow(readCliKeys(parsed.flags, process.env)).checkKey;
   const path = parsed.flags.path as string | undefined;
   if (!key) throw new CliError("check needs --key KEY");
   if (path === undefined) throw new CliError("check needs --path PATH");

@@ -330,3 +330,15 @@ export const DEFAULT_LISTENER_LIMITS: Pick<ServeConfig, "maxHeaderBytes" | "requ
   readSettings(["maxHeaderBytes", "requestTimeout", "headersTimeout"], {}, {}, []),
   [],
 );
+
+/** The keys the CLI itself holds: --api-key/KEYGATE_API_KEY (with --server) and check's --key/KEYGATE_CHECK_KEY; undefined when not given. */
+export interface CliKeys {
+  apiKey: string | undefined;
+  checkKey: string | undefined;
+}
+
+export function readCliKeys(flags: Flags, env: Env): ConfigResult<CliKeys> {
+  const errors: string[] = [];
+  const { values } = readSettings(["apiKey", "checkKey"], flags, env, errors);
+  return result(errors, { apiKey: values.apiKey, checkKey: values.checkKey });
+}

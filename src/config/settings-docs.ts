@@ -24,9 +24,10 @@ function defaultMarkdown(spec: { default?: string; defaultFor?: Partial<Record<C
 
 /** Who reads a setting, with the key commands as one group (they read the same). */
 function readersMarkdown(commands: readonly Command[]): string {
-  const names = commands.filter((command) => !(KEY_COMMANDS as readonly Command[]).includes(command));
   const keyCommands = KEY_COMMANDS.every((command) => commands.includes(command));
-  const order: readonly string[] = ["serve", "shim", "key commands", "migrate", "policy"];
+  // A key command on its own (check's --key) is named; all of them together are "key commands".
+  const names = keyCommands ? commands.filter((command) => !(KEY_COMMANDS as readonly Command[]).includes(command)) : [...commands];
+  const order: readonly string[] = ["serve", "shim", "key commands", ...KEY_COMMANDS, "migrate", "policy"];
   return [...names, ...(keyCommands ? ["key commands"] : [])]
     .sort((a, b) => order.indexOf(a) - order.indexOf(b))
     .map((name) => (name === "key commands" ? name : code(name)))

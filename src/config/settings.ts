@@ -465,6 +465,26 @@ export const SETTINGS = {
     commands: ["serve"],
     type: toggle(),
   },
+  apiKey: {
+    flag: "api-key",
+    arg: "KEY",
+    env: "KEYGATE_API_KEY",
+    unset: "none: `--server` needs it",
+    description: "with `--server URL`: the admin key the CLI manages keys and reads the audit log with, over ManageKey",
+    details: "never echoed; the variable keeps it out of the shell's history and `ps`",
+    commands: KEY_COMMANDS,
+    type: z.string(),
+  },
+  checkKey: {
+    flag: "key",
+    arg: "KEY",
+    env: "KEYGATE_CHECK_KEY",
+    unset: "none: `check` needs it",
+    description: "`keygate check`: the key to decide for",
+    details: "never echoed; the variable keeps it out of the shell's history and `ps`",
+    commands: ["check"],
+    type: z.string(),
+  },
 } as const satisfies Record<string, SettingSpec>;
 
 export type SettingName = keyof typeof SETTINGS;

@@ -5,11 +5,13 @@ import { describe, expect, it } from "vitest";
 import {
   DEFAULT_LISTENER_LIMITS,
   SHIPPED_POLICY_DIR,
+  readCliKeys,
   readPolicyDir,
   readRuntimeConfig,
   readServeConfig,
   readShimConfig,
   readStorageConfig,
+  type CliKeys,
   type ConfigResult,
   type Env,
   type Flags,
@@ -34,7 +36,7 @@ const UPSTREAM = "http://127.0.0.1:8080";
 const spec = (name: SettingName): SettingSpec => SETTINGS[name];
 
 /** Where each setting lands in the config (a Record: a new setting without a row fails to type-check). */
-const VIEW: Record<SettingName, (config: ServeConfig & ShimConfig) => unknown> = {
+const VIEW: Record<SettingName, (config: ServeConfig & ShimConfig & CliKeys) => unknown> = {
   port: (c) => c.port,
   host: (c) => c.host,
   upstream: (c) => c.upstream,
@@ -68,10 +70,16 @@ const VIEW: Record<SettingName, (config: ServeConfig & ShimConfig) => unknown> =
   headersTimeout: (c) => c.headersTimeoutMs,
   requestTimeout: (c) => c.requestTimeoutMs,
   directAuthorize: (c) => c.directAuthorize,
+  apiKey: (c) => c.apiKey,
+  checkKey: (c) => c.checkKey,
 };
 
+/** The keys the CLI holds itself: no server reads them (readCliKeys). */
+const CLI_KEYS: SettingName[] = ["apiKey", "checkKey"];
+
 /** Serve's config for the settings serve reads, else the shim's (given an upstream unless that is the setting). */
-function readFor(name: SettingName, flags: Flags, env: Env): ConfigResult<ServeConfig | ShimConfig> {
+function readFor(name: SettingName, flags: Flags, env: Env): ConfigResult<ServeConfig | ShimConfig | CliKeys> {
+  if (CLI_KEYS.includes(name)) return readCliKeys(flags, env);
   if (spec(name).commands.includes("serve")) return readServeConfig(flags, env, CWD);
   return readShimConfig(flags, name === "upstream" ? env : { KEYGATE_UPSTREAM: UPSTREAM, ...env });
 }
@@ -79,7 +87,7 @@ function readFor(name: SettingName, flags: Flags, env: Env): ConfigResult<ServeC
 function valueOf(name: SettingName, flags: Flags, env: Env): unknown {
   const result = readFor(name, flags, env);
   if (!result.ok) throw new Error(`expected ${name} to be accepted, got:\n  ${result.errors.join("\n  ")}`);
-  return VIEW[name](result.config as ServeConfig & ShimConfig);
+  return VIEW[name](result.config as ServeConfig & ShimConfig & CliKeys);
 }
 
 function errorsOf(name: SettingName, flags: Flags, env: Env): string[] {
@@ -135,6 +143,8 @@ const DEFAULTS: [SettingName, unknown][] = [
   ["headersTimeout", 15_000],
   ["requestTimeout", 30_000],
   ["directAuthorize", true],
+  ["apiKey", undefined],
+  ["checkKey", undefined],
 ];
 
 /** Raw text → the typed value. A switch's flag is tested as given (`--dev`), not with this text. */
@@ -186,6 +196,8 @@ const VALID: [SettingName, string, unknown][] = [
   ["headersTimeout", "100ms", 100],
   ["requestTimeout", "1h", 3_600_000],
   ["directAuthorize", "0", false],
+  ["apiKey", "sk-sb-anAdminKeyAsGiven", "sk-sb-anAdminKeyAsGiven"],
+  ["checkKey", "not even shaped like a key", "not even shaped like a key"],
 ];
 
 /** Raw text → the message after "<flag or variable>: ". */
@@ -230,7 +242,7 @@ const INVALID: [SettingName, string, string][] = [
 ];
 
 /** Settings that take any text: only an empty flag is refused. */
-const ANY_TEXT: SettingName[] = ["dataDir", "pgUser", "policyDir", "decisionLog"];
+const ANY_TEXT: SettingName[] = ["dataDir", "pgUser", "policyDir", "decisionLog", "apiKey", "checkKey"];
 
 const withFlag = <T extends [SettingName, ...unknown[]]>(rows: T[]) => rows.filter(([name]) => spec(name).flag !== undefined);
 const isSwitch = (name: SettingName) => spec(name).flag !== undefined && spec(name).arg === undefined;
@@ -319,7 +331,7 @@ describe("each setting is read by the commands the schema names", () => {
     ["readPolicyDir", ["policy"], (flags, env) => readPolicyDir(flags, env, CWD)],
   ];
   // A bad variable if the setting can have one, else an empty flag: refused exactly by the readers that read it.
-  const probes = SETTING_NAMES.filter((name) => name !== "upstream" && name !== "pgUser").map((name) => {
+  const probes = SETTING_NAMES.filter((name) => name !== "upstream" && name !== "pgUser" && !CLI_KEYS.includes(name)).map((name) => {
     const bad = INVALID.find(([other]) => other === name);
     const given: [Flags, Env] = bad ? [{}, { [spec(name).env!]: bad[1] }] : [{ [spec(name).flag!]: "" }, {}];
     return [name, given] as const;
@@ -333,9 +345,19 @@ describe("each setting is read by the commands the schema names", () => {
     }
   });
 
-  it.each(SETTING_NAMES)("%s: the key commands read it all or none", (name) => {
+  // The runtime the key commands open is one (readRuntimeConfig); check's own key is check's alone.
+  it.each(SETTING_NAMES.filter((name) => !CLI_KEYS.includes(name)))("%s: the key commands read it all or none", (name) => {
     const count = KEY_COMMANDS.filter((command) => spec(name).commands.includes(command)).length;
     expect([0, KEY_COMMANDS.length]).toContain(count);
+  });
+
+  it("the CLI's own keys are read by readCliKeys alone, which reads nothing else", () => {
+    const keys: Env = { KEYGATE_API_KEY: "sk-sb-admin", KEYGATE_CHECK_KEY: "sk-sb-checked" };
+    expect(readCliKeys({}, keys)).toEqual({ ok: true, config: { apiKey: "sk-sb-admin", checkKey: "sk-sb-checked" } });
+    expect(readCliKeys({ "api-key": "", key: "" }, {})).toEqual({ ok: false, errors: ["--api-key: a value is required", "--key: a value is required"] });
+    expect(readCliKeys({}, { PORT: "abc", KEYGATE_DEV: "maybe" }).ok).toBe(true);
+    expect(readRuntimeConfig({ "api-key": "", key: "" }, {}, CWD).ok).toBe(true);
+    expect(readServeConfig({ "api-key": "", key: "" }, {}, CWD).ok).toBe(true);
   });
 
   it("the shim needs an upstream; the others never read one", () => {
