@@ -5,7 +5,7 @@
 # Without DATABASE_URL it runs on the embedded database in /var/lib/keygate
 # (one instance only: mount a volume there); with it, any number of replicas.
 
-ARG NODE_IMAGE=node:20-bookworm-slim
+ARG NODE_IMAGE=node:24-bookworm-slim
 
 # --- build: TypeScript (src/ and the committed gen/) → dist/ ---------------------------
 FROM ${NODE_IMAGE} AS build

@@ -7,6 +7,12 @@
  *   npm run bench:hot -- --json FILE       also write the results as JSON
  *   npm run bench:hot -- --only a,b        only these rows (a–f)
  *   npm run bench:hot -- --profile DIR     run the keygate servers of rows a–d with --cpu-prof, profiles in DIR
+ *   npm run bench:hot -- --node 22         compare keygate on Node 22 (default 24; `off`: none) with the bench's Node
+ *   npm run bench:hot -- --no-docs         a full run that leaves docs/performance.md alone
+ *
+ * A full run (not --quick, --only or --profile) writes its tables, dated,
+ * with the machine and the versions, between the bench:hot-path and
+ * bench:node markers of docs/performance.md.
  *
  * Every server is a child process (`keygate serve`, or a script from
  * bench/servers/); the load comes from this process: autocannon for HTTP,
@@ -59,6 +65,15 @@
  *      that is not the cache's). One sample each, after a full GC; the
  *      notes give the heap and the RSS as found before the GC
  *      (/proc/PID/status).
+ *   n. Node lines: rows a–c also run a second keygate server (and, for
+ *      reference, a second bare node:http server) on another Node line
+ *      (--node, default 24: the binary from scripts/node.sh), in the same
+ *      alternating rounds as their baselines; the load generator and every
+ *      other server stay on the bench's Node. Each row: that line against
+ *      the bench's Node, req/s, server CPU per request (and p99 for the
+ *      callback); ratio > 1× = the other line is better. Without the binary
+ *      (no registry, or the bench already runs on that line) the rows say why
+ *      and the rest runs as before.
  *   f. Start: spawning `keygate serve` to its "keygate listening" line, on
  *      an existing PGlite data dir (target < 1.5 s), on Postgres (an
  *      existing, migrated database), and on a new PGlite data dir (for
@@ -76,9 +91,13 @@ import { basename, join } from "node:path";
 import { create, type DescMethod, type MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import { sql } from "kysely";
 import { AuthorizeRequestSchema, AuthorizeService, type AuthorizeResponse } from "../gen/keygate/v1/authorize_pb.js";
 import { BENCH_ORG, generateBenchKeys, insertFiller, insertKeys, withDatabase, type BenchKey } from "./support/bench-keys.js";
+import { writeDocSection, writesDocs } from "./support/docs.js";
 import { httpLoad, pacedHttpLoad, type LoadResult } from "./support/http-load.js";
+import { describeMachine, formatStamp, loadAverage, packageVersion, type Machine } from "./support/machine.js";
+import { majorOf, nodeLine, type NodeLine } from "./support/node-line.js";
 import { ADMIN_URL, createScratchDatabase, pgUser, query, unreachable } from "./support/postgres.js";
 import { cpuTimeOf, memoryOf, startBenchServer, startKeygate, type ServerProcess } from "./support/process.js";
 import { streamLoad, unaryLoad } from "./support/rpc-load.js";
@@ -101,6 +120,10 @@ const PROFILE_DIR = optionValue("--profile");
 /** --only a,c: just these rows (letters a–f); every row by default. */
 const ONLY = optionValue("--only")?.split(",").map((part) => part.trim());
 const want = (row: string) => ONLY === undefined || ONLY.includes(row);
+/** The Node line keygate also runs on in rows a–c (n), beside the bench's own; "off" for none. */
+const COMPARE_NODE = optionValue("--node") ?? "24";
+if (COMPARE_NODE !== "off" && !/^\d+$/.test(COMPARE_NODE)) throw new Error(`--node takes a major version (e.g. 24) or off, not ${COMPARE_NODE}`);
+const WRITE_DOCS = writesDocs(argv);
 
 const ROUNDS = QUICK ? 2 : 5;
 const ROUND_MS = QUICK ? 300 : 3_000;
@@ -146,6 +169,8 @@ interface Figure {
 
 interface Row {
   id: string;
+  /** "node": a row of the Node-line table (n), figure on the other line, baseline on the bench's. */
+  group?: "node";
   measure: string;
   value?: Figure;
   baseline?: Figure;
@@ -282,6 +307,36 @@ function addCpuRow(id: string, measure: string, results: LoadResult[], baselineL
   );
 }
 
+/** keygate (and, in row a, the bare node:http reference) on the other Node line. */
+interface OtherLine {
+  version: string;
+  keygate: ServerProcess;
+  bare?: ServerProcess;
+}
+
+/**
+ * The same server on the other Node line against the bench's Node, from the
+ * same alternating rounds: req/s, server CPU per request and, with `p99`,
+ * the p99. Ratio > 1× = the other line is better (CPU and p99 are costs).
+ */
+function addNodeRows(id: string, measure: string, other: LoadResult[], mine: LoadResult[], version: string, p99 = false): void {
+  const row = { group: "node" as const, target: "report" };
+  const detail = { [`node${majorOf(version)}`]: digest(other), [`node${majorOf(process.version)}`]: digest(mine) };
+  addRow({ ...row, id, measure: `${measure}: req/s`, value: figure(version, "req/s", pick(other, "rps")), baseline: figure(process.version, "req/s", pick(mine, "rps")), detail });
+  addRow({
+    ...row,
+    id: `${id}c`,
+    measure: `${measure}: server CPU per request`,
+    value: figure(version, "µs", serverCpuPerRequest(other)),
+    baseline: figure(process.version, "µs", serverCpuPerRequest(mine)),
+    inverse: true,
+    note: `server busy ${percent(median(serverBusy(other)))} of a core on ${version}, ${percent(median(serverBusy(mine)))} on ${process.version}`,
+  });
+  if (p99) {
+    addRow({ ...row, id: `${id}p`, measure: `${measure}: p99`, value: figure(version, "ms", pick(other, "p99")), baseline: figure(process.version, "ms", pick(mine, "p99")), inverse: true });
+  }
+}
+
 // ---------------------------------------------------------------- clients
 
 function verifyHeaders(key: string): Record<string, string> {
@@ -401,12 +456,18 @@ async function streamUnavailable(server: ServerProcess, key: string): Promise<st
 
 // ---------------------------------------------------------------- the rows
 
-async function measureShim(bare: ServerProcess, keygate: ServerProcess, warm: BenchKey): Promise<void> {
-  console.log(`a. Cube callback vs bare node:http, ${SHIM_CONNECTIONS} connections`);
-  const [bareResults, shimResults] = await alternate([
-    { name: "bare", server: bare, run: (durationMs) => httpLoad({ url: `${bare.url}/verify`, connections: SHIM_CONNECTIONS, durationMs, headers: verifyHeaders(warm.key) }) },
-    { name: "shim", server: keygate, run: (durationMs) => httpLoad({ url: `${keygate.url}/verify`, connections: SHIM_CONNECTIONS, durationMs, headers: verifyHeaders(warm.key) }) },
-  ]);
+async function measureShim(bare: ServerProcess, keygate: ServerProcess, warm: BenchKey, other: OtherLine | undefined): Promise<void> {
+  console.log(`a. Cube callback vs bare node:http, ${SHIM_CONNECTIONS} connections${other ? `; both also on Node ${other.version}` : ""}`);
+  const verifyCase = (name: string, server: ServerProcess): Case => ({
+    name,
+    server,
+    run: (durationMs) => httpLoad({ url: `${server.url}/verify`, connections: SHIM_CONNECTIONS, durationMs, headers: verifyHeaders(warm.key) }),
+  });
+  const cases = [verifyCase("bare", bare), verifyCase("shim", keygate)];
+  if (other) cases.push(verifyCase("shim, other Node", other.keygate), ...(other.bare ? [verifyCase("bare, other Node", other.bare)] : []));
+  const [bareResults, shimResults, otherShim, otherBare] = await alternate(cases);
+  if (other && otherShim) addNodeRows("na1", `Cube callback, warm key, ${SHIM_CONNECTIONS} connections`, otherShim, shimResults!, other.version, true);
+  if (other && otherBare) addNodeRows("na0", `bare node:http (reference: Node alone, not keygate), ${SHIM_CONNECTIONS} connections`, otherBare, bareResults!, other.version);
   const detail = { shim: digest(shimResults!), bare: digest(bareResults!) };
   addRow(
     {
@@ -433,16 +494,17 @@ async function measureShim(bare: ServerProcess, keygate: ServerProcess, warm: Be
   );
 }
 
-async function measureRpc(keygate: ServerProcess, stub: ServerProcess, warm: BenchKey): Promise<void> {
-  console.log(`b. Authorize vs the same server stack with a constant-allow core, ${RPC_CONCURRENCY} calls in flight`);
+async function measureRpc(keygate: ServerProcess, stub: ServerProcess, warm: BenchKey, other: OtherLine | undefined): Promise<void> {
+  console.log(`b. Authorize vs the same server stack with a constant-allow core, ${RPC_CONCURRENCY} calls in flight${other ? `; keygate also on Node ${other.version}` : ""}`);
   for (const [i, kind] of (["connect-http1", "connect-h2c", "grpc"] as const).entries()) {
     const real = openTransport(kind, keygate.url, RPC_CONCURRENCY);
     const empty = openTransport(kind, stub.url, RPC_CONCURRENCY);
+    const otherReal = other && openTransport(kind, other.keygate.url, RPC_CONCURRENCY);
     try {
-      const [realResults, stubResults] = await alternate([
-        unaryCase("keygate", keygate, [real], warm.key, RPC_CONCURRENCY),
-        unaryCase("stub", stub, [empty], warm.key, RPC_CONCURRENCY),
-      ]);
+      const cases = [unaryCase("keygate", keygate, [real], warm.key, RPC_CONCURRENCY), unaryCase("stub", stub, [empty], warm.key, RPC_CONCURRENCY)];
+      if (other && otherReal) cases.push(unaryCase("keygate, other Node", other.keygate, [otherReal], warm.key, RPC_CONCURRENCY));
+      const [realResults, stubResults, otherResults] = await alternate(cases);
+      if (other && otherResults) addNodeRows(`nb${i + 1}`, `Authorize, ${TRANSPORT_LABEL[kind]}, warm key, ${RPC_CONCURRENCY} in flight`, otherResults, realResults!, other.version);
       addRow(
         {
           id: `b${i + 1}`,
@@ -458,11 +520,12 @@ async function measureRpc(keygate: ServerProcess, stub: ServerProcess, warm: Ben
     } finally {
       real.close();
       empty.close();
+      otherReal?.close();
     }
   }
 }
 
-async function measureStream(keygate: ServerProcess, warm: BenchKey): Promise<void> {
+async function measureStream(keygate: ServerProcess, warm: BenchKey, other: OtherLine | undefined): Promise<void> {
   console.log(`c. AuthorizeStream vs unary Authorize (gRPC), ${STREAM_CLIENTS} clients`);
   const measure = `AuthorizeStream, gRPC, ${STREAM_CLIENTS} clients × ${STREAM_WINDOW} in flight (vs unary, ${STREAM_CLIENTS} clients): req/s`;
   const target = `≥ ${TARGETS.streamRatio}×`;
@@ -480,11 +543,12 @@ async function measureStream(keygate: ServerProcess, warm: BenchKey): Promise<vo
   }
   const unaryTransports = Array.from({ length: STREAM_CLIENTS }, () => openTransport("grpc", keygate.url, 1));
   const streamTransports = Array.from({ length: STREAM_CLIENTS }, () => openTransport("grpc", keygate.url, 1));
+  const otherTransports = other ? Array.from({ length: STREAM_CLIENTS }, () => openTransport("grpc", other.keygate.url, 1)) : [];
   try {
-    const [streamResults, unaryResults] = await alternate([
-      streamCase("stream", keygate, streamTransports, warm.key, STREAM_WINDOW),
-      unaryCase("unary", keygate, unaryTransports, warm.key, 1),
-    ]);
+    const cases = [streamCase("stream", keygate, streamTransports, warm.key, STREAM_WINDOW), unaryCase("unary", keygate, unaryTransports, warm.key, 1)];
+    if (other) cases.push(streamCase("stream, other Node", other.keygate, otherTransports, warm.key, STREAM_WINDOW));
+    const [streamResults, unaryResults, otherResults] = await alternate(cases);
+    if (other && otherResults) addNodeRows("nc", `AuthorizeStream, gRPC, ${STREAM_CLIENTS} clients × ${STREAM_WINDOW} in flight`, otherResults, streamResults!, other.version);
     addRow(
       {
         id: "c",
@@ -500,7 +564,7 @@ async function measureStream(keygate: ServerProcess, warm: BenchKey): Promise<vo
   } catch (error) {
     addRow({ id: "c", measure, target, note: `error: ${(error as Error).message}` });
   } finally {
-    for (const t of [...unaryTransports, ...streamTransports]) t.close();
+    for (const t of [...unaryTransports, ...streamTransports, ...otherTransports]) t.close();
   }
 }
 
@@ -687,33 +751,68 @@ async function measureMemory(cwd: string): Promise<void> {
 
 // ---------------------------------------------------------------- main
 
-async function machine(): Promise<Record<string, unknown>> {
-  const cpus = os.cpus();
-  let postgres: string | undefined;
+/** The Postgres server's version at ADMIN_URL, or undefined when none answers. */
+async function postgresVersion(): Promise<string | undefined> {
   try {
-    postgres = (await query<{ server_version: string }>(ADMIN_URL, "show server_version"))[0]?.server_version;
+    return (await query<{ server_version: string }>(ADMIN_URL, "show server_version"))[0]?.server_version;
   } catch {
-    postgres = undefined;
+    return undefined;
   }
-  return {
-    cpus: cpus.length,
-    cpu_model: cpus[0]?.model.trim(),
-    memory_bytes: os.totalmem(),
-    os: `${os.type()} ${os.release()}`,
-    node: process.version,
-    postgres: postgres ?? null,
-    /** Other work on the machine skews every figure: the 1-minute load average when the bench started. */
-    load_average_at_start: Number(os.loadavg()[0]!.toFixed(2)),
-  };
 }
+
+const TABLE_HEADER = ["row", "measure", "figure: median (min – max)", "baseline: median (min – max)", "ratio", "target", "result"];
+
+function mainTable(list: readonly Row[]): string {
+  return formatMarkdown(
+    [
+      TABLE_HEADER,
+      ...list.map((row) => [
+        row.id,
+        row.measure,
+        row.value ? formatFigure(row.value) : (row.note ?? ""),
+        formatFigure(row.baseline),
+        row.ratio === undefined ? "" : `${row.ratio.toFixed(2)}×`,
+        row.target ?? "",
+        row.verdict ?? (row.value ? "" : "—"),
+      ]),
+    ],
+    [false, false, true, true, true, false, false],
+  );
+}
+
+/** The Node-line table: the versions head the columns, so the cells carry no labels. */
+function nodeTable(list: readonly Row[], version: string | undefined): string {
+  const major = version ? majorOf(version) : COMPARE_NODE;
+  const bare = (f: Figure | undefined) => formatFigure(f && { ...f, label: "" });
+  return formatMarkdown(
+    [
+      ["row", "measure", `Node ${version ?? COMPARE_NODE}: median (min – max)`, `Node ${process.version}: median (min – max)`, `ratio (> 1× = Node ${major} better)`],
+      ...list.map((row) => [row.id, row.measure, row.value ? bare(row.value) : (row.note ?? ""), bare(row.baseline), row.ratio === undefined ? "" : `${row.ratio.toFixed(2)}×`]),
+    ],
+    [false, false, true, true, true],
+  );
+}
+
+const noteLines = (list: readonly Row[]) => list.filter((row) => row.value && row.note).map((row) => `${row.id}: ${row.note}`);
 
 async function main(): Promise<void> {
   const started = performance.now();
-  const env = await machine();
+  const env: Machine = describeMachine();
+  const postgres = want("d") || want("e") || want("f") ? await postgresVersion() : undefined;
+  let pglite: string | undefined;
+
+  // The other Node line, for rows n: fetched (or found in the cache) before anything is timed.
+  const nodeRows = (want("a") || want("b") || want("c")) && COMPARE_NODE !== "off";
+  const compare = nodeRows ? await nodeLine(COMPARE_NODE) : undefined;
+  const otherNode: NodeLine | undefined = compare?.ok ? compare.line : undefined;
+  const otherWhy = compare && !compare.ok ? compare.why : undefined;
+
   console.log(
-    `hot-path bench${QUICK ? " (--quick: small counts, short rounds; figures not meaningful)" : ""}: ${env.cpus} × ${env.cpu_model}, Node ${env.node}; ` +
+    `hot-path bench${QUICK ? " (--quick: small counts, short rounds; figures not meaningful)" : ""}: ${env.cpus} × ${env.cpu_model}, ` +
+      `Node ${env.node} (bench, load generator, servers)${otherNode ? `, keygate also on Node ${otherNode.version} (rows n)` : ""}; ` +
       `${ROUNDS} alternating rounds of ${ROUND_MS} ms after a ${WARMUP_MS} ms warm-up; load average ${env.load_average_at_start}`,
   );
+  if (otherWhy) console.log(`note: Node ${COMPARE_NODE} not available, so keygate runs on Node ${process.version} only: ${otherWhy}`);
   const dir = await mkdtemp(join(os.tmpdir(), "keygate-hot-bench-"));
   const servers: ServerProcess[] = [];
   const serve = async (start: Promise<ServerProcess>) => {
@@ -737,6 +836,7 @@ async function main(): Promise<void> {
     const warm = generateBenchKeys(1)[0]!;
     const coldKeys = generateBenchKeys(COLD_KEYS);
     await withDatabase({ kind: "pglite", dataDir: template }, async (db) => {
+      pglite = (await sql<{ server_version: string }>`show server_version`.execute(db)).rows[0]?.server_version;
       await insertKeys(db, [warm], "bench-warm");
       await insertKeys(db, coldKeys, "bench-cold");
     });
@@ -746,18 +846,22 @@ async function main(): Promise<void> {
       await cp(template, to, { recursive: true, filter: async (from) => !(await lstat(from)).isSocket() && basename(from) !== "keygate.lock" });
       return to;
     };
-    const [keygateDir, stubDir, coldDir] = await Promise.all([copy("keygate"), copy("stub"), copy("cold")]);
+    const [keygateDir, stubDir, coldDir, otherDir] = await Promise.all([copy("keygate"), copy("stub"), copy("cold"), otherNode ? copy("keygate-other-node") : undefined]);
 
     if (want("a") || want("b") || want("c") || want("d")) {
-      const [bare, keygate, stub] = await Promise.all([
+      const onOther = otherNode && (want("a") || want("b") || want("c")) ? { ...profile, node: otherNode.node } : undefined;
+      const [bare, keygate, stub, otherKeygate, otherBare] = await Promise.all([
         want("a") ? serve(startBenchServer("bare-http-server.js", {}, dir)) : undefined,
         serve(startKeygate({ KEYGATE_DATA_DIR: keygateDir }, dir, profile)),
         want("b") ? serve(startBenchServer("stub-core-server.js", { KEYGATE_DATA_DIR: stubDir }, dir)) : undefined,
+        onOther && otherDir ? serve(startKeygate({ KEYGATE_DATA_DIR: otherDir }, dir, onOther)) : undefined,
+        onOther && want("a") ? serve(startBenchServer("bare-http-server.js", {}, dir, { node: onOther.node })) : undefined,
       ]);
-      if (bare) await measureShim(bare, keygate, warm);
-      if (stub) await measureRpc(keygate, stub, warm);
-      if (want("c")) await measureStream(keygate, warm);
-      await stop(...[bare, stub].filter((server) => server !== undefined));
+      const other = otherNode && otherKeygate ? { version: otherNode.version, keygate: otherKeygate, ...(otherBare && { bare: otherBare }) } : undefined;
+      if (bare) await measureShim(bare, keygate, warm, other);
+      if (stub) await measureRpc(keygate, stub, warm, other);
+      if (want("c")) await measureStream(keygate, warm, other);
+      await stop(...[bare, stub, otherKeygate, otherBare].filter((server) => server !== undefined));
       if (want("d")) {
         const coldPglite = await serve(startKeygate({ KEYGATE_DATA_DIR: coldDir, KEYGATE_KEY_CACHE_TTL: "0s" }, dir));
         await measureCold("d2", "PGlite", coldPglite, keygate, coldKeys, warm, undefined);
@@ -765,6 +869,7 @@ async function main(): Promise<void> {
       }
       await stop(keygate);
     }
+    if (nodeRows && !otherNode) addRow({ id: "n", group: "node", measure: `keygate on Node ${COMPARE_NODE} beside Node ${process.version}`, note: `skipped: ${otherWhy}` });
     if (want("f")) addStartRow("f1", "Start, existing PGlite data dir (spawn → listening)", await measureStart({ KEYGATE_DATA_DIR: keygateDir }, dir, START_RUNS), TARGETS.startMs);
 
     const why = want("d") || want("e") || want("f") ? await unreachable(ADMIN_URL) : undefined;
@@ -815,40 +920,49 @@ async function main(): Promise<void> {
     await rm(dir, { recursive: true, force: true });
   }
 
-  const order = ["a1", "a1c", "a2", "b1", "b1c", "b2", "b2c", "b3", "b3c", "c", "cc", "d1", "d1b", "d2", "d2b", "e", "e1", "e2", "e3", "e4", "e5", "f1", "f2", "f3"];
-  rows.sort((x, y) => order.indexOf(x.id) - order.indexOf(y.id));
-  const table = [
-    ["row", "measure", "figure: median (min – max)", "baseline: median (min – max)", "ratio", "target", "result"],
-    ...rows.map((row) => [
-      row.id,
-      row.measure,
-      row.value ? formatFigure(row.value) : (row.note ?? ""),
-      formatFigure(row.baseline),
-      row.ratio === undefined ? "" : `${row.ratio.toFixed(2)}×`,
-      row.target ?? "",
-      row.verdict ?? (row.value ? "" : "—"),
-    ]),
+  const order = [
+    ...["a1", "a1c", "a2", "b1", "b1c", "b2", "b2c", "b3", "b3c", "c", "cc", "d1", "d1b", "d2", "d2b", "e", "e1", "e2", "e3", "e4", "e5", "f1", "f2", "f3"],
+    ...["n", "na0", "na0c", "na1", "na1c", "na1p", "nb1", "nb1c", "nb2", "nb2c", "nb3", "nb3c", "nc", "ncc"],
   ];
+  rows.sort((x, y) => order.indexOf(x.id) - order.indexOf(y.id));
+  const mainRows = rows.filter((row) => row.group === undefined);
+  const otherRows = rows.filter((row) => row.group === "node");
+  const seconds = (performance.now() - started) / 1000;
+  const loadAtEnd = loadAverage();
+  const method =
+    `${ROUNDS} alternating rounds of ${ROUND_MS} ms per figure; ratio = median / baseline median; result compares the median with the target` +
+    `${QUICK ? " (--quick: not meaningful)" : ""}.`;
+  const nodeMethod = `Same rounds, alternating with the rows above; the load generator and the baseline servers stay on Node ${process.version}; ratio = Node ${otherNode ? majorOf(otherNode.version) : COMPARE_NODE} ÷ Node ${majorOf(process.version)} for req/s, the inverse for costs (CPU, p99).`;
   console.log();
-  console.log(formatMarkdown(table, [false, false, true, true, true, false, false]));
-  const notes = rows.filter((row) => row.value && row.note);
-  if (notes.length > 0) {
+  console.log(mainTable(mainRows));
+  for (const line of noteLines(mainRows)) console.log(line);
+  if (otherRows.length > 0) {
     console.log();
-    for (const row of notes) console.log(`${row.id}: ${row.note}`);
+    console.log(`keygate on Node ${otherNode?.version ?? COMPARE_NODE} beside Node ${process.version}:`);
+    console.log();
+    console.log(nodeTable(otherRows, otherNode?.version));
+    for (const line of noteLines(otherRows)) console.log(line);
+    console.log(nodeMethod);
   }
   console.log();
-  console.log(
-    `${ROUNDS} alternating rounds of ${ROUND_MS} ms per figure; ratio = median / baseline median; result compares the median with the target` +
-      `${QUICK ? " (--quick: not meaningful)" : ""}. Took ${((performance.now() - started) / 1000).toFixed(0)} s; load average ${env.load_average_at_start} at the start, ${os.loadavg()[0]!.toFixed(2)} at the end ` +
-      `(the machine's other work shows in every figure).`,
-  );
+  console.log(`${method} Took ${seconds.toFixed(0)} s; load average ${env.load_average_at_start} at the start, ${loadAtEnd} at the end (the machine's other work shows in every figure).`);
+
+  const nodes = [`${process.version} (bench, load generator, every server${otherNode ? " of the main table" : ""})`, ...(otherNode ? [`${otherNode.version} (the keygate servers of the Node table, from scripts/node.sh)`] : [])];
+  const databases = [...(postgres ? [`Postgres ${postgres} (server)`] : []), ...(pglite ? [`PGlite ${packageVersion("@electric-sql/pglite") ?? "?"} (Postgres ${pglite})`] : [])];
+  if (WRITE_DOCS) {
+    const stamp = formatStamp({ command: "npm run bench", seconds, machine: env, loadAtEnd, nodes, databases });
+    const notes = (list: readonly Row[]) => noteLines(list).map((line) => `- ${line}`).join("\n");
+    await writeDocSection("hot-path", `${stamp}\n\n${mainTable(mainRows)}\n\n${notes(mainRows)}\n\n${method}`);
+    const nodeBody = otherRows.length > 0 ? `${nodeTable(otherRows, otherNode?.version)}\n\n${notes(otherRows)}\n\n${nodeMethod}` : `Not measured in this run (--node ${COMPARE_NODE}).`;
+    await writeDocSection("node", `${stamp}\n\n${nodeBody}`);
+  }
   if (JSON_FILE) {
     const report = {
       bench: "hot-path",
       quick: QUICK,
       date: new Date().toISOString(),
-      machine: { ...env, load_average_at_end: Number(os.loadavg()[0]!.toFixed(2)) },
-      settings: { rounds: ROUNDS, round_ms: ROUND_MS, warmup_ms: WARMUP_MS, shim_connections: SHIM_CONNECTIONS, rpc_concurrency: RPC_CONCURRENCY, stream_clients: STREAM_CLIENTS, stream_window: STREAM_WINDOW, cold_connections: COLD_CONNECTIONS, cold_rate: COLD_RATE, cold_keys: COLD_KEYS, memory_rows: MEMORY_ROWS, memory_used: MEMORY_USED, small_cache_size: SMALL_CACHE_SIZE, start_runs: START_RUNS, org: BENCH_ORG },
+      machine: { ...env, load_average_at_end: loadAtEnd, postgres: postgres ?? null, pglite: pglite ?? null, node_compared: otherNode?.version ?? null, ...(otherWhy && { node_compared_unavailable: otherWhy }) },
+      settings: { rounds: ROUNDS, round_ms: ROUND_MS, warmup_ms: WARMUP_MS, shim_connections: SHIM_CONNECTIONS, rpc_concurrency: RPC_CONCURRENCY, stream_clients: STREAM_CLIENTS, stream_window: STREAM_WINDOW, cold_connections: COLD_CONNECTIONS, cold_rate: COLD_RATE, cold_keys: COLD_KEYS, memory_rows: MEMORY_ROWS, memory_used: MEMORY_USED, small_cache_size: SMALL_CACHE_SIZE, start_runs: START_RUNS, org: BENCH_ORG, compare_node: COMPARE_NODE },
       rows,
     };
     // Six significant digits are plenty for figures that vary by percents between runs.

@@ -4,6 +4,10 @@
  *
  *   npm run bench                      this, then the policy bench
  *   npm run bench -- --quick           tiny counts, for CI to check the bench still runs
+ *   npm run bench -- --no-docs         a full run that leaves docs/performance.md alone
+ *
+ * A full run writes its table, dated, with the machine and the versions,
+ * between the bench:instances markers of docs/performance.md.
  *
  * Postgres: KEYGATE_BENCH_DATABASE_URL (default
  * postgres://postgres@127.0.0.1:5432/test) names a server where the bench
@@ -34,14 +38,17 @@ import { create } from "@bufbuild/protobuf";
 import { createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { KeyService, ManageKeyRequestSchema, type ManageKeyRequest, type ManageKeyResponse } from "../gen/keygate/v1/key_pb.js";
-import { ADMIN_URL, createScratchDatabase, unreachable } from "./support/postgres.js";
+import { writeDocSection, writesDocs } from "./support/docs.js";
+import { describeMachine, formatStamp, loadAverage, redisVersion } from "./support/machine.js";
+import { ADMIN_URL, createScratchDatabase, query, unreachable } from "./support/postgres.js";
 import { runCli, startKeygate, type ServerProcess as Server } from "./support/process.js";
 import { startRedis, type RedisServer } from "./support/redis.js";
 import { median, ms, quantile, rps } from "./support/stats.js";
-import { formatColumns } from "./support/table.js";
+import { formatColumns, formatMarkdown } from "./support/table.js";
 
 const args = new Set(process.argv.slice(2));
 const QUICK = args.has("--quick");
+const WRITE_DOCS = writesDocs(process.argv.slice(2));
 
 const REVOCATIONS = QUICK ? 10 : 100;
 const ROUNDS = QUICK ? 2 : 6;
@@ -136,6 +143,9 @@ async function main(): Promise<void> {
     console.log(`instances bench skipped: no Postgres at ${ADMIN_URL} (${why}); set KEYGATE_BENCH_DATABASE_URL.`);
     return;
   }
+  const started = performance.now();
+  const machine = describeMachine();
+  const postgres = (await query<{ server_version: string }>(ADMIN_URL, "show server_version"))[0]?.server_version;
   const database = await createScratchDatabase(ADMIN_URL);
   const name = database.name;
   const dir = await mkdtemp(join(tmpdir(), "keygate-bench-"));
@@ -155,7 +165,7 @@ async function main(): Promise<void> {
       createConnectTransport({ baseUrl: a.url, httpVersion: "1.1", interceptors: [(next) => (req) => (req.header.set("Authorization", `Bearer ${admin.key}`), next(req))] }),
     );
 
-    console.log(`instances bench${QUICK ? " (--quick)" : ""}: 3 servers (A, B with Redis; one without), Postgres database ${name}, key cache TTL 10m`);
+    console.log(`instances bench${QUICK ? " (--quick)" : ""}: Node ${process.version}, 3 servers (A, B with Redis; one without), Postgres ${postgres} database ${name}, key cache TTL 10m`);
     const propagation = await measurePropagation(b, manageViaA, agent);
 
     const limited = await createReader(manageViaA, "throughput-limited", "1000000/1s");
@@ -198,9 +208,22 @@ async function main(): Promise<void> {
     console.log();
     console.log(formatColumns(rows));
     console.log();
-    console.log(`throughput: ${CONCURRENCY} requests in flight over keep-alive connections, ${ROUNDS} alternating rounds of ${ROUND_MS} ms; ratio = median / the no-limit key on the same server`);
+    const method = `throughput: ${CONCURRENCY} requests in flight over keep-alive connections, ${ROUNDS} alternating rounds of ${ROUND_MS} ms; ratio = median / the no-limit key on the same server`;
+    console.log(method);
     const p99 = p(propagation.sinceSent, 0.99);
-    console.log(`target: revocation seen by another instance within ${TARGET_PROPAGATION_MS} ms — p99 ${ms(p99)}: ${p99 <= TARGET_PROPAGATION_MS ? "met" : "NOT met"}`);
+    const target = `target: revocation seen by another instance within ${TARGET_PROPAGATION_MS} ms — p99 ${ms(p99)}: ${p99 <= TARGET_PROPAGATION_MS ? "met" : "NOT met"}`;
+    console.log(target);
+    if (WRITE_DOCS) {
+      const stamp = formatStamp({
+        command: "npm run bench",
+        seconds: (performance.now() - started) / 1000,
+        machine,
+        loadAtEnd: loadAverage(),
+        nodes: [`${process.version} (bench and servers)`],
+        databases: [`Postgres ${postgres} (server)`, `Redis ${redisVersion() ?? "?"} (a private redis-server)`],
+      });
+      await writeDocSection("instances", `${stamp}\n\n${formatMarkdown(rows, [false, true, false, true])}\n\n${method}.\n\n${target.replace(/^target/, "Target")}.`);
+    }
   } catch (error) {
     for (const [i, server] of servers.entries()) console.error(`--- server ${i} (port ${server.port}) log tail:\n${server.output()}`);
     throw error;

@@ -4,6 +4,10 @@
  *
  *   npm run bench:policy            full run (≈ 1 min; Casbin at 100k lines is most of it)
  *   npm run bench:policy -- --quick small counts, for CI to check the bench still runs
+ *   npm run bench:policy -- --no-docs a full run that leaves docs/performance.md alone
+ *
+ * A full run writes its summary table, dated, with the machine and the Node
+ * version, between the bench:policy markers of docs/performance.md.
  *
  * For each size it generates a policy spread over 1,000 orgs (the default
  * policy's "*" rules and "*" g lines, then per org: rules for several
@@ -51,11 +55,14 @@ import { fileURLToPath, pathToFileURL } from "node:url";
 import { FileAdapter, newEnforcer, newModelFromString, type Enforcer } from "casbin";
 import { loadPolicy, type Policy } from "../src/core/policy/policy.js";
 import type { PolicyRequest } from "../src/core/policy/policy-request.js";
+import { writeDocSection, writesDocs } from "./support/docs.js";
+import { describeMachine, formatStamp, loadAverage, packageVersion } from "./support/machine.js";
 import { prng } from "./support/prng.js";
 
 const args = new Set(process.argv.slice(2));
 const QUICK = args.has("--quick");
 const STRICT = args.has("--strict");
+const WRITE_DOCS = writesDocs(process.argv.slice(2));
 
 const ORGS = 1_000;
 const SIZES = QUICK ? [100, 2_000] : [100, 10_000, 100_000];
@@ -381,12 +388,32 @@ function table(results: Result[]): string {
   return [line(header), rule, ...body.map(line)].join("\n");
 }
 
+/** The few columns docs/performance.md shows, one row per policy size. */
+function summaryTable(results: Result[]): string {
+  const base = results[0]!;
+  const header = ["policy lines", "load (compiled / Casbin)", "compiled p50 / p99", "Casbin p50 / p99", "Casbin ÷ compiled (p50)", "compiled p99 ÷ 100-line p99 (keys of 50 orgs)", "heap after load (compiled / Casbin)"];
+  const body = results.map((r) => [
+    r.lines.toLocaleString("en-US"),
+    `${ms(r.loadMs)} / ${ms(r.casbinLoadMs)}`,
+    `${us(r.compiled.p50)} / ${us(r.compiled.p99)}`,
+    `${us(r.casbin.p50)} / ${us(r.casbin.p99)}`,
+    x(r.casbin.p50 / r.compiled.p50),
+    `${x(r.compiled.p99 / base.compiled.p99)} (${x(r.compiledLocal.p99 / base.compiledLocal.p99)})`,
+    `${mb(r.heapMb)} / ${mb(r.casbinHeapMb)}`,
+  ]);
+  const widths = header.map((_, c) => Math.max(3, ...[header, ...body].map((row) => row[c]!.length)));
+  const line = (row: string[]) => `| ${row.map((cell, c) => cell.padStart(widths[c]!)).join(" | ")} |`;
+  return [line(header), `|${widths.map((w) => `${"-".repeat(w + 1)}:`).join("|")}|`, ...body.map(line)].join("\n");
+}
+
 async function main(): Promise<void> {
   if (!(globalThis as { gc?: () => void }).gc) {
     console.error("run with node --expose-gc (npm run bench:policy does)");
     process.exit(2);
   }
   const modelText = await readFile(join(POLICY_DIR, "model.conf"), "utf8");
+  const started = performance.now();
+  const machine = describeMachine();
   console.log(
     `keygate policy bench${QUICK ? " (--quick)" : ""}: Node ${process.version}, ${ORGS} orgs, ` +
       `${ROUNDS} alternating rounds, ${COMPILED_PER_ROUND.toLocaleString("en-US")} compiled decisions per round`,
@@ -414,6 +441,22 @@ async function main(): Promise<void> {
   console.log();
   for (const [label, ok] of checks) console.log(`${ok ? "ok  " : "MISS"}  ${label}`);
   if (QUICK) console.log("(--quick: small sizes and counts; the targets are for the full run)");
+  if (WRITE_DOCS) {
+    const stamp = formatStamp({
+      command: "npm run bench",
+      seconds: (performance.now() - started) / 1000,
+      machine,
+      loadAtEnd: loadAverage(),
+      nodes: [`${process.version} (in process; casbin ${packageVersion("casbin") ?? "?"})`],
+    });
+    const checkLines = checks.map(([label, ok]) => `- ${ok ? "met" : "**missed**"}: ${label}`).join("\n");
+    await writeDocSection(
+      "policy",
+      `${stamp}\n\n${summaryTable(results)}\n\n${checkLines}\n\n` +
+        `${ORGS.toLocaleString("en-US")} orgs, ${ROUNDS} alternating rounds; latency per decision, one request at a time, including one performance.now() pair; Casbin = enforceSync per role until one allows. ` +
+        `Compiled and Casbin disagreed on ${results.reduce((n, r) => n + r.disagreements, 0)} of the requests Casbin decided.`,
+    );
+  }
   if (!results.every((r) => r.disagreements === 0)) process.exitCode = 1;
   if (STRICT && !QUICK && !checks.every(([, ok]) => ok)) process.exitCode = 1;
 }

@@ -69,14 +69,16 @@ export interface SpawnOptions {
   cwd: string;
   /** Extra arguments for node itself (e.g. --cpu-prof). */
   nodeArgs?: string[];
+  /** The node executable: the bench's own (process.execPath) unless set, e.g. another Node line's from nodeLine(). */
+  node?: string;
   timeoutMs?: number;
 }
 
 /** `node ARGS…`, ready once it logs a listening line with its port. */
-export function spawnListening(args: string[], { env, cwd, nodeArgs = [], timeoutMs = 30_000 }: SpawnOptions): Promise<ServerProcess> {
+export function spawnListening(args: string[], { env, cwd, nodeArgs = [], node = process.execPath, timeoutMs = 30_000 }: SpawnOptions): Promise<ServerProcess> {
   return new Promise((resolve, reject) => {
     const spawned = performance.now();
-    const child = track(spawn(process.execPath, [...nodeArgs, ...args], { cwd, env: childEnv(env), stdio: ["ignore", "pipe", "pipe"] }));
+    const child = track(spawn(node, [...nodeArgs, ...args], { cwd, env: childEnv(env), stdio: ["ignore", "pipe", "pipe"] }));
     let output = "";
     let started = false;
     /** Output since each waitFor began, and what it waits for. */

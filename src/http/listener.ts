@@ -163,8 +163,10 @@ export function createListener(handler: Handler, limits: ListenerLimits): Listen
         for (const session of sessions.keys()) session.destroy();
         for (const socket of sockets) socket.destroy();
       }, timeoutMs);
+      // The force timer keeps the process alive (the idle one need not): on Node 24 an HTTP/2 session
+      // whose stream waits on a client that stopped sending (an oversized message refused) holds no
+      // ref'd handle, so the process would end here with the drain unfinished and cleanup undone (exit 13).
       idle.unref();
-      force.unref();
       await closed;
       clearTimeout(idle);
       clearTimeout(force);

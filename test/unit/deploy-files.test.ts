@@ -370,9 +370,9 @@ describe("deploy/compose.yaml", () => {
 });
 
 describe("Dockerfile", () => {
-  it("is multi-stage: a build stage, then a node:20-bookworm-slim runtime", () => {
+  it("is multi-stage: a build stage, then a node:24-bookworm-slim runtime (a Node line in support)", () => {
     expect(dockerfile.stages.length).toBeGreaterThanOrEqual(2);
-    expect(runtime.from).toBe("node:20-bookworm-slim");
+    expect(runtime.from).toBe("node:24-bookworm-slim");
     const build = dockerfile.stages.find((stage) => stage.name === "build");
     expect(build, "a stage named build").toBeDefined();
     expect(all(build!, "RUN").map((run) => run.args)).toEqual(expect.arrayContaining([expect.stringMatching(/^npm ci\b/), "npm run build"]));
