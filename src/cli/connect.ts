@@ -1,6 +1,6 @@
 import http from "node:http";
 import { setTimeout as sleep } from "node:timers/promises";
-import { createClient, createRouterTransport, type Client, type Interceptor, type Transport } from "@connectrpc/connect";
+import { createRouterTransport, type Transport } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { readCliKeys, readRuntimeConfig, type RuntimeConfig } from "../config/config.js";
 import { CliError, configOrThrow, type Parsed } from "./args.js";
@@ -12,9 +12,7 @@ import { openRuntime, type Runtime } from "../server/runtime.js";
 import { localStatus, type ServerStatus } from "../server/serve.js";
 import { createRoutes } from "../server/routes.js";
 import { findServers } from "../server/server-registry.js";
-import { AuditService } from "../../gen/keygate/v1/audit_pb.js";
-import { AuthorizeService } from "../../gen/keygate/v1/authorize_pb.js";
-import { KeyService } from "../../gen/keygate/v1/key_pb.js";
+import { createKeygateClient, type KeygateClient } from "../client/keygate-client.js";
 
 /**
  * How the CLI reaches keygate. Every mode is a Connect transport to the same
@@ -28,9 +26,9 @@ import { KeyService } from "../../gen/keygate/v1/key_pb.js";
  */
 export interface Connection {
   mode: "remote" | "socket" | "local";
-  keys: Client<typeof KeyService>;
-  authorize: Client<typeof AuthorizeService>;
-  audit: Client<typeof AuditService>;
+  keys: KeygateClient["keys"];
+  authorize: KeygateClient["authorize"];
+  audit: KeygateClient["audit"];
   status(): Promise<ServerStatus & { server: "running" | "not running" | "unknown" }>;
   close(): Promise<void>;
 }
@@ -39,14 +37,13 @@ const LOCK_WAIT_MS = 10_000;
 
 export async function connectRemote(server: string, apiKey: string): Promise<Connection> {
   if (!apiKey) throw new CliError("--server needs an admin key: set KEYGATE_API_KEY (or --api-key)");
-  const auth: Interceptor = (next) => (req) => {
-    req.header.set("authorization", `Bearer ${apiKey}`);
-    return next(req);
-  };
-  const transport = createConnectTransport({ baseUrl: server, httpVersion: "1.1", interceptors: [auth] });
+  // A service author's client, as any other service would use it; commands wait as long as they need.
+  const { authorize, keys, audit } = createKeygateClient({ baseUrl: server, httpVersion: "1.1", apiKey, timeoutMs: 0 });
   return {
     mode: "remote",
-    ...clients(transport),
+    authorize,
+    keys,
+    audit,
     status: () => Promise.reject(new CliError("status is available on the machine that holds the data, not over --server")),
     close: async () => {},
   };
@@ -125,7 +122,8 @@ function viaSocket(socketPath: string): Connection {
 }
 
 function clients(transport: Transport) {
-  return { keys: createClient(KeyService, transport), authorize: createClient(AuthorizeService, transport), audit: createClient(AuditService, transport) };
+  const { authorize, keys, audit } = createKeygateClient({ transport, timeoutMs: 0 });
+  return { authorize, keys, audit };
 }
 
 function getJson<T>(socketPath: string, path: string): Promise<T> {
