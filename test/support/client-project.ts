@@ -1,9 +1,9 @@
-import { execFile, spawn } from "node:child_process";
+import { execFile } from "node:child_process";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { promisify } from "node:util";
-import { REPO } from "./keygate-process.js";
+import { REPO, runProcess, type CliResult } from "./keygate-process.js";
 
 /**
  * A separate project that uses keygate as a service author's would: this
@@ -29,11 +29,8 @@ export interface ClientProjectOptions {
   packages?: string[];
 }
 
-export interface RunResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
+/** What a run printed, and its exit code (as for the CLI). */
+export type RunResult = CliResult;
 
 export type CompileResult = { ok: true; file: string } | { ok: false; diagnostics: string };
 
@@ -91,7 +88,7 @@ export async function createClientProject({ packages = [] }: ClientProjectOption
         await writeFile(join(dir, "src", `${name}.ts`), source);
         // One tsconfig per snippet: each is checked alone, so one broken snippet fails only itself.
         await writeFile(join(dir, `tsconfig.${name}.json`), JSON.stringify({ extends: "./tsconfig.json", files: [`src/${name}.ts`] }));
-        const tsc = await spawnCollect(process.execPath, [TSC, "-p", `tsconfig.${name}.json`, "--pretty", "false"], { cwd: dir, timeoutMs: 60_000 });
+        const tsc = await runProcess(process.execPath, [TSC, "-p", `tsconfig.${name}.json`, "--pretty", "false"], { cwd: dir, env: childEnv(), timeoutMs: 60_000 });
         if (tsc.code !== 0) return { ok: false, diagnostics: `${tsc.stdout}${tsc.stderr}` };
         return { ok: true, file: join(dir, "dist", `${name}.js`) };
       },
@@ -168,27 +165,6 @@ async function npm(args: string[], cwd: string): Promise<string> {
 }
 
 function runNode(file: string, cwd: string, { env, timeoutMs = 30_000 }: RunOptions): Promise<RunResult> {
-  return spawnCollect(process.execPath, [file], { cwd, env: childEnv(env), timeoutMs });
+  return runProcess(process.execPath, [file], { cwd, env: childEnv(env), timeoutMs });
 }
 
-function spawnCollect(command: string, args: string[], { cwd, env, timeoutMs }: { cwd: string; env?: NodeJS.ProcessEnv; timeoutMs: number }): Promise<RunResult> {
-  return new Promise((done, fail) => {
-    const child = spawn(command, args, { cwd, env: env ?? childEnv(), stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    const timer = setTimeout(() => {
-      child.kill("SIGKILL");
-      fail(new Error(`${args.join(" ")} still running after ${timeoutMs} ms; killed.\nstdout:\n${stdout}\nstderr:\n${stderr}`));
-    }, timeoutMs);
-    child.stdout.on("data", (chunk: Buffer) => (stdout += chunk.toString()));
-    child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
-    child.on("error", (error) => {
-      clearTimeout(timer);
-      fail(error);
-    });
-    child.on("close", (code, signal) => {
-      clearTimeout(timer);
-      done({ code: code ?? (signal ? 128 : -1), stdout, stderr });
-    });
-  });
-}

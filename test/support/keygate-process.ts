@@ -44,14 +44,26 @@ function childEnv(env: Record<string, string> | undefined): NodeJS.ProcessEnv {
 }
 
 export function runCli(args: string[], { cwd, env, bin = BIN, timeoutMs = 60_000 }: CliOptions): Promise<CliResult> {
+  return runProcess(process.execPath, [bin, ...args], { cwd, env: childEnv(env), timeoutMs, label: `keygate ${args.join(" ")}` });
+}
+
+/**
+ * Runs a command to its end and collects what it wrote. One still running
+ * after `timeoutMs` (a command that should have failed at once, such as serve
+ * with a bad config) is killed, and the call rejects with its output.
+ */
+export function runProcess(
+  command: string,
+  args: string[],
+  { cwd, env, timeoutMs, label = `${command} ${args.join(" ")}` }: { cwd: string; env: NodeJS.ProcessEnv; timeoutMs: number; label?: string },
+): Promise<CliResult> {
   return new Promise((done, fail) => {
-    const child = spawn(process.execPath, [bin, ...args], { cwd, env: childEnv(env), stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(command, args, { cwd, env, stdio: ["ignore", "pipe", "pipe"] });
     let stdout = "";
     let stderr = "";
-    // A command that should have failed at once (serve with a bad config) must not hang the suite.
     const timer = setTimeout(() => {
       child.kill("SIGKILL");
-      fail(new Error(`keygate ${args.join(" ")} still running after ${timeoutMs} ms; killed.\nstdout:\n${stdout}\nstderr:\n${stderr}`));
+      fail(new Error(`${label} still running after ${timeoutMs} ms; killed.\nstdout:\n${stdout}\nstderr:\n${stderr}`));
     }, timeoutMs);
     child.stdout.on("data", (chunk: Buffer) => (stdout += chunk.toString()));
     child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
