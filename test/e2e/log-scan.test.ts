@@ -200,7 +200,9 @@ describe(`logs at debug level hold no key (${testDatabaseKind})`, () => {
     if (named.result.case === "created") made.push(named.result.value.plaintext);
     const asReader = createClient(KeyService, createConnectTransport({ baseUrl: server.url, httpVersion: "1.1", interceptors: [bearerAuth(made[3]!)] }));
     await expect(asReader.manageKey({ action: { case: "create", value: { name: admin, roles: ["admin"] } } })).rejects.toThrow();
-    const typo = createClient(KeyService, createConnectTransport({ baseUrl: server.url, httpVersion: "1.1", interceptors: [bearerAuth(`${admin.slice(0, -1)}Z`)] }));
+    // One character off (never the key itself: a key may end in "Z" already).
+    const mistyped = `${admin.slice(0, -1)}${admin.endsWith("Z") ? "Y" : "Z"}`;
+    const typo = createClient(KeyService, createConnectTransport({ baseUrl: server.url, httpVersion: "1.1", interceptors: [bearerAuth(mistyped)] }));
     await expect(typo.manageKey({ action: { case: "list", value: {} } })).rejects.toThrow("invalid API key");
 
     // Bad requests, the key in their bodies: malformed JSON, a wrong field type, an unknown method.
