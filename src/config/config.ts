@@ -91,7 +91,24 @@ export interface ServeConfig extends RuntimeConfig {
   requestTimeoutMs: number;
   /** Its request line and headers within this (KEYGATE_HEADERS_TIMEOUT), or 408; also a new connection's first bytes. */
   headersTimeoutMs: number;
+  /** Proxy mode (--upstream): a second listener forwarding allowed requests to Cube; undefined = off. */
+  proxy: ProxyConfig | undefined;
 }
+
+/** Proxy mode: where it listens, whom it forwards to, how long it waits. */
+export interface ProxyConfig {
+  /** The Cube (E2B API) server: origin, and a base path if it has one. */
+  upstream: string;
+  host: string;
+  port: number;
+  /** Upstream answer headers (then each stretch of the body) within this, or 504. */
+  timeoutMs: number;
+  /** Live sandboxes per org (KEYGATE_ORG_MAX_SANDBOXES); null = unlimited. */
+  orgMaxSandboxes: number | null;
+}
+
+/** The proxy's port when only --upstream is given. */
+export const DEFAULT_PROXY_PORT = 8090;
 
 export interface ShimConfig {
   host: string;
@@ -152,7 +169,7 @@ function readSettings<K extends SettingName>(names: readonly K[], flags: Flags, 
     values[name] = fallback === undefined ? undefined : spec.type.parse(fallback);
     const raw = rawValue(spec, flags, env);
     if (raw === undefined) {
-      if (spec.required !== undefined) errors.push(`${blamed(spec, undefined)}: required (${spec.required})`);
+      if (spec.required !== undefined && (spec.requiredFor === undefined || (command !== undefined && spec.requiredFor.includes(command)))) errors.push(`${blamed(spec, undefined)}: required (${spec.required})`);
       continue;
     }
     // A switch given as a flag is true by being there; any other flag needs its value.
@@ -274,7 +291,32 @@ const SERVE_SETTINGS = [
   "maxHeaderBytes",
   "requestTimeout",
   "headersTimeout",
+  "upstream",
+  "proxyPort",
+  "proxyHost",
+  "proxyTimeout",
+  "orgMaxSandboxes",
 ] as const;
+
+/**
+ * Proxy mode is on when an upstream is given. A proxy port or host without
+ * one is a mistake (the proxy would silently not start), so it is refused.
+ */
+function proxyConfig(read: Read<"host" | "upstream" | "proxyPort" | "proxyHost" | "proxyTimeout" | "orgMaxSandboxes">, errors: string[]): ProxyConfig | undefined {
+  const { values, given } = read;
+  if (values.upstream === undefined) {
+    if (given.has("proxyPort")) errors.push("--proxy-port/KEYGATE_PROXY_PORT: only with --upstream/KEYGATE_UPSTREAM (proxy mode)");
+    if (given.has("proxyHost")) errors.push("--proxy-host/KEYGATE_PROXY_HOST: only with --upstream/KEYGATE_UPSTREAM (proxy mode)");
+    return undefined;
+  }
+  return {
+    upstream: values.upstream,
+    host: values.proxyHost ?? values.host,
+    port: values.proxyPort ?? DEFAULT_PROXY_PORT,
+    timeoutMs: values.proxyTimeout,
+    orgMaxSandboxes: values.orgMaxSandboxes ?? null,
+  };
+}
 
 function listenerLimits(read: Read<"maxHeaderBytes" | "requestTimeout" | "headersTimeout">, errors: string[]): Pick<ServeConfig, "maxHeaderBytes" | "requestTimeoutMs" | "headersTimeoutMs"> {
   const { maxHeaderBytes, requestTimeout, headersTimeout } = read.values;
@@ -306,6 +348,7 @@ export function readServeConfig(flags: Flags, env: Env, cwd: string): ConfigResu
     metrics: values.metrics,
     tracing: readTracingConfig(env, errors),
     ...listenerLimits(read, errors),
+    proxy: proxyConfig(read, errors),
   });
 }
 

@@ -47,6 +47,8 @@ export interface SettingSpec<T = unknown> {
   unset?: string;
   /** Having no value is refused with this hint. */
   required?: string;
+  /** The commands `required` holds for; unset = every command that reads it. */
+  requiredFor?: readonly Command[];
   /** One line (markdown): the help text and the docs table. */
   description: string;
   /** More for the docs table only (markdown). */
@@ -193,11 +195,44 @@ export const SETTINGS = {
     arg: "URL",
     env: "KEYGATE_UPSTREAM",
     required: "the keygate server to ask, e.g. http://127.0.0.1:8080",
-    unset: "required",
-    description: "`keygate shim` only: the keygate server to ask, `http://` or `https://`",
-    commands: ["shim"],
+    requiredFor: ["shim"],
+    unset: "`shim`: required; `serve`: no proxy",
+    description: "`keygate shim`: the keygate server to ask; `keygate serve`: the Cube (E2B API) server to proxy to, which turns proxy mode on; `http://` or `https://`",
+    commands: SERVERS,
     blame: "both",
     type: z.url({ protocol: /^https?$/, error: (issue) => `${quoted(issue.input)} is not an http:// or https:// URL` }),
+  },
+  proxyPort: {
+    flag: "proxy-port",
+    arg: "N",
+    env: "KEYGATE_PROXY_PORT",
+    unset: "`8090` when `--upstream` is given, else no proxy",
+    description: "port of the proxy in front of `--upstream` (`0` = any free port)",
+    commands: ["serve"],
+    type: wholeNumber(0, 65535),
+  },
+  proxyHost: {
+    flag: "proxy-host",
+    arg: "HOST",
+    env: "KEYGATE_PROXY_HOST",
+    unset: "the same as `--host`",
+    description: "address the proxy listens on",
+    commands: ["serve"],
+    type: z.string().regex(/^[A-Za-z0-9.:[\]-]{1,253}$/, { error: (issue) => `${quoted(issue.input)} is not a host name or IP address` }),
+  },
+  proxyTimeout: {
+    env: "KEYGATE_PROXY_TIMEOUT",
+    default: "60s",
+    description: "the proxy's upstream must answer (headers, then each stretch of the body) within this, or 504 (`100ms`–`1h`)",
+    commands: ["serve"],
+    type: milliseconds(100, "500ms, 60s"),
+  },
+  orgMaxSandboxes: {
+    env: "KEYGATE_ORG_MAX_SANDBOXES",
+    unset: "unlimited",
+    description: "proxy mode: live sandboxes per org (a key's own `--max-sandboxes` also applies); a create over it gets 429",
+    commands: ["serve"],
+    type: wholeNumber(0, 1_000_000_000),
   },
   shimPath: {
     flag: "shim-path",

@@ -1,6 +1,7 @@
 import http from "node:http";
 import http2 from "node:http2";
 import net from "node:net";
+import type { Duplex } from "node:stream";
 
 /**
  * One address for every protocol: gRPC and Connect over h2c, Connect,
@@ -53,7 +54,10 @@ const DRAIN_IDLE_GRACE_MS = 1_000;
 /** After an error answer (400/408/431), how long the rest of what the client sends is read and dropped before closing. */
 const ERROR_LINGER_MS = 2_000;
 
-export function createListener(handler: Handler, limits: ListenerLimits): Listener {
+/** Node's "upgrade" event (HTTP/1.1 only): the listener hands the socket over; without one, upgrades are refused. */
+export type UpgradeHandler = (req: http.IncomingMessage, socket: Duplex, head: Buffer) => void;
+
+export function createListener(handler: Handler, limits: ListenerLimits, onUpgrade?: UpgradeHandler): Listener {
   let draining = false;
   const onRequest: Handler = (req, res) => {
     if (req.httpVersionMajor === 2 && headerListBytes(req.rawHeaders) > limits.maxHeaderBytes) {
@@ -84,6 +88,7 @@ export function createListener(handler: Handler, limits: ListenerLimits): Listen
   h1.emit("listening");
   // Node's own answers to a bad request have no body; these say what was wrong, in the shim's JSON shape.
   h1.on("clientError", (error: NodeJS.ErrnoException, socket: net.Socket) => answerClientError(error, socket, limits));
+  if (onUpgrade) h1.on("upgrade", onUpgrade);
   // The setting tells clients the limit; onRequest enforces it.
   const h2 = http2.createServer({ maxSessionMemory: 64, settings: { maxHeaderListSize: limits.maxHeaderBytes } }, onRequest);
   const sessions = new Map<http2.ServerHttp2Session, SessionState>();

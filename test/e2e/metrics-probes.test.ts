@@ -172,6 +172,7 @@ describe("one server: probes, traffic on every entry point, then /metrics", () =
       rpc: { allowed: 3, forbidden: 1, missing_credential: 0, invalid_key: 1, revoked: 0, expired: 0, bad_request: 0, rate_limited: 1, unavailable: 0 },
       ext_authz: {},
       forward_auth: {},
+      proxy: {},
     };
     for (const [entry, reasons] of Object.entries(decisions)) {
       let total = 0;

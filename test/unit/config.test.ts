@@ -39,7 +39,11 @@ const spec = (name: SettingName): SettingSpec => SETTINGS[name];
 const VIEW: Record<SettingName, (config: ServeConfig & ShimConfig & CliKeys) => unknown> = {
   port: (c) => c.port,
   host: (c) => c.host,
-  upstream: (c) => c.upstream,
+  upstream: (c) => c.proxy?.upstream,
+  proxyPort: (c) => c.proxy?.port,
+  proxyHost: (c) => c.proxy?.host,
+  proxyTimeout: (c) => c.proxy?.timeoutMs,
+  orgMaxSandboxes: (c) => c.proxy?.orgMaxSandboxes,
   shimPath: (c) => c.shimPath,
   credentialPriority: (c) => c.credentialPriority,
   dataDir: (c) => c.dataDir,
@@ -77,9 +81,14 @@ const VIEW: Record<SettingName, (config: ServeConfig & ShimConfig & CliKeys) => 
 /** The keys the CLI holds itself: no server reads them (readCliKeys). */
 const CLI_KEYS: SettingName[] = ["apiKey", "checkKey"];
 
+/** The proxy's settings, read by serve only in proxy mode (given an upstream). */
+const PROXY_SETTINGS: SettingName[] = ["proxyPort", "proxyHost", "proxyTimeout", "orgMaxSandboxes"];
+const CUBE = "http://cube.internal:3000";
+
 /** Serve's config for the settings serve reads, else the shim's (given an upstream unless that is the setting). */
 function readFor(name: SettingName, flags: Flags, env: Env): ConfigResult<ServeConfig | ShimConfig | CliKeys> {
   if (CLI_KEYS.includes(name)) return readCliKeys(flags, env);
+  if (PROXY_SETTINGS.includes(name)) return readServeConfig(flags, { KEYGATE_UPSTREAM: CUBE, ...env }, CWD);
   if (spec(name).commands.includes("serve")) return readServeConfig(flags, env, CWD);
   return readShimConfig(flags, name === "upstream" ? env : { KEYGATE_UPSTREAM: UPSTREAM, ...env });
 }
@@ -143,6 +152,10 @@ const DEFAULTS: [SettingName, unknown][] = [
   ["headersTimeout", 15_000],
   ["requestTimeout", 30_000],
   ["directAuthorize", true],
+  ["proxyPort", 8090],
+  ["proxyHost", "127.0.0.1"],
+  ["proxyTimeout", 60_000],
+  ["orgMaxSandboxes", null],
   ["apiKey", undefined],
   ["checkKey", undefined],
 ];
@@ -196,6 +209,10 @@ const VALID: [SettingName, string, unknown][] = [
   ["headersTimeout", "100ms", 100],
   ["requestTimeout", "1h", 3_600_000],
   ["directAuthorize", "0", false],
+  ["proxyPort", "0", 0],
+  ["proxyHost", "0.0.0.0", "0.0.0.0"],
+  ["proxyTimeout", "500ms", 500],
+  ["orgMaxSandboxes", "25", 25],
   ["apiKey", "sk-sb-anAdminKeyAsGiven", "sk-sb-anAdminKeyAsGiven"],
   ["checkKey", "not even shaped like a key", "not even shaped like a key"],
 ];
@@ -239,6 +256,10 @@ const INVALID: [SettingName, string, string][] = [
   ["headersTimeout", "10ms", '"10ms" is not a duration from 100ms to 1h (e.g. 500ms, 30s)'],
   ["requestTimeout", "soon", '"soon" is not a duration from 100ms to 1h (e.g. 500ms, 30s)'],
   ["directAuthorize", "2", '"2" is not a boolean (use true or false)'],
+  ["proxyPort", "80a", '"80a" is not a whole number from 0 to 65535'],
+  ["proxyHost", "a host", '"a host" is not a host name or IP address'],
+  ["proxyTimeout", "forever", '"forever" is not a duration from 100ms to 1h (e.g. 500ms, 60s)'],
+  ["orgMaxSandboxes", "-1", '"-1" is not a whole number from 0 to 1000000000'],
 ];
 
 /** Settings that take any text: only an empty flag is refused. */
@@ -360,9 +381,22 @@ describe("each setting is read by the commands the schema names", () => {
     expect(readServeConfig({ "api-key": "", key: "" }, {}, CWD).ok).toBe(true);
   });
 
-  it("the shim needs an upstream; the others never read one", () => {
+  it("the shim needs an upstream; serve takes one to turn proxy mode on; the others never read one", () => {
     expect(readShimConfig({}, {})).toEqual({ ok: false, errors: ["--upstream/KEYGATE_UPSTREAM: required (the keygate server to ask, e.g. http://127.0.0.1:8080)"] });
-    expect(readServeConfig({}, { KEYGATE_UPSTREAM: "ftp://x" }, CWD).ok).toBe(true);
+    expect(readServeConfig({}, {}, CWD)).toMatchObject({ ok: true, config: { proxy: undefined } });
+    expect(readServeConfig({}, { KEYGATE_UPSTREAM: "ftp://x" }, CWD).ok).toBe(false);
+    expect(readRuntimeConfig({}, { KEYGATE_UPSTREAM: "ftp://x" }, CWD).ok).toBe(true);
+  });
+
+  it("proxy mode: port 8090 and serve's host unless given; a proxy port or host without an upstream is refused", () => {
+    expect(readServeConfig({ upstream: CUBE, host: "0.0.0.0" }, {}, CWD)).toMatchObject({
+      ok: true,
+      config: { proxy: { upstream: CUBE, host: "0.0.0.0", port: 8090, timeoutMs: 60_000, orgMaxSandboxes: null } },
+    });
+    expect(readServeConfig({ "proxy-port": "9000" }, { KEYGATE_PROXY_HOST: "::1" }, CWD)).toEqual({
+      ok: false,
+      errors: ["--proxy-port/KEYGATE_PROXY_PORT: only with --upstream/KEYGATE_UPSTREAM (proxy mode)", "--proxy-host/KEYGATE_PROXY_HOST: only with --upstream/KEYGATE_UPSTREAM (proxy mode)"],
+    });
   });
 });
 

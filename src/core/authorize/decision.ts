@@ -3,9 +3,9 @@ import type { RateLimitStatus } from "../ratelimit/rate-limit.js";
 
 /**
  * Where a request came in: the RPC services, the Cube callback, Envoy's
- * ext_authz, or an nginx auth_request / Traefik forwardAuth endpoint.
+ * ext_authz, an nginx auth_request / Traefik forwardAuth endpoint, or the proxy.
  */
-export type DecisionEntry = "rpc" | "shim" | "ext_authz" | "forward_auth";
+export type DecisionEntry = "rpc" | "shim" | "ext_authz" | "forward_auth" | "proxy";
 
 /** Why a decision came out as it did. A deny is data, not an exception. */
 export type Reason =
