@@ -35,6 +35,7 @@ const REASON_INDEX: Record<Reason, number> = {
   rate_limited: 6,
   bad_request: 7,
   unavailable: 8,
+  not_found: 9,
 };
 const inSeriesOrder = <T extends string>(index: Record<T, number>): T[] => (Object.keys(index) as T[]).sort((a, b) => index[a] - index[b]);
 export const ENTRIES = inSeriesOrder(ENTRY_INDEX);

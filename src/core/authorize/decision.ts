@@ -15,6 +15,7 @@ export type Reason =
   | "revoked"
   | "expired"
   | "forbidden"
+  | "not_found"
   | "rate_limited"
   | "bad_request"
   | "unavailable";
@@ -84,6 +85,14 @@ export function forbiddenMessage(method: string, path: string): string {
   return `API key is not allowed to ${method} ${path}`;
 }
 
+/**
+ * An owned resource the key's org does not own, or that nobody owns: one
+ * answer for both, so a key cannot learn that another org's sandbox exists.
+ */
+export function notFoundMessage(kind: string, id: string): string {
+  return `${kind}/${id} not found`;
+}
+
 export function deny(reason: DenyReason, message: string, key?: KeyIdentity): Deny {
   return { allowed: false, reason, message, matchedRule: "", ...(key && { key }) };
 }
@@ -103,6 +112,8 @@ export function httpStatusFor(reason: Reason): number {
       // nginx auth_request treats anything but 401/403 as an error, so a
       // malformed request is a 403 too.
       return 403;
+    case "not_found":
+      return 404;
     case "rate_limited":
       return 429;
     case "unavailable":
