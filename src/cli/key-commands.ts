@@ -33,6 +33,13 @@ function checkRateLimit(value: string | undefined): void {
   if (!result.ok) throw new CliError(`--rate-limit: ${result.error}`);
 }
 
+/** --max-sandboxes: a whole number, 0 (no sandboxes) up. */
+function checkMaxSandboxes(value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  if (!/^\d{1,10}$/.test(value) || Number(value) > 1_000_000_000) throw new CliError(`--max-sandboxes: "${value}" is not a whole number from 0 to 1000000000`);
+  return Number(value);
+}
+
 function printCreated(out: Out, response: ManageKeyResponse, verb: string): void {
   if (response.result.case !== "created" || !response.result.value.key) throw new CliError("unexpected response from server");
   const { key, plaintext } = response.result.value;
@@ -42,7 +49,7 @@ function printCreated(out: Out, response: ManageKeyResponse, verb: string): void
   }
   out.print(plaintext);
   out.note(
-    `${verb} ${key.id} (org ${key.org}, namespace ${key.namespace}, roles ${key.roles.join(",")}, expires ${key.expiresAt ? keyJson(key).expires_at : "never"}, rate limit ${key.rateLimit || "server default"}).`,
+    `${verb} ${key.id} (org ${key.org}, namespace ${key.namespace}, roles ${key.roles.join(",")}, expires ${key.expiresAt ? keyJson(key).expires_at : "never"}, rate limit ${key.rateLimit || "server default"}${key.maxSandboxes !== undefined ? `, at most ${key.maxSandboxes} live sandboxes` : ""}).`,
   );
   out.note("This is the only time the key is shown: store it now.");
 }
@@ -60,6 +67,7 @@ const KEYGEN_OPTIONS: Options = {
   role: { type: "string", multiple: true },
   name: { type: "string" },
   "rate-limit": { type: "string" },
+  "max-sandboxes": { type: "string" },
 };
 
 export async function runKeygen(args: string[]): Promise<number> {
@@ -71,7 +79,9 @@ export async function runKeygen(args: string[]): Promise<number> {
   checkDuration("expire", expire);
   const rateLimit = parsed.flags["rate-limit"] as string | undefined;
   checkRateLimit(rateLimit);
+  const maxSandboxes = checkMaxSandboxes(parsed.flags["max-sandboxes"] as string | undefined);
   const action = create(CreateKeyActionSchema, {
+    ...(maxSandboxes !== undefined && { maxSandboxes }),
     name: (parsed.flags.name as string | undefined) ?? "",
     org: (parsed.flags.org as string | undefined) ?? "",
     namespace: (parsed.flags.namespace as string | undefined) ?? "",
@@ -210,6 +220,8 @@ async function keysUpdate(args: string[]): Promise<number> {
     "no-expire": { type: "boolean" },
     "rate-limit": { type: "string" },
     "no-rate-limit": { type: "boolean" },
+    "max-sandboxes": { type: "string" },
+    "no-max-sandboxes": { type: "boolean" },
   });
   if (parsed.flags.help) return help();
   const id = oneId(parsed, "update");
@@ -220,6 +232,8 @@ async function keysUpdate(args: string[]): Promise<number> {
   const rateLimit = parsed.flags["rate-limit"] as string | undefined;
   if (rateLimit !== undefined && parsed.flags["no-rate-limit"]) throw new CliError("use either --rate-limit or --no-rate-limit");
   checkRateLimit(rateLimit);
+  const maxSandboxes = checkMaxSandboxes(parsed.flags["max-sandboxes"] as string | undefined);
+  if (maxSandboxes !== undefined && parsed.flags["no-max-sandboxes"]) throw new CliError("use either --max-sandboxes or --no-max-sandboxes");
   const roles = parsed.flags.role as string[] | undefined;
   const action = create(UpdateKeyActionSchema, {
     id,
@@ -229,6 +243,8 @@ async function keysUpdate(args: string[]): Promise<number> {
     ...(parsed.flags["no-expire"] && { expiry: { case: "neverExpires" as const, value: true } }),
     ...(rateLimit !== undefined && { rateLimitChange: { case: "rateLimit" as const, value: rateLimit } }),
     ...(parsed.flags["no-rate-limit"] && { rateLimitChange: { case: "noRateLimit" as const, value: true } }),
+    ...(maxSandboxes !== undefined && { maxSandboxesChange: { case: "maxSandboxes" as const, value: maxSandboxes } }),
+    ...(parsed.flags["no-max-sandboxes"] && { maxSandboxesChange: { case: "noMaxSandboxes" as const, value: true } }),
   });
   return withConnection(parsed, "keys update", async (c) => {
     const response = await manage(c, { case: "update", value: action });

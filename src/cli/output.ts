@@ -39,6 +39,7 @@ export function keyJson(key: ApiKey): Record<string, unknown> {
     rotated_from: key.rotatedFrom || null,
     created_by: key.createdBy,
     rate_limit: key.rateLimit || null,
+    max_sandboxes: key.maxSandboxes ?? null,
   };
 }
 
@@ -76,12 +77,13 @@ export function keyText(key: ApiKey): string {
     ["rotated from", key.rotatedFrom || "-"],
     ["created by", key.createdBy],
     ["rate limit", key.rateLimit || "server default"],
+    ["sandboxes", key.maxSandboxes !== undefined ? `at most ${key.maxSandboxes} live` : "no limit of its own"],
   ];
   return rows.map(([k, v]) => `${k.padEnd(13)}${v}`).join("\n");
 }
 
 export function keyTable(keys: ApiKey[]): string {
-  const head = ["ID", "NAME", "ORG", "NAMESPACE", "ROLES", "STATE", "RATE LIMIT", "EXPIRES", "LAST USED", "ALLOWED 7D", "DENIED 7D"];
+  const head = ["ID", "NAME", "ORG", "NAMESPACE", "ROLES", "STATE", "RATE LIMIT", "SANDBOXES", "EXPIRES", "LAST USED", "ALLOWED 7D", "DENIED 7D"];
   const rows = keys.map((k) => [
     k.id,
     k.name || "-",
@@ -90,6 +92,7 @@ export function keyTable(keys: ApiKey[]): string {
     k.roles.join(","),
     k.enabled ? "enabled" : "revoked",
     k.rateLimit || "default",
+    k.maxSandboxes !== undefined ? String(k.maxSandboxes) : "-",
     iso(k.expiresAt) ?? "never",
     iso(k.lastUsedAt) ?? "never",
     String(k.requestsAllowed7d),

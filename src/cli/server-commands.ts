@@ -1,7 +1,7 @@
 import { mkdir } from "node:fs/promises";
 import http from "node:http";
 import { performance } from "node:perf_hooks";
-import { readRuntimeConfig, readServeConfig, readShimConfig, readStorageConfig } from "../config/config.js";
+import { readRuntimeConfig, readServeConfig, readShimConfig, readStorageConfig, servedOwnership } from "../config/config.js";
 import { flagOptions } from "../config/settings.js";
 import { openStore } from "../core/db/connect.js";
 import { acquireLock, type DataDirLock } from "../core/db/data-dir-lock.js";
@@ -87,7 +87,7 @@ export async function runServe(args: string[]): Promise<number> {
           noteDecision(input, decision);
         }
       : record;
-    const runtime = await openRuntime(config, {
+    const runtime = await openRuntime({ ...config, ownership: servedOwnership(config) }, {
       // The core knows the request id only at debug level (request-id.ts); the edges log theirs.
       onError: (error) => log.error("decision failed, denied", { ...errorFields(error), ...(debug && { request_id: currentRequestId() }) }),
       log,
@@ -117,6 +117,8 @@ export async function runServe(args: string[]): Promise<number> {
       policy_version: policy.version,
       policy_rules: policy.rules,
       shim_path: config.shimPath,
+      ...(server.proxy && { proxy: `${server.proxy.host}:${server.proxy.port}`, upstream: server.proxy.upstream }),
+      ownership: runtime.ownership,
       rate_limits: config.redisUrl ? "redis" : "memory",
       default_rate_limit: config.defaultRateLimit ? formatRateLimit(config.defaultRateLimit) : null,
       auth_fail_limit: config.authFailLimit ? formatRateLimit(config.authFailLimit) : "off",

@@ -111,6 +111,12 @@ export interface ProxyConfig {
   orgMaxSandboxes: number | null;
 }
 
+/** KEYGATE_OWNERSHIP as serve applies it: "auto" is on in proxy mode (--upstream), off otherwise. */
+export function servedOwnership(config: Pick<ServeConfig, "ownership" | "proxy">): "on" | "off" {
+  if (config.ownership === "auto") return config.proxy ? "on" : "off";
+  return config.ownership;
+}
+
 /** The proxy's port when only --upstream is given. */
 export const DEFAULT_PROXY_PORT = 8090;
 

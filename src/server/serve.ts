@@ -27,10 +27,22 @@ import { sourceContextValues } from "../http/rpc-context.js";
 import { createAuthorizeCall } from "../entries/rpc/authorize-call.js";
 import { createDirectAuthorize } from "../entries/rpc/direct-authorize.js";
 import { createRoutes } from "./routes.js";
+import { createSandboxProxy, type SandboxProxy } from "../entries/proxy/sandbox-proxy.js";
+import type { Listener } from "../http/listener.js";
+
+/** A key's own live-sandbox limit, from the key record the decision just cached. */
+function keyMaxSandboxes(runtime: Runtime): (credential: string) => Promise<number | null> {
+  return async (credential) => {
+    const found = await runtime.lookupKey(credential);
+    return found.status === "ok" ? (found.key.maxSandboxes ?? null) : null;
+  };
+}
 
 export interface RunningServer {
   port: number;
   host: string;
+  /** Proxy mode's listener, when --upstream is given. */
+  proxy: { port: number; host: string; upstream: string } | undefined;
   /** The local control socket (PGlite only), for the CLI on this machine. */
   controlSocket: string | undefined;
   /** Reloads the policy now (SIGHUP), logging the outcome as a file change would. */
@@ -148,12 +160,40 @@ export async function startServer(config: ServeConfig, runtime: Runtime, log: Lo
     onOutcome: (outcome) => logReload(log, outcome),
     onWatchError: (error) => log.warn("policy directory not watched", { dir: config.policyDir, ...errorFields(error) }),
   });
-  const listener = createListener(handler, { maxHeaderBytes: config.maxHeaderBytes, requestTimeoutMs: config.requestTimeoutMs, headersTimeoutMs: config.headersTimeoutMs });
+  const limits = { maxHeaderBytes: config.maxHeaderBytes, requestTimeoutMs: config.requestTimeoutMs, headersTimeoutMs: config.headersTimeoutMs };
+  const listener = createListener(handler, limits);
   const address = await listener.listen(config.port, config.host).catch(async (error: unknown) => {
     policyWatcher.close();
     await keyChanges?.close();
     throw error;
   });
+  // Proxy mode: a second listener, same limits, in front of Cube; decided by the same runtime.
+  let proxy: { sandboxes: SandboxProxy; listener: Listener; address: { port: number; host: string } } | undefined;
+  if (config.proxy) {
+    const sandboxes = createSandboxProxy({
+      upstream: config.proxy.upstream,
+      timeoutMs: config.proxy.timeoutMs,
+      authorize: runtime.authorize,
+      credentialPriority: config.credentialPriority,
+      clientIp: config.clientIp,
+      ledger: runtime.resources,
+      ownership: runtime.ownership,
+      keyMaxSandboxes: keyMaxSandboxes(runtime),
+      orgMaxSandboxes: config.proxy.orgMaxSandboxes,
+      log,
+    });
+    const proxyListener = createListener(withRequestIds((req, res) => sandboxes.handle(req, res), log), limits, (req, socket, head) => sandboxes.upgrade(req, socket, head));
+    try {
+      proxy = { sandboxes, listener: proxyListener, address: await proxyListener.listen(config.proxy.port, config.proxy.host) };
+    } catch (error) {
+      await listener.close(0);
+      await sandboxes.close();
+      policyWatcher.close();
+      await keyChanges?.close();
+      throw new Error(`proxy: cannot listen on ${config.proxy.host}:${config.proxy.port}: ${(error as Error).message}`, { cause: error });
+    }
+    if (!runtime.ownership) log.warn("proxy mode with KEYGATE_OWNERSHIP=off: sandbox lists are not filtered and any org's key may address any sandbox");
+  }
 
   // Over Postgres, `keygate status` finds this server by its connection's name.
   await keyChanges?.identify(serverApplicationName({ pid: process.pid, dev: runtime.dev, listen: `${address.host}:${address.port}` }));
@@ -167,12 +207,14 @@ export async function startServer(config: ServeConfig, runtime: Runtime, log: Lo
   return {
     port: address.port,
     host: address.host,
+    proxy: proxy && { ...proxy.address, upstream: config.proxy!.upstream },
     controlSocket: control?.path,
     reloadPolicy: (trigger) => policyWatcher.reloadNow(trigger),
     async stop() {
       shutdown.abort();
       policyWatcher.close();
       const closing = [listener.close(config.shutdownTimeoutMs)];
+      if (proxy) closing.push(proxy.listener.close(config.shutdownTimeoutMs).then(() => proxy!.sandboxes.close()));
       if (control) closing.push(new Promise<void>((resolve) => control!.server.close(() => resolve())));
       control?.server.closeAllConnections();
       await Promise.all(closing);

@@ -106,7 +106,7 @@ describe.skipIf(!TEST_DATABASE_URL)("three servers, one Postgres database, one R
 
   it("disable (enabled=false) through A: B and C deny the key", async () => {
     const key = await warmKey();
-    await manage(manageViaA, { case: "update", value: { $typeName: "keygate.v1.UpdateKeyAction", id: key.id, enabled: false, expiry: { case: undefined }, rateLimitChange: { case: undefined } } });
+    await manage(manageViaA, { case: "update", value: { $typeName: "keygate.v1.UpdateKeyAction", id: key.id, enabled: false, expiry: { case: undefined }, rateLimitChange: { case: undefined }, maxSandboxesChange: { case: undefined } } });
     await eventually(b, key.key, 401);
     await eventually(c, key.key, 401);
   });
@@ -146,7 +146,7 @@ describe.skipIf(!TEST_DATABASE_URL)("three servers, one Postgres database, one R
     for (const server of [b, c]) expect(await status(server, key.key, "DELETE", "/sandboxes/abc")).toBe(403);
     await manage(manageViaA, {
       case: "update",
-      value: { $typeName: "keygate.v1.UpdateKeyAction", id: key.id, roles: { $typeName: "keygate.v1.RoleList", roles: ["writer"] }, expiry: { case: undefined }, rateLimitChange: { case: undefined } },
+      value: { $typeName: "keygate.v1.UpdateKeyAction", id: key.id, roles: { $typeName: "keygate.v1.RoleList", roles: ["writer"] }, expiry: { case: undefined }, rateLimitChange: { case: undefined }, maxSandboxesChange: { case: undefined } },
     });
     await eventually(b, key.key, 200, "DELETE", "/sandboxes/abc");
     await eventually(c, key.key, 200, "DELETE", "/sandboxes/abc");

@@ -385,7 +385,7 @@ describe("ManageKey keeps orgs apart and never escalates", () => {
     await expectRpcError(manage(acme, { case: "rotate", value: { $typeName: "keygate.v1.RotateKeyAction", id, grace: "0s" } }), Code.NotFound, notFound);
     await expectRpcError(manage(acme, { case: "delete", value: { $typeName: "keygate.v1.DeleteKeyAction", id } }), Code.NotFound, notFound);
     await expectRpcError(
-      manage(acme, { case: "update", value: { $typeName: "keygate.v1.UpdateKeyAction", id, enabled: false, expiry: { case: undefined }, rateLimitChange: { case: undefined } } }),
+      manage(acme, { case: "update", value: { $typeName: "keygate.v1.UpdateKeyAction", id, enabled: false, expiry: { case: undefined }, rateLimitChange: { case: undefined }, maxSandboxesChange: { case: undefined } } }),
       Code.NotFound,
       notFound,
     );
@@ -425,12 +425,12 @@ describe("ManageKey keeps orgs apart and never escalates", () => {
     expect(child).toMatchObject({ org: "acme", namespace: "team-alpha", roles: ["reader"], createdBy: keys.alphaAdmin.id });
     expect(child.expiresAt?.seconds).toBe(BigInt(Math.floor(Date.parse(keys.alphaAdmin.expires_at!) / 1000)));
     await expectRpcError(
-      manage(alpha, { case: "update", value: { $typeName: "keygate.v1.UpdateKeyAction", id: child.id, expiry: { case: "neverExpires", value: true }, rateLimitChange: { case: undefined } } }),
+      manage(alpha, { case: "update", value: { $typeName: "keygate.v1.UpdateKeyAction", id: child.id, expiry: { case: "neverExpires", value: true }, rateLimitChange: { case: undefined }, maxSandboxesChange: { case: undefined } } }),
       Code.PermissionDenied,
       /expiry later than its own/,
     );
     await expectRpcError(
-      manage(alpha, { case: "update", value: { $typeName: "keygate.v1.UpdateKeyAction", id: child.id, roles: { $typeName: "keygate.v1.RoleList", roles: ["superuser"] }, expiry: { case: undefined }, rateLimitChange: { case: undefined } } }),
+      manage(alpha, { case: "update", value: { $typeName: "keygate.v1.UpdateKeyAction", id: child.id, roles: { $typeName: "keygate.v1.RoleList", roles: ["superuser"] }, expiry: { case: undefined }, rateLimitChange: { case: undefined }, maxSandboxesChange: { case: undefined } } }),
       Code.PermissionDenied,
       /superuser/,
     );

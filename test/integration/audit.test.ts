@@ -56,7 +56,7 @@ describe(`every change writes exactly one row, on ${testDatabaseKind}`, () => {
       target: key.id,
       org: "acme",
       outcome: "ok",
-      detail: { name: "ci", org: "acme", namespace: "*", roles: ["reader"], expires_at: null, rate_limit: "10/1s" },
+      detail: { name: "ci", org: "acme", namespace: "*", roles: ["reader"], expires_at: null, rate_limit: "10/1s", max_sandboxes: null },
     });
   });
 

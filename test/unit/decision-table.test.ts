@@ -224,6 +224,7 @@ function keyFor(c: DecisionCase): KeyRecord {
     lastUsedAt: null,
     rotatedFrom: null,
     rateLimit: null,
+    maxSandboxes: null,
     createdBy: "local",
   };
 }

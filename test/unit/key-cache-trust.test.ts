@@ -41,6 +41,7 @@ function row(id: string, enabled: boolean): ApiKeyRow {
     created_by: "local",
     rate_limit_points: null,
     rate_limit_window_seconds: null,
+    max_sandboxes: null,
   };
 }
 

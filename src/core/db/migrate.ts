@@ -5,6 +5,7 @@ import * as addKeyRateLimit from "./migrations/2026-11-25T00-00_add-key-rate-lim
 import * as createKeyUsage from "./migrations/2026-11-25T01-01_create-key-usage.js";
 import * as createAuditLog from "./migrations/2026-11-25T01-00_create-audit-log.js";
 import * as createOwnedResources from "./migrations/2026-12-07T00-00_create-owned-resources.js";
+import * as addKeyMaxSandboxes from "./migrations/2026-12-07T00-02_add-key-max-sandboxes.js";
 
 /**
  * Migrations are imported statically (not read from a folder at run time), so
@@ -16,6 +17,7 @@ const MIGRATIONS: Record<string, Migration> = {
   "2026-11-25T01-01_create-key-usage": createKeyUsage,
   "2026-11-25T01-00_create-audit-log": createAuditLog,
   "2026-12-07T00-00_create-owned-resources": createOwnedResources,
+  "2026-12-07T00-02_add-key-max-sandboxes": addKeyMaxSandboxes,
 };
 
 const provider: MigrationProvider = { getMigrations: async () => MIGRATIONS };

@@ -30,6 +30,8 @@ export interface ApiKeyTable {
   /** Requests per window; null (with the window) = the server default. */
   rate_limit_points: ColumnType<number | null, number | null | undefined, number | null>;
   rate_limit_window_seconds: ColumnType<number | null, number | null | undefined, number | null>;
+  /** Live sandboxes the key may hold (proxy mode); null = no limit of its own. */
+  max_sandboxes: ColumnType<number | null, number | null | undefined, number | null>;
 }
 
 /** Requests decided per key and UTC day; rows go with their key (ON DELETE CASCADE). */

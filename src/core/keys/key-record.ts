@@ -20,6 +20,8 @@ export interface KeyRecord {
   createdBy: string;
   /** Its own allocation; null = the server default (unlimited when none). */
   rateLimit: RateLimit | null;
+  /** Live sandboxes it may hold at once (proxy mode, counted in the ownership ledger); null = no limit of its own. */
+  maxSandboxes: number | null;
   /** Requests decided for it, when asked for (ManageKey get and list). */
   usage?: KeyUsage;
 }

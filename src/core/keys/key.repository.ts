@@ -27,6 +27,7 @@ export function toRecord(row: ApiKeyRow): KeyRecord {
       row.rate_limit_points !== null && row.rate_limit_window_seconds !== null
         ? { points: Number(row.rate_limit_points), windowSeconds: Number(row.rate_limit_window_seconds) }
         : null,
+    maxSandboxes: row.max_sandboxes === null || row.max_sandboxes === undefined ? null : Number(row.max_sandboxes),
   };
 }
 
@@ -43,6 +44,7 @@ export interface NewKey {
   rotatedFrom: string | null;
   createdBy: string;
   rateLimit: RateLimit | null;
+  maxSandboxes: number | null;
 }
 
 export async function insertKey(db: Db, key: NewKey): Promise<KeyRecord> {
@@ -62,6 +64,7 @@ export async function insertKey(db: Db, key: NewKey): Promise<KeyRecord> {
     created_by: key.createdBy,
     rate_limit_points: key.rateLimit?.points ?? null,
     rate_limit_window_seconds: key.rateLimit?.windowSeconds ?? null,
+    max_sandboxes: key.maxSandboxes,
   };
   return toRecord(await db.insertInto("api_keys").values(row).returningAll().executeTakeFirstOrThrow());
 }
@@ -104,6 +107,8 @@ export interface KeyChanges {
   revokedAt?: Date | null;
   /** null removes the key's own limit. */
   rateLimit?: RateLimit | null;
+  /** null removes the key's own live-sandbox limit. */
+  maxSandboxes?: number | null;
 }
 
 export async function updateKey(db: Db, id: string, changes: KeyChanges, now: Date): Promise<KeyRecord | undefined> {
@@ -119,6 +124,7 @@ export async function updateKey(db: Db, id: string, changes: KeyChanges, now: Da
         rate_limit_points: changes.rateLimit?.points ?? null,
         rate_limit_window_seconds: changes.rateLimit?.windowSeconds ?? null,
       }),
+      ...(changes.maxSandboxes !== undefined && { max_sandboxes: changes.maxSandboxes }),
       updated_at: now,
     })
     .where("id", "=", id)

@@ -27,7 +27,7 @@ export function actorOf(principal: Principal): string {
 }
 
 /** The power a key being made or changed would have. */
-export type KeyPowers = Pick<KeyRecord, "org" | "namespace" | "roles" | "expiresAt" | "rateLimit">;
+export type KeyPowers = Pick<KeyRecord, "org" | "namespace" | "roles" | "expiresAt" | "rateLimit" | "maxSandboxes">;
 
 export interface AccessRules {
   /** The policy check for a key caller on a management resource; the operator always passes. */
@@ -72,6 +72,11 @@ export function createAccessRules(policy: () => Policy): AccessRules {
         if (isHigherRate(target.rateLimit, key.rateLimit)) {
           return `a key may not grant a rate limit higher than its own (${formatRateLimit(target.rateLimit)} is more requests per second than ${formatRateLimit(key.rateLimit)})`;
         }
+      }
+      if (key.maxSandboxes !== null && (target.maxSandboxes === null || target.maxSandboxes > key.maxSandboxes)) {
+        return target.maxSandboxes === null
+          ? `a key with a live sandbox limit (${key.maxSandboxes}) may not grant a key without one`
+          : `a key may not grant a live sandbox limit higher than its own (${target.maxSandboxes} > ${key.maxSandboxes})`;
       }
       return undefined;
     },

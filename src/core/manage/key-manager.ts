@@ -27,6 +27,8 @@ export interface CreateKeyInput {
   expiry?: Expiry;
   /** "N/WINDOW" (e.g. "100/1s"). Unset or "": a key caller's own limit, else none (the server default). */
   rateLimit?: string;
+  /** Live sandboxes the key may hold (proxy mode). Unset: a key caller's own limit, else none. */
+  maxSandboxes?: number;
 }
 
 export interface UpdateKeyInput {
@@ -37,6 +39,8 @@ export interface UpdateKeyInput {
   roles?: string[];
   /** "N/WINDOW" sets the key's own limit; null removes it (the server default applies). */
   rateLimit?: string | null;
+  /** Sets the key's live-sandbox limit; null removes it. */
+  maxSandboxes?: number | null;
 }
 
 export interface ListKeysInput {
@@ -131,7 +135,9 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, pendingLas
           if (!parsed.ok) return parsed;
           rateLimit = parsed.value;
         }
-        const why = await access.escalation(principal, { org, namespace, roles: roles.value, expiresAt, rateLimit });
+        const maxSandboxes = input.maxSandboxes ?? caller?.maxSandboxes ?? null;
+        if (maxSandboxes !== null && !isSandboxLimit(maxSandboxes)) return fail("invalid_argument", SANDBOX_LIMIT_RULE);
+        const why = await access.escalation(principal, { org, namespace, roles: roles.value, expiresAt, rateLimit, maxSandboxes });
         if (why) return fail("permission_denied", why);
 
         const plaintext = generateKey(keyPrefix);
@@ -144,6 +150,7 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, pendingLas
           roles: roles.value,
           expires_at: expiresAt?.toISOString() ?? null,
           rate_limit: rateLimit ? formatRateLimit(rateLimit) : null,
+          max_sandboxes: maxSandboxes,
         };
         const key = await db.transaction().execute(async (trx) => {
           const created = await repo.insertKey(trx, {
@@ -159,6 +166,7 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, pendingLas
             rotatedFrom: null,
             createdBy: actorOf(principal),
             rateLimit,
+            maxSandboxes,
           });
           await recordIn(trx, principal, n, at);
           return created;
@@ -214,7 +222,7 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, pendingLas
 
     update(principal: Principal, input: UpdateKeyInput): Promise<ManageResult<KeyRecord>> {
       // `keys enable` is an update of `enabled` alone: recorded as what it is.
-      const onlyEnable = input.enabled === true && input.name === undefined && input.roles === undefined && input.expiry === undefined && input.rateLimit === undefined;
+      const onlyEnable = input.enabled === true && input.name === undefined && input.roles === undefined && input.expiry === undefined && input.rateLimit === undefined && input.maxSandboxes === undefined;
       return audited(principal, onlyEnable ? "enable" : "update", input.id, async (n) => {
         const allowed = access.allowedByPolicy(principal, "PATCH", `keys/${input.id}`);
         if (!allowed.ok) return allowed;
@@ -244,6 +252,10 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, pendingLas
             changes.rateLimit = parsed.value;
           }
         }
+        if (input.maxSandboxes !== undefined) {
+          if (input.maxSandboxes !== null && !isSandboxLimit(input.maxSandboxes)) return fail("invalid_argument", SANDBOX_LIMIT_RULE);
+          changes.maxSandboxes = input.maxSandboxes;
+        }
         if (input.enabled !== undefined) {
           changes.enabled = input.enabled;
           if (input.enabled !== found.value.enabled) changes.revokedAt = input.enabled ? null : at;
@@ -253,6 +265,7 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, pendingLas
           ...("roles" in changes && { roles: changes.roles! }),
           ...("expiresAt" in changes && { expiresAt: changes.expiresAt! }),
           ...("rateLimit" in changes && { rateLimit: changes.rateLimit! }),
+          ...("maxSandboxes" in changes && { maxSandboxes: changes.maxSandboxes! }),
         };
         const why = await access.escalation(principal, after);
         if (why) return fail("permission_denied", why);
@@ -263,6 +276,7 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, pendingLas
             ...(changes.roles !== undefined && { roles: changes.roles }),
             ...("expiresAt" in changes && { expires_at: changes.expiresAt?.toISOString() ?? null }),
             ...("rateLimit" in changes && { rate_limit: changes.rateLimit ? formatRateLimit(changes.rateLimit) : null }),
+            ...("maxSandboxes" in changes && { max_sandboxes: changes.maxSandboxes }),
             ...(changes.enabled !== undefined && { enabled: changes.enabled }),
           },
         };
@@ -335,6 +349,7 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, pendingLas
             createdBy: actorOf(principal),
             // The allocation moves with the key; the new key starts with a full budget of its own.
             rateLimit: old.rateLimit,
+            maxSandboxes: old.maxSandboxes,
           });
           if (graceMs === 0) {
             await repo.updateKey(trx, old.id, { enabled: false, revokedAt: at }, at);
@@ -396,4 +411,11 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, pendingLas
       });
     },
   };
+}
+
+const MAX_SANDBOX_LIMIT = 1_000_000_000;
+const SANDBOX_LIMIT_RULE = `max_sandboxes must be a whole number from 0 to ${MAX_SANDBOX_LIMIT}`;
+
+function isSandboxLimit(value: number): boolean {
+  return Number.isInteger(value) && value >= 0 && value <= MAX_SANDBOX_LIMIT;
 }

@@ -116,6 +116,7 @@ export function keyToProto(key: KeyRecord): ApiKey {
     rotatedFrom: key.rotatedFrom ?? "",
     createdBy: key.createdBy,
     rateLimit: key.rateLimit ? formatRateLimit(key.rateLimit) : "",
+    ...(key.maxSandboxes !== null && { maxSandboxes: key.maxSandboxes }),
     ...(key.usage && {
       usage: key.usage.days.map((d) => create(DailyUsageSchema, { day: d.day, allowed: BigInt(d.allowed), denied: BigInt(d.denied) })),
       requestsAllowed7d: BigInt(key.usage.allowed7d),

@@ -65,6 +65,7 @@ export function createKeyService({ keys, lookupKey, credentialPriority, dev, loc
             namespace: value.namespace,
             roles: value.roles,
             rateLimit: value.rateLimit,
+            ...(value.maxSandboxes !== undefined && { maxSandboxes: value.maxSandboxes }),
             ...(expiryOf(value.expiry) && { expiry: expiryOf(value.expiry)! }),
           }),
         );
@@ -102,6 +103,8 @@ export function createKeyService({ keys, lookupKey, credentialPriority, dev, loc
               ...(value.roles && { roles: value.roles.roles }),
               ...(value.rateLimitChange.case === "rateLimit" && { rateLimit: value.rateLimitChange.value }),
               ...(value.rateLimitChange.case === "noRateLimit" && value.rateLimitChange.value && { rateLimit: null }),
+              ...(value.maxSandboxesChange.case === "maxSandboxes" && { maxSandboxes: value.maxSandboxesChange.value }),
+              ...(value.maxSandboxesChange.case === "noMaxSandboxes" && value.maxSandboxesChange.value && { maxSandboxes: null }),
             }),
           ),
         );
