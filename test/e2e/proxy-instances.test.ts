@@ -68,7 +68,8 @@ describe.skipIf(!TEST_DATABASE_URL)("two proxies, one Postgres: ownership propag
   it("killed through A: released in B within 100 ms (B had cached the owner)", async () => {
     const id = "sbx-shared-1";
     expect(await get(b, id, key)).toBe(200);
-    expect(await Sandbox.kill(id, { apiKey: key.key, apiUrl: proxyUrlOf(a), retries: 0 })).toBe(true);
+    const opts: SandboxOpts = { apiKey: key.key, apiUrl: proxyUrlOf(a), retries: 0 };
+    expect(await Sandbox.kill(id, opts)).toBe(true);
     await seenInB(id, key, 404);
   });
 });
