@@ -30,7 +30,8 @@ export interface ResourceLedger {
   list(filter: ResourceFilter): Promise<{ resources: OwnedResource[]; nextPageToken: string } | undefined>;
   /** Ids of the live resources a scope may see (namespace "*" = the whole org). */
   liveIds(kind: string, scope: { org: string; namespace: string }): Promise<Set<string>>;
-  countLive(kind: string, by: { org: string } | { keyId: string }): Promise<number>;
+  /** Live resources of a kind: in an org, made by a key, or all. */
+  countLive(kind: string, by: { org: string } | { keyId: string } | { all: true }): Promise<number>;
   readonly cache: ResourceCache;
 }
 
