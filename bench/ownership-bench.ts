@@ -51,6 +51,7 @@ const KEY: KeyRecord = {
   lastUsedAt: null,
   rotatedFrom: null,
   rateLimit: null,
+  maxSandboxes: null,
   createdBy: "local",
 };
 const FOUND = { status: "ok" as const, key: KEY };
