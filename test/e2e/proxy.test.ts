@@ -1,3 +1,4 @@
+import http from "node:http";
 import { Sandbox, SandboxNotFoundError, type SandboxOpts } from "e2b";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
@@ -36,6 +37,22 @@ async function call(method: string, path: string, key: CreatedKeyJson | undefine
   });
   const text = await res.text();
   return { status: res.status, headers: res.headers, text, json: () => JSON.parse(text) as unknown };
+}
+
+/** A create whose body is sent chunked (no Content-Length), `bytes` long. */
+function chunkedCreate(key: CreatedKeyJson, bytes: number): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(`${proxy}/sandboxes`, { method: "POST", headers: { "x-api-key": key.key, "content-type": "application/json" } }, (res) => {
+      let body = "";
+      res.on("data", (chunk: Buffer) => (body += chunk.toString()));
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
+    });
+    req.on("error", reject);
+    const chunk = Buffer.alloc(64 * 1024, "x");
+    req.write('{"pad":"');
+    for (let sent = 0; sent < bytes; sent += chunk.length) req.write(chunk);
+    req.end('"}');
+  });
 }
 
 /** How many requests reached the stub while `work` ran. */
@@ -232,6 +249,8 @@ describe(`proxy mode, the e2b SDK, two orgs and a platform key (${testDatabaseKi
       const big = await call("POST", "/v2/sandboxes", keys.globex, JSON.stringify({ templateID: "base", pad: "x".repeat(1024 * 1024) }));
       expect(big.status).toBe(413);
       expect(big.json()).toMatchObject({ code: 413 });
+      // Chunked, with no length to refuse up front: read up to the cap, then the 413 still arrives.
+      expect(await chunkedCreate(keys.globex, 1100 * 1024)).toMatchObject({ status: 413 });
       for (const body of ["[1]", '"base"', '{"metadata":[1]}', '{"metadata":"x"}', "{not json"]) {
         const bad = await call("POST", "/sandboxes", keys.globex, body);
         expect([bad.status, (bad.json() as { code: number }).code], body).toEqual([400, 400]);

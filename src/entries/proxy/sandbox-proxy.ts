@@ -183,7 +183,8 @@ export function createSandboxProxy(deps: SandboxProxyDeps): SandboxProxy {
 
   async function create(req: Request, res: Response, d: Decided, key: KeyIdentity, route: SandboxRoute): Promise<void> {
     const declared = Number(req.headers["content-length"] ?? 0);
-    const raw = declared > MAX_CREATE_BODY_BYTES ? undefined : await readAll(req, MAX_CREATE_BODY_BYTES);
+    // Over the cap, the rest is read and dropped (not destroyed): the 413 must reach the client.
+    const raw = declared > MAX_CREATE_BODY_BYTES ? undefined : await readAll(req, MAX_CREATE_BODY_BYTES, "drain");
     if (raw === undefined) {
       refuseTooLarge(req, res);
       return;
@@ -198,12 +199,13 @@ export function createSandboxProxy(deps: SandboxProxyDeps): SandboxProxy {
       writeJson(res, over.status, { code: over.status, message: over.message }, {});
       return;
     }
+    // Not cancelled when the client leaves: a sandbox Cube may have made is claimed all the same
+    // (its org can list and kill it), never left running unowned.
     const answer = await pool.request({
       path: target(d),
       method: "POST",
       headers: forwarded(req, d, { contentLength: stamped.body.length, extra: { "content-type": "application/json", "accept-encoding": "identity" } }),
       body: stamped.body,
-      signal: clientGone(res),
     });
     const body = await readAll(answer.body, MAX_READ_ANSWER_BYTES);
     if (body === undefined) {
@@ -433,19 +435,37 @@ function hasBody(req: Request): boolean {
   return (length !== undefined && length !== "0") || req.headers["transfer-encoding"] !== undefined || (req.httpVersionMajor === 2 && !req.readableEnded && req.method !== "GET" && req.method !== "HEAD");
 }
 
-/** The whole stream, or undefined once it passes `max` bytes (the rest is left unread). */
-async function readAll(stream: Readable, max: number): Promise<Buffer | undefined> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of stream) {
-    size += (chunk as Buffer).length;
-    if (size > max) {
-      stream.destroy();
-      return undefined;
-    }
-    chunks.push(chunk as Buffer);
-  }
-  return Buffer.concat(chunks, size);
+/**
+ * The whole stream, or undefined once it passes `max` bytes. Then an
+ * upstream answer is destroyed; a client's body is drained (read and
+ * dropped), so that the answer saying why can still reach the client.
+ */
+function readAll(stream: Readable, max: number, over: "destroy" | "drain" = "destroy"): Promise<Buffer | undefined> {
+  // Events, not `for await`: leaving such a loop early destroys the stream, and a drained one must live on.
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let settled = false;
+    const settle = (outcome: () => void) => {
+      if (settled) return;
+      settled = true;
+      outcome();
+    };
+    stream.on("data", (chunk: Buffer) => {
+      if (settled) return;
+      size += chunk.length;
+      if (size <= max) {
+        chunks.push(chunk);
+        return;
+      }
+      chunks.length = 0;
+      settle(() => resolve(undefined));
+      if (over === "destroy") stream.destroy();
+    });
+    stream.once("end", () => settle(() => resolve(Buffer.concat(chunks, size))));
+    stream.once("error", (error) => settle(() => reject(error)));
+    stream.once("close", () => settle(() => reject(new Error("stream closed before its end"))));
+  });
 }
 
 function refuseTooLarge(req: Request, res: Response): void {
