@@ -7,11 +7,14 @@ import { errorFields } from "../telemetry/logger.js";
 import { AuthorizeService } from "../../gen/keygate/v1/authorize_pb.js";
 import { AuditService } from "../../gen/keygate/v1/audit_pb.js";
 import { KeyService } from "../../gen/keygate/v1/key_pb.js";
+import { ResourceService } from "../../gen/keygate/v1/resource_pb.js";
 import { Authorization } from "../../gen/envoy/service/auth/v3/external_auth_pb.js";
 import { Health } from "../../gen/grpc/health/v1/health_pb.js";
 import { ServerReflection } from "../../gen/grpc/reflection/v1/reflection_pb.js";
 import { ServerReflection as ServerReflectionV1alpha } from "../../gen/grpc/reflection/v1alpha/reflection_pb.js";
 import { createAuditLog } from "../core/manage/audit-log.js";
+import { createResourceManager } from "../core/manage/resource-manager.js";
+import { createResourceService } from "../entries/rpc/resource-service.js";
 import { createExtAuthzService } from "../entries/extauthz/ext-authz.js";
 import { createAuditService } from "../entries/rpc/audit-service.js";
 import { createAuthorizeService } from "../entries/rpc/authorize-service.js";
@@ -28,6 +31,7 @@ export const SERVED_SERVICES: readonly DescService[] = [
   AuthorizeService,
   KeyService,
   AuditService,
+  ResourceService,
   Authorization,
   Health,
   ServerReflection,
@@ -45,6 +49,7 @@ export function createRoutes(runtime: Runtime, credentialPriority: readonly Cred
   // Over Postgres other processes may cache the same keys: tell them about every change.
   const announce = runtime.store.kind === "postgres" ? createKeyChangeAnnouncer(runtime.store.db) : undefined;
   const reflection = createReflectionIndex(SERVED_SERVICES);
+  const principalOf = createPrincipalOf({ lookupKey: runtime.lookupKey, credentialPriority, dev: runtime.dev, localOperator });
   return (router: ConnectRouter) => {
     router.service(
       AuthorizeService,
@@ -62,7 +67,15 @@ export function createRoutes(runtime: Runtime, credentialPriority: readonly Cred
       AuditService,
       createAuditService({
         audit: createAuditLog({ db: runtime.store.db, policy: runtime.policy, now: () => new Date() }),
-        principalOf: createPrincipalOf({ lookupKey: runtime.lookupKey, credentialPriority, dev: runtime.dev, localOperator }),
+        principalOf,
+        log,
+      }),
+    );
+    router.service(
+      ResourceService,
+      createResourceService({
+        resources: createResourceManager({ ledger: runtime.resources, db: runtime.store.db, policy: runtime.policy, now: () => new Date() }),
+        principalOf,
         log,
       }),
     );

@@ -8,6 +8,7 @@ import { migrateToLatest, type MigrateOutcome } from "../core/db/migrate.js";
 import { createKeyCache, type KeyCache } from "../core/keys/key-cache.js";
 import { createKeyLookup, type LookupKey } from "../core/keys/key-lookup.js";
 import { createKeyManager, type KeyManager } from "../core/manage/key-manager.js";
+import { createMemoryResourceLedger, type ResourceLedger } from "../core/resources/resource-ledger.js";
 import { createKeyUsageReader, withKeyUsage } from "../core/manage/key-usage.js";
 import { createUsageRecorder, type UsageRecorder } from "../core/keys/usage-recorder.js";
 import { createMetrics, type Metrics } from "../telemetry/metrics.js";
@@ -32,6 +33,8 @@ export interface Runtime {
   authorize: Authorize;
   lookupKey: LookupKey;
   keys: KeyManager;
+  /** Who owns which resource (TEMPORARY in-memory stand-in until the ownership core lands). */
+  resources: ResourceLedger;
   cache: KeyCache;
   usage: UsageRecorder;
   /** Per-key rate limits: in memory, or in Redis shared by every instance. */
@@ -141,6 +144,7 @@ export async function openRuntime(config: RuntimeConfig & RuntimeTelemetryConfig
       authorize,
       lookupKey,
       keys,
+      resources: createMemoryResourceLedger(now),
       cache,
       usage,
       rateLimiter,
