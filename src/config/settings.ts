@@ -465,6 +465,14 @@ export const SETTINGS = {
     commands: ["serve"],
     type: toggle(),
   },
+  cubeWebhookSecret: {
+    env: "KEYGATE_CUBE_WEBHOOK_SECRET",
+    unset: "off: `/webhooks/cube` answers 404",
+    description: "Cube's webhook signing secret (its `WEBHOOK_SECRET`): turns on `POST /webhooks/cube`, where a signed `sandbox.deleted` releases the sandbox's ownership entry",
+    details: "at least 16 characters; never echoed",
+    commands: ["serve"],
+    type: z.string().refine((text) => text.length >= 16, { error: "must be at least 16 characters (the secret Cube signs its webhooks with, WEBHOOK_SECRET)" }),
+  },
   apiKey: {
     flag: "api-key",
     arg: "KEY",

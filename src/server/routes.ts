@@ -1,6 +1,8 @@
 import type { ConnectRouter } from "@connectrpc/connect";
 import type { DescService } from "@bufbuild/protobuf";
-import type { CredentialSource } from "../config/config.js";
+import type { CredentialSource, ServeConfig } from "../config/config.js";
+import type { Handler } from "../http/listener.js";
+import { CUBE_WEBHOOK_PATH, cubeWebhookHandler } from "../entries/webhooks/cube-webhook.js";
 import type { Runtime } from "./runtime.js";
 import type { Logger } from "../telemetry/logger.js";
 import { errorFields } from "../telemetry/logger.js";
@@ -99,4 +101,14 @@ export function createRoutes(runtime: Runtime, credentialPriority: readonly Cred
     router.service(ServerReflection, createReflectionService(reflection, options.shutdown));
     router.service(ServerReflectionV1alpha, createReflectionServiceV1alpha(reflection, options.shutdown));
   };
+}
+
+/**
+ * The webhooks the public port receives, by path: Cube's sandbox lifecycle
+ * events (off, answering 404, without KEYGATE_CUBE_WEBHOOK_SECRET). They read
+ * a body, so serve.ts leaves their size to them.
+ */
+export function webhookEndpoints(runtime: Runtime, config: Partial<Pick<ServeConfig, "cubeWebhookSecret">>, log: Logger): [string, Handler][] {
+  const resources = createResourceManager({ ledger: runtime.resources, db: runtime.store.db, policy: runtime.policy, now: () => new Date() });
+  return [[CUBE_WEBHOOK_PATH, cubeWebhookHandler({ secret: config.cubeWebhookSecret, releaseFromEvent: resources.releaseFromEvent, log })]];
 }
