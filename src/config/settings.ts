@@ -17,11 +17,11 @@ import { FORWARD_AUTH_PATHS, OPERATIONS_PATHS } from "./public-paths.js";
  * from it (test/unit/config-docs.test.ts fails when the docs drift).
  */
 
-export const COMMANDS = ["serve", "shim", "migrate", "status", "keygen", "keys", "check", "audit", "policy"] as const;
+export const COMMANDS = ["serve", "shim", "migrate", "status", "keygen", "keys", "check", "audit", "resources", "policy"] as const;
 export type Command = (typeof COMMANDS)[number];
 
 /** Status and the key commands: each opens the data (unless given --server), so reads what the runtime needs. */
-export const KEY_COMMANDS = ["status", "keygen", "keys", "check", "audit"] as const satisfies readonly Command[];
+export const KEY_COMMANDS = ["status", "keygen", "keys", "check", "audit", "resources"] as const satisfies readonly Command[];
 
 const SERVERS = ["serve", "shim"] as const satisfies readonly Command[];
 const RUNTIME = ["serve", ...KEY_COMMANDS] as const satisfies readonly Command[];
