@@ -81,7 +81,7 @@ describe(`ResourceService rules, on ${testDatabaseKind}`, () => {
     ["every namespace, from a scoped key", () => resources.claim(who.acmeAlpha, { id: "sb-x3", namespace: "*" }), 'permission_denied: a key scoped to namespace "team-alpha" may not claim into namespace "*"'],
     ["without the policy's grant (reader)", () => resources.claim(who.acmeReader, { id: "sb-x4" }), "permission_denied: API key is not allowed to POST resources"],
     ["another org's list", () => resources.list(who.acme, { org: "globex" }), "permission_denied: a key may list only its own org's resources"],
-  ])("escalation is refused and audited: %s", async (_, attempt, message) => {
+  ] as [string, () => Promise<ManageResult<unknown>>, string][])("escalation is refused and audited: %s", async (_, attempt, message) => {
     expect(refused(await attempt())).toBe(message);
     expect(await lastAudit()).toMatchObject({ outcome: `denied: ${message}` });
     expect(await ledger.get({ kind: "sandboxes", id: "sb-x1" })).toBeNull();
