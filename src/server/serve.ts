@@ -145,7 +145,7 @@ export async function startServer(config: ServeConfig, runtime: Runtime, log: Lo
   // Before listening: from the first request on, key changes and policy edits made elsewhere are seen.
   let keyChanges: KeyChangeListener | undefined;
   if (config.databaseUrl) {
-    keyChanges = await listenForKeyChanges({ url: config.databaseUrl, defaultUser: config.defaultDbUser, cache: runtime.cache, log });
+    keyChanges = await listenForKeyChanges({ url: config.databaseUrl, defaultUser: config.defaultDbUser, cache: runtime.cache, resourceCache: runtime.resources.cache, log });
   }
   const policyWatcher = await watchPolicy({
     dir: config.policyDir,

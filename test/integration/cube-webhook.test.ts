@@ -79,7 +79,7 @@ async function deliver(body: string | Uint8Array, headers: Record<string, string
 const sandbox = (id: string) => ({ kind: "sandboxes", id });
 
 async function claim(id: string, org = "acme") {
-  const claimed = await runtime.resources.claim(sandbox(id), { org, namespace: "*", keyId: "local" });
+  const claimed = await runtime.resources.claim(sandbox(id), { org, namespace: "default", keyId: "local" });
   expect(claimed.ok).toBe(true);
 }
 

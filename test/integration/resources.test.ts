@@ -5,7 +5,6 @@ import type { ResourceLedger } from "../../src/core/resources/resource-ledger.js
 import { listAuditEvents } from "../../src/core/audit/audit.repository.js";
 import type { AuditEvent } from "../../src/core/audit/audit-event.js";
 import { testDatabaseKind } from "../support/database.js";
-import { createMemoryResourceLedger } from "../support/memory-resource-ledger.js";
 import { asKey, createKey, LOCAL, unwrap, useCoreDatabase, type Core } from "./test-core.js";
 
 /**
@@ -26,16 +25,14 @@ useCoreDatabase((c) => {
 });
 
 beforeAll(async () => {
-  ledger = createMemoryResourceLedger(core.clock.now);
+  ledger = core.resources;
   resources = createResourceManager({ ledger, db: core.db, policy: () => core.policy, now: core.clock.now });
   const make = async (org: string, roles: string[], namespace = "*") => asKey((await createKey(core, { org, roles, namespace })).key);
   who.acme = await make("acme", ["admin"]);
   who.acmeAlpha = await make("acme", ["admin"], "team-alpha");
   who.acmeReader = await make("acme", ["reader"]);
   who.globex = await make("globex", ["admin"]);
-  // A platform key (org "*"), as the ownership core defines it; made here from an ordinary record.
-  const platform = await make("platform", ["admin"]);
-  who.platform = platform.kind === "key" ? { kind: "key", key: { ...platform.key, org: "*" } } : platform;
+  who.platform = await make("*", ["admin"]);
 });
 
 function refused<T>(result: ManageResult<T>): string {
@@ -54,7 +51,8 @@ describe(`ResourceService rules, on ${testDatabaseKind}`, () => {
   it("a key claims for its own org and namespace; a retry answers the same entry; the claim is audited", async () => {
     const first = unwrap(await resources.claim(who.acme, { id: "sb-acme-1" }));
     expect(first.created).toBe(true);
-    expect(first.resource).toMatchObject({ kind: "sandboxes", id: "sb-acme-1", org: "acme", namespace: "*", keyId: keyId(who.acme), releasedAt: null });
+    // A key of every namespace claims into "default": a resource lives in one namespace.
+    expect(first.resource).toMatchObject({ kind: "sandboxes", id: "sb-acme-1", org: "acme", namespace: "default", keyId: keyId(who.acme), releasedAt: null });
     expect(await lastAudit()).toMatchObject({ actor: keyId(who.acme), action: "resource.claim", target: "sandboxes/sb-acme-1", org: "acme", outcome: "ok" });
     const again = unwrap(await resources.claim(who.acme, { id: "sb-acme-1" }));
     expect(again).toEqual({ resource: first.resource, created: false });
@@ -78,12 +76,12 @@ describe(`ResourceService rules, on ${testDatabaseKind}`, () => {
   it.each([
     ["another org", () => resources.claim(who.acme, { id: "sb-x1", org: "globex" }), 'permission_denied: a key may not claim resources for another org ("globex")'],
     ["a namespace outside its own", () => resources.claim(who.acmeAlpha, { id: "sb-x2", namespace: "team-beta" }), 'permission_denied: a key scoped to namespace "team-alpha" may not claim into namespace "team-beta"'],
-    ["every namespace, from a scoped key", () => resources.claim(who.acmeAlpha, { id: "sb-x3", namespace: "*" }), 'permission_denied: a key scoped to namespace "team-alpha" may not claim into namespace "*"'],
+    ["every namespace", () => resources.claim(who.acmeAlpha, { id: "sb-x3", namespace: "*" }), 'invalid_argument: invalid namespace "*": 1-64 characters: letters, digits, and . _ : - (not first) (a resource lives in one namespace)'],
     ["without the policy's grant (reader)", () => resources.claim(who.acmeReader, { id: "sb-x4" }), "permission_denied: API key is not allowed to POST resources"],
     ["another org's list", () => resources.list(who.acme, { org: "globex" }), "permission_denied: a key may list only its own org's resources"],
   ] as [string, () => Promise<ManageResult<unknown>>, string][])("escalation is refused and audited: %s", async (_, attempt, message) => {
     expect(refused(await attempt())).toBe(message);
-    expect(await lastAudit()).toMatchObject({ outcome: `denied: ${message}` });
+    expect((await lastAudit()).outcome).toBe(message.startsWith("invalid_argument: ") ? `invalid: ${message.slice(18)}` : `denied: ${message}`);
     expect(await ledger.get({ kind: "sandboxes", id: "sb-x1" })).toBeNull();
   });
 

@@ -2,10 +2,11 @@ import type { Kysely } from "kysely";
 import { OUTCOME_OK, refusedOutcome, type AuditAction } from "../audit/audit-event.js";
 import { insertAuditEvent } from "../audit/audit.repository.js";
 import type { Database } from "../db/schema.js";
-import { ALL_NAMESPACES, isValidName, isValidNamespace, NAME_RULE } from "../keys/key-record.js";
+import { ALL_NAMESPACES, isValidName, NAME_RULE } from "../keys/key-record.js";
 import type { Policy } from "../policy/policy.js";
-import { isValidResourceId, isValidResourceKind, mayAccess, type OwnedResource, type ResourceRef } from "../resources/resource.js";
+import { isValidResourceId, isValidResourceKind, mayAccess, PLATFORM_ORG, resourceName, resourceNamespaceFor, type OwnedResource, type ResourceRef } from "../resources/resource.js";
 import type { ResourceLedger } from "../resources/resource-ledger.js";
+import { findLatest } from "../resources/resource.repository.js";
 import { printable } from "../time/duration.js";
 import { actorOf, createAccessRules, fail, ok, type ManageResult, type Principal } from "./access.js";
 
@@ -24,8 +25,6 @@ import { actorOf, createAccessRules, fail, ok, type ManageResult, type Principal
  */
 
 export const DEFAULT_RESOURCE_KIND = "sandboxes";
-/** Org "*": a platform key, which passes every ownership check. */
-export const ALL_ORGS = "*";
 const MAX_PAGE_SIZE = 1000;
 const DEFAULT_PAGE_SIZE = 100;
 
@@ -73,20 +72,18 @@ export interface ResourceManagerDeps {
 
 export type ResourceManager = ReturnType<typeof createResourceManager>;
 
-const target = (ref: ResourceRef) => `${ref.kind}/${ref.id}`;
-
 export function createResourceManager({ ledger, db, policy, now }: ResourceManagerDeps) {
   const access = createAccessRules(policy);
 
   /** The caller's scope as the ownership check sees it: the operator is a platform. */
-  const subjectOf = (principal: Principal) => (principal.kind === "local" ? { org: ALL_ORGS, namespace: ALL_NAMESPACES } : { org: principal.key.org, namespace: principal.key.namespace || ALL_NAMESPACES });
+  const subjectOf = (principal: Principal) => (principal.kind === "local" ? { org: PLATFORM_ORG, namespace: ALL_NAMESPACES } : { org: principal.key.org, namespace: principal.key.namespace || ALL_NAMESPACES });
 
   async function record(principal: Principal | string, action: AuditAction, ref: ResourceRef | null, org: string | null, outcome: string, detail: Record<string, unknown>) {
     await insertAuditEvent(db, {
       at: now(),
       actor: typeof principal === "string" ? principal : actorOf(principal),
       action,
-      target: ref ? target(ref) : null,
+      target: ref ? resourceName(ref) : null,
       newTarget: null,
       org,
       outcome,
@@ -108,9 +105,12 @@ export function createResourceManager({ ledger, db, policy, now }: ResourceManag
     return ok({ kind: k, id });
   }
 
-  /** A resource the caller may see; anything else is "not found", whether it exists or not. */
+  /**
+   * The resource's newest entry (live, else the last released one) if the
+   * caller may see it; anything else is "not found", whether it exists or not.
+   */
   async function findVisible(principal: Principal, ref: ResourceRef): Promise<ManageResult<OwnedResource>> {
-    const found = await ledger.get(ref);
+    const found = (await ledger.get(ref)) ?? (await findLatest(db, ref));
     if (!found || !mayAccess(subjectOf(principal), found)) return fail("not_found", `${ref.kind} ${ref.id} not found`);
     return ok(found);
   }
@@ -125,21 +125,21 @@ export function createResourceManager({ ledger, db, policy, now }: ResourceManag
         if (!asked.ok) return asked;
         const ref = asked.value;
         const subject = subjectOf(principal);
-        const org = input.org || (subject.org === ALL_ORGS ? "" : subject.org);
+        const org = input.org || (subject.org === PLATFORM_ORG ? "" : subject.org);
         if (org === "") return fail("invalid_argument", "an org is required: the local operator and platform keys claim for a named org");
         if (!isValidName(org)) return fail("invalid_argument", `invalid org "${printable(org)}": ${NAME_RULE}`);
-        const namespace = input.namespace || subject.namespace;
-        if (!isValidNamespace(namespace)) return fail("invalid_argument", `invalid namespace "${printable(namespace)}": ${NAME_RULE}, or * for all`);
+        // A resource lives in one namespace: the one named, else the key's own ("default" for a key of every namespace).
+        const namespace = resourceNamespaceFor(subject.namespace, input.namespace ?? "");
+        if (!isValidName(namespace)) return fail("invalid_argument", `invalid namespace "${printable(namespace)}": ${NAME_RULE} (a resource lives in one namespace)`);
         // No escalation: a key claims into its own org, and into its own namespace when scoped to one.
-        if (subject.org !== ALL_ORGS && org !== subject.org) return fail("permission_denied", `a key may not claim resources for another org ("${org}")`);
+        if (subject.org !== PLATFORM_ORG && org !== subject.org) return fail("permission_denied", `a key may not claim resources for another org ("${org}")`);
         if (subject.namespace !== ALL_NAMESPACES && namespace !== subject.namespace) {
           return fail("permission_denied", `a key scoped to namespace "${subject.namespace}" may not claim into namespace "${namespace}"`);
         }
-        const before = await ledger.get(ref);
         const claimed = await ledger.claim(ref, { org, namespace, keyId: actorOf(principal) });
-        // Another org's, or (same org) outside the caller's namespace: the caller learns only that the id is taken.
-        if (!claimed.ok || !mayAccess(subject, claimed.resource)) return fail("already_exists", `${ref.kind} ${ref.id} is already claimed`);
-        const created = !(before && before.releasedAt === null && before.createdAt.getTime() === claimed.resource.createdAt.getTime());
+        // Another org's or another namespace's: the caller learns only that the id is taken, not whose it is.
+        if (!claimed.ok) return fail("already_exists", `${ref.kind} ${ref.id} is already claimed`);
+        const { created } = claimed;
         if (created) await record(principal, "resource.claim", ref, org, OUTCOME_OK, { kind: ref.kind, id: ref.id, org, namespace });
         return ok({ resource: claimed.resource, created });
       });
@@ -157,7 +157,7 @@ export function createResourceManager({ ledger, db, policy, now }: ResourceManag
         if (found.value.releasedAt !== null) return ok({ resource: found.value, released: false });
         const released = await ledger.release(ref);
         if (released) await record(principal, "resource.release", ref, found.value.org, OUTCOME_OK, { kind: ref.kind, id: ref.id, namespace: found.value.namespace });
-        return ok({ resource: (await ledger.get(ref)) ?? found.value, released });
+        return ok({ resource: (await findLatest(db, ref)) ?? found.value, released });
       });
     },
 
@@ -181,7 +181,7 @@ export function createResourceManager({ ledger, db, policy, now }: ResourceManag
         const subject = subjectOf(principal);
         let org = input.org || undefined;
         let namespace = input.namespace || undefined;
-        if (subject.org !== ALL_ORGS) {
+        if (subject.org !== PLATFORM_ORG) {
           if (org !== undefined && org !== subject.org) return fail("permission_denied", "a key may list only its own org's resources");
           org = subject.org;
         }
@@ -190,22 +190,16 @@ export function createResourceManager({ ledger, db, policy, now }: ResourceManag
           namespace = subject.namespace;
         }
         const pageSize = input.pageSize ? Math.min(input.pageSize, MAX_PAGE_SIZE) : DEFAULT_PAGE_SIZE;
-        let page: ResourcePage;
-        try {
-          page = await ledger.list({
-            ...(input.kind && { kind: input.kind }),
-            ...(org !== undefined && { org }),
-            ...(namespace !== undefined && { namespace }),
-            ...(input.keyId && { keyId: input.keyId }),
-            includeReleased: Boolean(input.includeReleased),
-            pageSize,
-            ...(input.pageToken && { pageToken: input.pageToken }),
-          });
-        } catch (error) {
-          // The ledger refuses a token it did not make; anything else is an outage.
-          if (input.pageToken && error instanceof RangeError) return fail("invalid_argument", "invalid page_token: pass the next_page_token of a previous page");
-          throw error;
-        }
+        const page = await ledger.list({
+          ...(input.kind && { kind: input.kind }),
+          ...(org !== undefined && { org }),
+          ...(namespace !== undefined && { namespace }),
+          ...(input.keyId && { keyId: input.keyId }),
+          includeReleased: Boolean(input.includeReleased),
+          pageSize,
+          ...(input.pageToken && { pageToken: input.pageToken }),
+        });
+        if (!page) return fail("invalid_argument", "invalid page_token: pass the next_page_token of a previous page");
         return ok(page);
       });
     },
@@ -219,8 +213,7 @@ export function createResourceManager({ ledger, db, policy, now }: ResourceManag
      */
     async releaseFromEvent(ref: ResourceRef, event: ReleaseEvent): Promise<EventRelease> {
       const found = await ledger.get(ref);
-      if (!found) return { outcome: "unknown" };
-      if (found.releasedAt !== null) return { outcome: "already_released" };
+      if (!found) return (await findLatest(db, ref)) ? { outcome: "already_released" } : { outcome: "unknown" };
       if (event.at && event.at < found.createdAt) return { outcome: "stale", resource: found };
       const released = await ledger.release(ref);
       if (!released) return { outcome: "already_released" };

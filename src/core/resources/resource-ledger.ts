@@ -1,53 +1,110 @@
-// TEMPORARY local copy of the lead's ownership-core contract; replaced by main's at merge.
-import type { Owner, OwnedResource, ResourceRef } from "./resource.js";
+import { sql, type Kysely } from "kysely";
+import { withDeadline } from "../db/deadline.js";
+import type { Database } from "../db/schema.js";
+import type { ResourceCache } from "./resource-cache.js";
+import { countLiveBy, findLive, insertLive, listResources, liveIdsIn, releaseLive, type ResourceFilter } from "./resource.repository.js";
+import type { OwnedResource, Owner, ResourceRef } from "./resource.js";
+
+/**
+ * The ownership ledger: who owns each resource, cached for decisions, with
+ * every change announced (Postgres NOTIFY on RESOURCE_CHANGES_CHANNEL) so
+ * every instance's cache drops it at once; a sandbox created through one
+ * instance is owned in all of them.
+ */
+
+export const RESOURCE_CHANGES_CHANNEL = "keygate_resource_changes";
+
+export type ClaimResult = { ok: true; resource: OwnedResource; created: boolean } | { ok: false; reason: "conflict"; resource: OwnedResource };
 
 export interface ResourceLedger {
-  claim(ref: ResourceRef, owner: Owner): Promise<{ ok: true; resource: OwnedResource } | { ok: false; reason: "conflict"; resource: OwnedResource }>;
+  /** Records the owner; the same org and namespace claiming again is a no-op, anyone else a conflict. */
+  claim(ref: ResourceRef, owner: Owner): Promise<ClaimResult>;
+  /** True when a live entry was released (idempotent). */
   release(ref: ResourceRef): Promise<boolean>;
+  /** The live owner, from the cache when warm (decisions); null = nobody owns it. */
   owner(ref: ResourceRef): Promise<Owner | null>;
   get(ref: ResourceRef): Promise<OwnedResource | null>;
-  list(filter: { kind?: string; org?: string; namespace?: string; keyId?: string; includeReleased?: boolean; pageSize: number; pageToken?: string }): Promise<{ resources: OwnedResource[]; nextPageToken: string }>;
+  /** Undefined when the page token is not one this server made. */
+  list(filter: ResourceFilter): Promise<{ resources: OwnedResource[]; nextPageToken: string } | undefined>;
+  /** Ids of the live resources a scope may see (namespace "*" = the whole org). */
   liveIds(kind: string, scope: { org: string; namespace: string }): Promise<Set<string>>;
   countLive(kind: string, by: { org: string } | { keyId: string }): Promise<number>;
+  readonly cache: ResourceCache;
 }
 
-/** In memory, for this branch until the real ledger lands. */
-export function createMemoryResourceLedger(now: () => Date = () => new Date()): ResourceLedger {
-  const rows = new Map<string, OwnedResource>();
-  const k = (ref: ResourceRef) => `${ref.kind}/${ref.id}`;
-  const live = (r: OwnedResource | undefined) => (r && r.releasedAt === null ? r : undefined);
+export interface ResourceLedgerDeps {
+  db: Kysely<Database>;
+  cache: ResourceCache;
+  now: () => Date;
+  /** Announce changes to other processes (Postgres); unset = this process is the only one (PGlite). */
+  announce?: boolean;
+  /** An owner lookup not answered in this long fails (the decision: unavailable). */
+  timeoutMs?: number;
+  /** A change committed but not announced: other instances see it when their cache entry expires. */
+  onError?: (error: unknown) => void;
+}
+
+export class OwnerLookupTimeoutError extends Error {
+  constructor(readonly timeoutMs: number) {
+    super(`owner lookup: no answer from the database in ${timeoutMs} ms`);
+    this.name = "OwnerLookupTimeoutError";
+  }
+}
+
+/** Payload: "kind/id" (ids hold no "/"); anything else clears the cache. */
+export function encodeResourceChange(ref: ResourceRef): string {
+  return `${ref.kind}/${ref.id}`;
+}
+
+export function applyResourceChange(cache: ResourceCache, payload: string): void {
+  const slash = payload.indexOf("/");
+  if (slash > 0 && slash < payload.length - 1) cache.invalidate({ kind: payload.slice(0, slash), id: payload.slice(slash + 1) });
+  else cache.clear();
+}
+
+export function createResourceLedger({ db, cache, now, announce = false, timeoutMs = 2_000, onError }: ResourceLedgerDeps): ResourceLedger {
+  async function changed(ref: ResourceRef): Promise<void> {
+    cache.invalidate(ref);
+    if (!announce) return;
+    try {
+      await sql`select pg_notify(${RESOURCE_CHANGES_CHANNEL}, ${encodeResourceChange(ref)})`.execute(db);
+    } catch (error) {
+      onError?.(error);
+    }
+  }
+
   return {
+    cache,
     async claim(ref, owner) {
-      const existing = live(rows.get(k(ref)));
-      if (existing) return existing.org === owner.org ? { ok: true, resource: existing } : { ok: false, reason: "conflict", resource: existing };
-      const resource: OwnedResource = { ...ref, ...owner, createdAt: now(), releasedAt: null };
-      rows.set(k(ref), resource);
-      return { ok: true, resource };
+      const { inserted, resource } = await insertLive(db, ref, owner, now());
+      if (inserted) {
+        await changed(ref);
+        return { ok: true, resource, created: true };
+      }
+      if (resource.org === owner.org && resource.namespace === owner.namespace) return { ok: true, resource, created: false };
+      return { ok: false, reason: "conflict", resource };
     },
     async release(ref) {
-      const existing = live(rows.get(k(ref)));
-      if (!existing) return false;
-      rows.set(k(ref), { ...existing, releasedAt: now() });
-      return true;
+      const released = await releaseLive(db, ref, now());
+      if (released) await changed(ref);
+      return released;
     },
     async owner(ref) {
-      const r = live(rows.get(k(ref)));
-      return r ? { org: r.org, namespace: r.namespace, keyId: r.keyId } : null;
+      const cached = cache.get(ref);
+      if (cached !== undefined) return cached;
+      const version = cache.version;
+      const live = await withDeadline(findLive(db, ref), timeoutMs, () => new OwnerLookupTimeoutError(timeoutMs));
+      const owner = live ? { org: live.org, namespace: live.namespace, keyId: live.keyId } : null;
+      cache.set(ref, owner, version);
+      return owner;
     },
-    async get(ref) { return rows.get(k(ref)) ?? null; },
-    async list(f) {
-      const all = [...rows.values()]
-        .filter((r) => (f.kind === undefined || r.kind === f.kind) && (f.org === undefined || r.org === f.org) && (f.namespace === undefined || r.namespace === f.namespace) && (f.keyId === undefined || r.keyId === f.keyId) && (f.includeReleased || r.releasedAt === null))
-        .sort((a, b) => b.createdAt.getTime() - a.createdAt.getTime() || (a.id < b.id ? 1 : -1));
-      const start = f.pageToken ? Number(f.pageToken) : 0;
-      const page = all.slice(start, start + f.pageSize);
-      return { resources: page, nextPageToken: start + f.pageSize < all.length ? String(start + f.pageSize) : "" };
+    async get(ref) {
+      return (await findLive(db, ref)) ?? null;
     },
+    list: (filter) => listResources(db, filter),
     async liveIds(kind, scope) {
-      return new Set([...rows.values()].filter((r) => r.releasedAt === null && r.kind === kind && (scope.org === "*" || (r.org === scope.org && (scope.namespace === "*" || r.namespace === scope.namespace)))).map((r) => r.id));
+      return new Set(await liveIdsIn(db, kind, scope.org, scope.namespace));
     },
-    async countLive(kind, by) {
-      return [...rows.values()].filter((r) => r.releasedAt === null && r.kind === kind && ("org" in by ? r.org === by.org : r.keyId === by.keyId)).length;
-    },
+    countLive: (kind, by) => countLiveBy(db, kind, by),
   };
 }
