@@ -161,7 +161,7 @@ describe(`ResourceService over grpc-js and Connect, on ${testDatabaseKind}`, () 
 });
 
 describe(`keygate resources, on ${testDatabaseKind}`, () => {
-  it("the local operator (control socket on PGlite) claims, gets, lists and releases; JSON and text", { timeout: cliBudgetMs(6) }, async () => {
+  it("the local operator (through the control socket on PGlite, in process on Postgres) claims, gets, lists and releases; JSON and text", { timeout: cliBudgetMs(6) }, async () => {
     const claimed = JSON.parse(ok(await cli(["resources", "claim", "sb-cli-1", "--org", "acme", "--namespace", "team-alpha", "--json"])).stdout) as Record<string, unknown>;
     expect(claimed).toMatchObject({ kind: "sandboxes", id: "sb-cli-1", org: "acme", namespace: "team-alpha", key_id: "local", released_at: null, created: true });
     expect(ok(await cli(["resources", "get", "sb-cli-1"])).stdout).toMatch(/^org\s+acme$/m);
