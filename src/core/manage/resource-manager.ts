@@ -21,7 +21,7 @@ import { actorOf, createAccessRules, fail, ok, type ManageResult, type Principal
  *
  * The ledger commits the change itself, so its audit row follows it rather
  * than sharing its transaction: a failed audit write surfaces as an outage
- * to the caller, whose retry is idempotent.
+ * to the caller (and a log line); the change stands.
  */
 
 export const DEFAULT_RESOURCE_KIND = "sandboxes";
