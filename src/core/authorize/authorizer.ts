@@ -39,7 +39,11 @@ export interface AuthorizerDeps {
    * keys of the owner's org and namespace (and platform keys, org "*").
    * Unset = the ledger is not consulted (single-tenant).
    */
-  ownership?: { owner(ref: ResourceRef): Promise<Owner | null> };
+  ownership?: {
+    owner(ref: ResourceRef): Promise<Owner | null>;
+    /** The owner when warm in memory (undefined = ask owner()): a warm check costs no promise. */
+    cachedOwner?(ref: ResourceRef): Owner | null | undefined;
+  };
 }
 
 export type Authorize = (input: AuthorizeInput) => Promise<Decision>;
@@ -174,9 +178,9 @@ export function createAuthorizer({
     if (ownership && key.org !== PLATFORM_ORG) {
       const resource = current.routes.resourceOf(current.routes.strip(request.path));
       if (resource) {
-        let owner: Owner | null;
+        let owner: Owner | null | undefined = ownership.cachedOwner?.(resource);
         try {
-          owner = await ownership.owner(resource);
+          if (owner === undefined) owner = await ownership.owner(resource);
         } catch (error) {
           onError?.(error);
           return deny("unavailable", "authorization unavailable: the ownership ledger cannot be reached, request denied", identityOf(key));

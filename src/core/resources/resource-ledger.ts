@@ -23,12 +23,15 @@ export interface ResourceLedger {
   release(ref: ResourceRef): Promise<boolean>;
   /** The live owner, from the cache when warm (decisions); null = nobody owns it. */
   owner(ref: ResourceRef): Promise<Owner | null>;
+  /** The owner if the cache holds it (undefined: not cached; ask owner()). */
+  cachedOwner(ref: ResourceRef): Owner | null | undefined;
   get(ref: ResourceRef): Promise<OwnedResource | null>;
   /** Undefined when the page token is not one this server made. */
   list(filter: ResourceFilter): Promise<{ resources: OwnedResource[]; nextPageToken: string } | undefined>;
   /** Ids of the live resources a scope may see (namespace "*" = the whole org). */
   liveIds(kind: string, scope: { org: string; namespace: string }): Promise<Set<string>>;
-  countLive(kind: string, by: { org: string } | { keyId: string }): Promise<number>;
+  /** Live resources of a kind: in an org, made by a key, or all. */
+  countLive(kind: string, by: { org: string } | { keyId: string } | { all: true }): Promise<number>;
   readonly cache: ResourceCache;
 }
 
@@ -89,6 +92,7 @@ export function createResourceLedger({ db, cache, now, announce = false, timeout
       if (released) await changed(ref);
       return released;
     },
+    cachedOwner: (ref) => cache.get(ref),
     async owner(ref) {
       const cached = cache.get(ref);
       if (cached !== undefined) return cached;

@@ -101,13 +101,14 @@ export async function liveIdsIn(db: Db, kind: string, org: string, namespace: st
   return (await query.execute()).map((row) => row.id);
 }
 
-export async function countLiveBy(db: Db, kind: string, by: { org: string } | { keyId: string }): Promise<number> {
+export async function countLiveBy(db: Db, kind: string, by: { org: string } | { keyId: string } | { all: true }): Promise<number> {
   let query = db
     .selectFrom("owned_resources")
     .select((eb) => eb.fn.countAll<string | number>().as("n"))
     .where("kind", "=", kind)
     .where("released_at", "is", null);
-  query = "org" in by ? query.where("org", "=", by.org) : query.where("key_id", "=", by.keyId);
+  if ("org" in by) query = query.where("org", "=", by.org);
+  else if ("keyId" in by) query = query.where("key_id", "=", by.keyId);
   const row = await query.executeTakeFirstOrThrow();
   return Number(row.n);
 }
