@@ -60,6 +60,8 @@ describe(`POST /webhooks/cube on keygate serve, on ${testDatabaseKind}`, () => {
     expect(after).not.toContain("sb-e2e-1");
     expect((await client.resources.get({ id: "sb-e2e-1" })).resource?.releasedAt).toBeDefined();
     expect(server.output()).toContain('"msg":"sandbox released by cube webhook"');
+    expect(server.output()).toContain('"cube_webhook":"/webhooks/cube"');
+    expect(off.output()).toContain('"cube_webhook":"off"');
   });
 
   it("unsigned or wrongly signed: 401 JSON, and the sandbox stays owned", async () => {
