@@ -144,7 +144,10 @@ describe(`ResourceService rules, on ${testDatabaseKind}`, () => {
     expect((await resources.releaseFromEvent({ kind: "sandboxes", id: "sb-hook" }, event)).outcome).toBe("already_released");
     expect((await resources.releaseFromEvent({ kind: "sandboxes", id: "sb-never" }, event)).outcome).toBe("unknown");
     unwrap(await resources.claim(who.globex, { id: "sb-later" }));
-    const stale = await resources.releaseFromEvent({ kind: "sandboxes", id: "sb-later" }, { ...event, at: new Date(core.clock.now().getTime() - 60_000) });
+    // Within the clocks' tolerance an earlier date is not stale (claimed and deleted within seconds).
+    unwrap(await resources.claim(who.globex, { id: "sb-quick" }));
+    expect((await resources.releaseFromEvent({ kind: "sandboxes", id: "sb-quick" }, { ...event, at: new Date(core.clock.now().getTime() - 30_000) })).outcome).toBe("released");
+    const stale = await resources.releaseFromEvent({ kind: "sandboxes", id: "sb-later" }, { ...event, at: new Date(core.clock.now().getTime() - 10 * 60_000) });
     expect(stale.outcome).toBe("stale");
     expect(await ledger.owner({ kind: "sandboxes", id: "sb-later" })).not.toBeNull();
   });

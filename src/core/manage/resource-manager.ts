@@ -26,6 +26,12 @@ import { actorOf, createAccessRules, fail, ok, type ManageResult, type Principal
 
 export const DEFAULT_RESOURCE_KIND = "sandboxes";
 const MAX_PAGE_SIZE = 1000;
+/**
+ * An event is stale only when dated this long before the entry was claimed:
+ * the sender's clock and keygate's may disagree by seconds, and a sandbox can
+ * be created and deleted within them.
+ */
+export const STALE_EVENT_TOLERANCE_MS = 5 * 60_000;
 const DEFAULT_PAGE_SIZE = 100;
 
 export interface ClaimInput {
@@ -208,13 +214,13 @@ export function createResourceManager({ ledger, db, policy, now }: ResourceManag
      * A release reported by the system that owns the resource (Cube's
      * sandbox.deleted), not asked for by a principal: no scope to check, but
      * recorded like any change. Idempotent; an unknown id is an outcome, not
-     * an error. An event older than the entry (a late retry about an id
-     * claimed again since) releases nothing.
+     * an error. An event dated well before the entry (a late retry about an
+     * id claimed again since) releases nothing.
      */
     async releaseFromEvent(ref: ResourceRef, event: ReleaseEvent): Promise<EventRelease> {
       const found = await ledger.get(ref);
       if (!found) return (await findLatest(db, ref)) ? { outcome: "already_released" } : { outcome: "unknown" };
-      if (event.at && event.at < found.createdAt) return { outcome: "stale", resource: found };
+      if (event.at && event.at.getTime() < found.createdAt.getTime() - STALE_EVENT_TOLERANCE_MS) return { outcome: "stale", resource: found };
       const released = await ledger.release(ref);
       if (!released) return { outcome: "already_released" };
       await record(event.source, "resource.release", ref, found.org, OUTCOME_OK, {
