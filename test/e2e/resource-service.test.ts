@@ -174,6 +174,15 @@ describe(`keygate resources, on ${testDatabaseKind}`, () => {
     expect(missing.stderr).toContain("sandboxes sb-nowhere not found (not_found)");
   });
 
+  it("mistakes at the keyboard exit 2 and say what to type", { timeout: cliBudgetMs(3) }, async () => {
+    const none = await cli(["resources"]);
+    expect([none.code, none.stderr.trim()]).toEqual([2, "keygate: resources needs a command: list, get, claim or release"]);
+    const twoIds = await cli(["resources", "get", "a", "b"]);
+    expect([twoIds.code, twoIds.stderr.trim()]).toEqual([2, "keygate: resources get takes exactly one resource id"]);
+    const size = await cli(["resources", "list", "--page-size", "0"]);
+    expect([size.code, size.stderr.trim()]).toEqual([2, 'keygate: --page-size: a whole number from 1 to 1000, not "0"']);
+  });
+
   it("--server with a key: its own org only, paging with --all", { timeout: cliBudgetMs(4) }, async () => {
     const env = { KEYGATE_API_KEY: keys.globex.key };
     const page = JSON.parse(ok(await cli(["resources", "list", "--server", server.url, "--page-size", "2", "--json"], env)).stdout) as { resources: WireResource[]; next_page_token: string };
