@@ -26,13 +26,13 @@ import { actorOf, createAccessRules, fail, ok, type ManageResult, type Principal
 
 export const DEFAULT_RESOURCE_KIND = "sandboxes";
 const MAX_PAGE_SIZE = 1000;
+const DEFAULT_PAGE_SIZE = 100;
 /**
  * An event is stale only when dated this long before the entry was claimed:
  * the sender's clock and keygate's may disagree by seconds, and a sandbox can
  * be created and deleted within them.
  */
 export const STALE_EVENT_TOLERANCE_MS = 5 * 60_000;
-const DEFAULT_PAGE_SIZE = 100;
 
 export interface ClaimInput {
   kind?: string;
@@ -63,7 +63,7 @@ export interface ReleaseEvent {
   /** The delivery's id (or a digest of its body), so retries can be matched up in the audit log. */
   eventId: string;
   event: string;
-  /** When the event happened, if it says: an entry claimed after it is not the one it is about. */
+  /** When the event happened, if it says: an entry claimed well after it is not the one it is about. */
   at?: Date;
 }
 
