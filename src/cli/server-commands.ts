@@ -119,6 +119,7 @@ export async function runServe(args: string[]): Promise<number> {
       shim_path: config.shimPath,
       ...(server.proxy && { proxy: `${server.proxy.host}:${server.proxy.port}`, upstream: server.proxy.upstream }),
       ownership: runtime.ownership,
+      cube_webhook: config.cubeWebhookSecret ? "/webhooks/cube" : "off",
       rate_limits: config.redisUrl ? "redis" : "memory",
       default_rate_limit: config.defaultRateLimit ? formatRateLimit(config.defaultRateLimit) : null,
       auth_fail_limit: config.authFailLimit ? formatRateLimit(config.authFailLimit) : "off",

@@ -97,6 +97,8 @@ export interface ServeConfig extends RuntimeConfig {
   headersTimeoutMs: number;
   /** Proxy mode (--upstream): a second listener forwarding allowed requests to Cube; undefined = off. */
   proxy: ProxyConfig | undefined;
+  /** The secret Cube signs its webhooks with (KEYGATE_CUBE_WEBHOOK_SECRET); unset, /webhooks/cube is off. */
+  cubeWebhookSecret: string | undefined;
 }
 
 /** Proxy mode: where it listens, whom it forwards to, how long it waits. */
@@ -308,6 +310,7 @@ const SERVE_SETTINGS = [
   "proxyHost",
   "proxyTimeout",
   "orgMaxSandboxes",
+  "cubeWebhookSecret",
 ] as const;
 
 /**
@@ -359,6 +362,7 @@ export function readServeConfig(flags: Flags, env: Env, cwd: string): ConfigResu
     logLevel: values.logLevel,
     metrics: values.metrics,
     tracing: readTracingConfig(env, errors),
+    cubeWebhookSecret: values.cubeWebhookSecret,
     ...listenerLimits(read, errors),
     proxy: proxyConfig(read, errors),
   });

@@ -75,6 +75,7 @@ const VIEW: Record<SettingName, (config: ServeConfig & ShimConfig & CliKeys) => 
   headersTimeout: (c) => c.headersTimeoutMs,
   requestTimeout: (c) => c.requestTimeoutMs,
   directAuthorize: (c) => c.directAuthorize,
+  cubeWebhookSecret: (c) => c.cubeWebhookSecret,
   apiKey: (c) => c.apiKey,
   checkKey: (c) => c.checkKey,
 };
@@ -158,6 +159,7 @@ const DEFAULTS: [SettingName, unknown][] = [
   ["proxyHost", "127.0.0.1"],
   ["proxyTimeout", 60_000],
   ["orgMaxSandboxes", null],
+  ["cubeWebhookSecret", undefined],
   ["apiKey", undefined],
   ["checkKey", undefined],
 ];
@@ -217,6 +219,7 @@ const VALID: [SettingName, string, unknown][] = [
   ["proxyHost", "0.0.0.0", "0.0.0.0"],
   ["proxyTimeout", "500ms", 500],
   ["orgMaxSandboxes", "25", 25],
+  ["cubeWebhookSecret", "a shared secret, as Cube has it", "a shared secret, as Cube has it"],
   ["apiKey", "sk-sb-anAdminKeyAsGiven", "sk-sb-anAdminKeyAsGiven"],
   ["checkKey", "not even shaped like a key", "not even shaped like a key"],
 ];
@@ -265,6 +268,7 @@ const INVALID: [SettingName, string, string][] = [
   ["proxyHost", "a host", '"a host" is not a host name or IP address'],
   ["proxyTimeout", "forever", '"forever" is not a duration from 100ms to 1h (e.g. 500ms, 60s)'],
   ["orgMaxSandboxes", "-1", '"-1" is not a whole number from 0 to 1000000000'],
+  ["cubeWebhookSecret", "too-short", "must be at least 16 characters (the secret Cube signs its webhooks with, WEBHOOK_SECRET)"],
 ];
 
 /** Settings that take any text: only an empty flag is refused. */
