@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
 import { createTestDataDir, testDatabaseKind, type TestDataDir } from "../support/database.js";
 import { startE2bStub, type E2bStub } from "../support/e2b-stub.js";
-import { cliBudgetMs, createKey, runCli, startServerProcess, stopAll, type CreatedKeyJson, type ServerProcess } from "../support/keygate-process.js";
+import { cliBudgetMs, createKey, runCli, startServerProcess, type CreatedKeyJson, type ServerProcess } from "../support/keygate-process.js";
 import { proxyUrlOf, sdkPolicyDir } from "../support/proxy-env.js";
 
 /**
@@ -101,9 +101,11 @@ beforeAll(async () => {
 }, cliBudgetMs(8));
 
 afterAll(async () => {
-  await stopAll(server);
+  // A clean stop (exit 0): the proxy listener drains and its upstream pool closes with the rest.
+  const code = await server?.stop();
   await stub?.close();
   await data?.dispose();
+  expect(code === undefined || code === 0, server?.output()).toBe(true);
 });
 
 describe(`proxy mode, the e2b SDK, two orgs and a platform key (${testDatabaseKind})`, () => {
