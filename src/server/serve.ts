@@ -188,7 +188,7 @@ export async function startServer(config: ServeConfig, runtime: Runtime, log: Lo
       orgMaxSandboxes: config.proxy.orgMaxSandboxes,
       log,
     });
-    const proxyListener = createListener(withRequestIds((req, res) => sandboxes.handle(req, res), log), limits, (req, socket, head) => sandboxes.upgrade(req, socket, head));
+    const proxyListener = createListener(withRequestIds((req, res) => sandboxes.handle(req, res), log, "handler"), limits, (req, socket, head) => sandboxes.upgrade(req, socket, head));
     try {
       proxy = { sandboxes, listener: proxyListener, address: await proxyListener.listen(config.proxy.port, config.proxy.host) };
     } catch (error) {

@@ -135,6 +135,11 @@ describe(`proxy mode, the e2b SDK, two orgs and a platform key (${testDatabaseKi
     expect(seen.headers["x-user-name"]).toBe("acme writer");
     expect(seen.headers["authorization"]).toBeUndefined();
     expect(got.headers.get("x-stub")).toBe("e2b"); // the upstream's own headers pass through
+    // One request id on both sides (made here, or the client's own), so the two logs can be matched.
+    expect(seen.headers["x-request-id"]).toMatch(/^[0-9a-f-]{36}$/);
+    expect(got.headers.get("x-request-id")).toBe(seen.headers["x-request-id"]);
+    const traced = await call("GET", `/sandboxes/${acmeBox}`, keys.acme, undefined, { "x-request-id": "trace-42" });
+    expect([traced.headers.get("x-request-id"), stub.requests.at(-1)!.headers["x-request-id"]]).toEqual(["trace-42", "trace-42"]);
   });
 
   it("lists only its own sandboxes, by the SDK (v2) and by v1 and /cubeapi/v1; the platform key sees all", async () => {

@@ -1,5 +1,6 @@
-import type { IncomingMessage, ServerResponse } from "node:http";
+import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http";
 import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
+import { EventEmitter } from "node:events";
 import type { Duplex, Readable } from "node:stream";
 import { Pool, type Dispatcher } from "undici";
 import type { Authorize } from "../../core/authorize/authorizer.js";
@@ -11,6 +12,7 @@ import { credentialFromHeaders } from "../../http/credentials.js";
 import { writeDecision, writeJson } from "../../http/decision-answer.js";
 import { headerReader, utf8HeaderValue } from "../../http/header-reader.js";
 import { httpStatusFor } from "../../core/authorize/decision.js";
+import { requestIdOf } from "../../http/request-id.js";
 import type { Logger } from "../../telemetry/logger.js";
 import { errorFields } from "../../telemetry/logger.js";
 import { clientResponseHeaders, takeQueryCredentials, upstreamRequestHeaders, type ForwardedFor } from "./forward-headers.js";
@@ -123,25 +125,40 @@ export function createSandboxProxy(deps: SandboxProxyDeps): SandboxProxy {
 
   function forwarded(req: Request, d: Decided, extra?: Pick<ForwardedFor, "contentLength" | "extra">): string[] {
     const key = d.decision.key;
+    const id = requestIdOf(req);
     return upstreamRequestHeaders(req.rawHeaders, {
       peer: d.peer,
       trustedPeer: d.peer !== undefined && isTrusted(rules, d.peer),
       user: key && { id: key.id, name: key.name },
-      ...extra,
+      ...(extra?.contentLength !== undefined && { contentLength: extra.contentLength }),
+      // The request's id goes upstream too, so Cube's logs and keygate's can be matched.
+      extra: id === undefined ? (extra?.extra ?? {}) : { ...extra?.extra, "x-request-id": id },
     });
+  }
+
+  /** The answer's headers for the client, with the request's id unless the upstream named one. */
+  function answerHeaders(req: Request, headers: Dispatcher.ResponseData["headers"], drop?: readonly string[]): OutgoingHttpHeaders {
+    const out = clientResponseHeaders(headers, drop);
+    const id = requestIdOf(req);
+    if (id !== undefined && out["x-request-id"] === undefined) out["x-request-id"] = id;
+    return out;
   }
 
   function target(d: Decided): string {
     return basePath + d.path + (d.query === "" ? "" : `?${d.query}`);
   }
 
-  /** Aborted when the client goes away before its answer is complete: the upstream request is cancelled with it. */
-  function clientGone(res: Response): AbortSignal {
-    const controller = new AbortController();
+  /**
+   * Emits "abort" when the client goes away before its answer is complete: the
+   * upstream request is cancelled with it (undici takes an EventEmitter as a
+   * signal; an AbortController per request cost ~3 % of the proxy's CPU).
+   */
+  function clientGone(res: Response): EventEmitter {
+    const signal = new EventEmitter();
     res.once("close", () => {
-      if (!res.writableFinished) controller.abort();
+      if (!res.writableFinished) signal.emit("abort");
     });
-    return controller.signal;
+    return signal;
   }
 
   /** Everything but creates, lists and deletes: streamed both ways, nothing read. */
@@ -156,7 +173,7 @@ export function createSandboxProxy(deps: SandboxProxyDeps): SandboxProxy {
           signal: clientGone(res),
         },
         ({ statusCode, headers }) => {
-          res.writeHead(statusCode, clientResponseHeaders(headers));
+          res.writeHead(statusCode, answerHeaders(req, headers));
           return res as ServerResponse;
         },
       )
@@ -220,7 +237,7 @@ export function createSandboxProxy(deps: SandboxProxyDeps): SandboxProxy {
         return;
       }
     }
-    writeBuffered(res, answer.statusCode, answer.headers, body);
+    writeBuffered(req, res, answer.statusCode, answer.headers, body);
   }
 
   /**
@@ -308,7 +325,7 @@ export function createSandboxProxy(deps: SandboxProxyDeps): SandboxProxy {
     const body = await readAll(answer.body, MAX_READ_ANSWER_BYTES);
     if (answer.statusCode < 200 || answer.statusCode >= 300) {
       if (body === undefined) writeJson(res, 502, { code: 502, message: "upstream answer too large" }, {});
-      else writeBuffered(res, answer.statusCode, answer.headers, body);
+      else writeBuffered(req, res, answer.statusCode, answer.headers, body);
       return;
     }
     let kept: unknown[] | undefined;
@@ -324,7 +341,7 @@ export function createSandboxProxy(deps: SandboxProxyDeps): SandboxProxy {
       log.error("proxy: a sandbox list answer could not be read; answered []", { key_id: key.id, bytes: body?.length ?? null, encoding: encoding ?? null });
       kept = [];
     }
-    writeBuffered(res, answer.statusCode, answer.headers, Buffer.from(JSON.stringify(kept)));
+    writeBuffered(req, res, answer.statusCode, answer.headers, Buffer.from(JSON.stringify(kept)));
   }
 
   async function remove(req: Request, res: Response, d: Decided, id: string): Promise<void> {
@@ -341,12 +358,12 @@ export function createSandboxProxy(deps: SandboxProxyDeps): SandboxProxy {
         log.error("proxy: releasing a deleted sandbox failed; it still counts as live", { sandbox_id: id, ...errorFields(error) });
       });
     }
-    res.writeHead(answer.statusCode, clientResponseHeaders(answer.headers));
+    res.writeHead(answer.statusCode, answerHeaders(req, answer.headers));
     answer.body.pipe(res as ServerResponse);
   }
 
-  function writeBuffered(res: Response, status: number, headers: Dispatcher.ResponseData["headers"], body: Buffer): void {
-    const out = clientResponseHeaders(headers, ["content-length", "content-encoding"]);
+  function writeBuffered(req: Request, res: Response, status: number, headers: Dispatcher.ResponseData["headers"], body: Buffer): void {
+    const out = answerHeaders(req, headers, ["content-length", "content-encoding"]);
     out["content-length"] = String(body.length);
     res.writeHead(status, out);
     res.end(body);
