@@ -266,6 +266,21 @@ describe(`proxy mode, the e2b SDK, two orgs and a platform key (${testDatabaseKi
     expect(reached).toBe(0);
   });
 
+  it("a create Cube answers with no sandbox, or with another org's sandbox id: 502, nothing handed out, nothing killed", async () => {
+    stub.createAnswer = { templateID: "base" };
+    const nameless = await call("POST", "/v2/sandboxes", keys.globex, "{}");
+    expect([nameless.status, nameless.json()]).toEqual([502, { code: 502, message: "upstream create answer names no sandbox; not handed out unowned" }]);
+    // Cube hands out an id the ledger has for acme: globex gets no access to it, and acme keeps it.
+    const theirs = (await Sandbox.create("base", as(keys.acme))).sandboxId;
+    stub.nextIds.push(theirs);
+    const conflict = await call("POST", "/sandboxes", keys.globex, "{}");
+    expect([conflict.status, conflict.json()]).toEqual([502, { code: 502, message: `sandbox ${theirs} is recorded for another owner` }]);
+    expect(stub.requests.some((r) => r.method === "DELETE" && r.url.endsWith(theirs))).toBe(false);
+    expect((await Sandbox.getInfo(theirs, as(keys.acme))).sandboxId).toBe(theirs);
+    expect((await call("GET", `/sandboxes/${theirs}`, keys.globex)).status).toBe(404);
+    expect(await Sandbox.kill(theirs, as(keys.acme))).toBe(true);
+  });
+
   it("a list answer that cannot be read becomes [] and a log line, never another org's data", async () => {
     stub.listBody = "{ not json";
     try {

@@ -41,6 +41,8 @@ export interface E2bStub {
   listBody: string | undefined;
   /** The id the next create takes (then sbx-N again). */
   nextIds: string[];
+  /** Set: the next create answers 201 with this body instead (and makes no sandbox). */
+  createAnswer: unknown;
   close(): Promise<void>;
 }
 
@@ -58,6 +60,7 @@ export async function startE2bStub(): Promise<E2bStub> {
     hang: () => false,
     listBody: undefined,
     nextIds: [],
+    createAnswer: undefined,
     close: async () => {},
   };
 
@@ -123,6 +126,11 @@ export async function startE2bStub(): Promise<E2bStub> {
       const rest = v2 ? parts.slice(1) : parts;
       if (rest[0] !== "sandboxes") return answer(res, 404, { code: 404, message: `no route ${method} ${path}` });
       if (rest.length === 1) {
+        if (method === "POST" && stub.createAnswer !== undefined) {
+          const body = stub.createAnswer;
+          stub.createAnswer = undefined;
+          return answer(res, 201, body);
+        }
         if (method === "POST") return answer(res, 201, created(make(json())));
         if (method === "GET") {
           if (stub.listBody !== undefined) {

@@ -11,6 +11,7 @@ import {
   readServeConfig,
   readShimConfig,
   readStorageConfig,
+  servedOwnership,
   type CliKeys,
   type ConfigResult,
   type Env,
@@ -395,6 +396,17 @@ describe("each setting is read by the commands the schema names", () => {
     expect(readServeConfig({}, {}, CWD)).toMatchObject({ ok: true, config: { proxy: undefined } });
     expect(readServeConfig({}, { KEYGATE_UPSTREAM: "ftp://x" }, CWD).ok).toBe(false);
     expect(readRuntimeConfig({}, { KEYGATE_UPSTREAM: "ftp://x" }, CWD).ok).toBe(true);
+  });
+
+  it.each<[string, Env, "on" | "off"]>([
+    ["auto, in proxy mode", { KEYGATE_UPSTREAM: CUBE }, "on"],
+    ["auto, no proxy", {}, "off"],
+    ["on, no proxy", { KEYGATE_OWNERSHIP: "on" }, "on"],
+    ["off, in proxy mode", { KEYGATE_UPSTREAM: CUBE, KEYGATE_OWNERSHIP: "off" }, "off"],
+  ])("KEYGATE_OWNERSHIP as serve applies it: %s → %s", (_, env, expected) => {
+    const result = readServeConfig({}, env, CWD);
+    if (!result.ok) throw new Error(result.errors.join("\n"));
+    expect(servedOwnership(result.config)).toBe(expected);
   });
 
   it("proxy mode: port 8090 and serve's host unless given; a proxy port or host without an upstream is refused", () => {
