@@ -29,9 +29,10 @@ let shimFlipped: ShimProcess | undefined;
 let flippedServer: ServerProcess | undefined;
 let env: Record<string, string>;
 
-type KeyName = "admin" | "writer" | "reader" | "getOnly" | "alpha" | "revoked" | "expired";
+type KeyName = "admin" | "writer" | "reader" | "getOnly" | "alpha" | "revoked" | "expired" | "named";
 const keys = {} as Record<KeyName, CreatedKeyJson>;
 const UNKNOWN_KEY = generateKey();
+const NAMED = " Zoë's 50% ☃ key";
 
 beforeAll(async () => {
   data = await createTestDataDir();
@@ -50,6 +51,8 @@ beforeAll(async () => {
   keys.getOnly = await createKey(["--org", "acme", "--role", "getonly"], cli);
   keys.alpha = await createKey(["--org", "acme", "--namespace", "team-alpha", "--role", "reader"], cli);
   keys.revoked = await createKey(["--org", "acme", "--role", "reader"], cli);
+  // Characters a header value cannot carry as they are (see identity-headers.ts).
+  keys.named = await createKey(["--org", "acme", "--role", "reader", "--name", NAMED], cli);
   const revoked = await runCli(["keys", "revoke", keys.revoked.id], cli);
   expect(revoked.code, revoked.stderr).toBe(0);
   // One after the other, so that each one started is assigned and stopped by afterAll.
@@ -72,10 +75,16 @@ function expectDecision(response: CubeResponse, expected: Expect): void {
   if ("allow" in expected) {
     expect({ status: response.status, body: response.body }).toEqual({ status: 200, body: "{}" });
     expect(response.headers["x-auth-user"]).toBe(keys[expected.allow].id);
+    // What Cube's auth middleware writes into its audit log.
+    expect(response.headers["x-user-id"]).toBe(keys[expected.allow].id);
+    const name = keys[expected.allow].name;
+    if (name === "") expect(response.headers["x-user-name"]).toBeUndefined();
+    else expect(decodeURIComponent(response.headers["x-user-name"]!)).toBe(name);
   } else {
     expect(response.status).toBe(expected.status);
     expect(response.headers["content-type"]).toBe("application/json");
     expect(response.headers["x-auth-user"]).toBeUndefined();
+    expect([response.headers["x-user-id"], response.headers["x-user-name"]]).toEqual([undefined, undefined]);
     const body = JSON.parse(response.body) as { code: number; message: string };
     expect(Object.keys(body).sort()).toEqual(["code", "message"]);
     expect(body.code).toBe(expected.status);
@@ -236,6 +245,18 @@ describe.each(TARGETS)("%s", (_, url) => {
     expectDecision(await cubeRequest(url(), headers), { allow: "reader" });
     expectDecision(await cubeRequest(url(), [...headers, ["Content-Length", "0"]]), { allow: "reader" });
     expectDecision(await cubeRequest(url(), headers, { method: "GET" }), { allow: "reader" });
+  });
+
+  it("X-User-ID and X-User-Name as Cube keeps them: visible ASCII, the name percent-encoded where it must be", async () => {
+    const response = await cubeRequest(url(), apiKey(k("named"), "/sandboxes/abc", "GET"));
+    expectDecision(response, { allow: "named" });
+    expect(response.headers["x-user-name"]).toBe("%20Zo%C3%AB's 50%25 %E2%98%83 key");
+    expect(decodeURIComponent(response.headers["x-user-name"]!)).toBe(NAMED);
+    // The same through an ordinary HTTP client (undici): one of each, nothing split off.
+    const fetched = await fetch(`${url()}/verify`, { method: "POST", headers: { "X-API-Key": k("named"), "X-Request-Path": "/sandboxes/abc", "X-Request-Method": "GET" } });
+    expect(fetched.status).toBe(200);
+    expect([...fetched.headers.keys()].filter((h) => h.startsWith("x-user") || h === "x-auth-user").sort()).toEqual(["x-auth-user", "x-user-id", "x-user-name"]);
+    expect([fetched.headers.get("x-user-id"), decodeURIComponent(fetched.headers.get("x-user-name")!)]).toEqual([keys.named.id, NAMED]);
   });
 
   it("never allows through another method on the callback", async () => {
