@@ -29,17 +29,18 @@ let shimFlipped: ShimProcess | undefined;
 let flippedServer: ServerProcess | undefined;
 let env: Record<string, string>;
 
-type KeyName = "admin" | "writer" | "reader" | "getOnly" | "alpha" | "revoked" | "expired" | "named";
+type KeyName = "admin" | "writer" | "reader" | "platform" | "getOnly" | "everything" | "alpha" | "revoked" | "expired" | "named";
 const keys = {} as Record<KeyName, CreatedKeyJson>;
 const UNKNOWN_KEY = generateKey();
 const NAMED = " Zoë's 50% ☃ key";
 
 beforeAll(async () => {
   data = await createTestDataDir();
-  // The default policy, plus a role that may GET but not HEAD: HEAD is never implied by GET.
+  // The default policy, plus a role that may GET but not HEAD (HEAD is never implied by GET) and one
+  // that may use every method on a sandbox (no default role may: older Cube sends no method).
   const policyDir = join(data.dir, "policies");
   await cp(POLICY_DIR, policyDir, { recursive: true });
-  await writeFile(join(policyDir, "extra.csv"), "# test-only role\np, getonly, *, *, /sandboxes/:id, ^GET$\n");
+  await writeFile(join(policyDir, "extra.csv"), "# test-only roles\np, getonly, *, *, /sandboxes/:id, ^GET$\np, everything, *, *, /sandboxes/:id, ^(GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS)$\n");
   env = { ...data.env, KEYGATE_POLICY_DIR: policyDir };
   const cli = { cwd: data.dir, env };
   server = await startServerProcess([], cli);
@@ -48,7 +49,9 @@ beforeAll(async () => {
   keys.admin = await createKey(["--org", "acme", "--role", "admin", "--name", "acme-admin"], cli);
   keys.writer = await createKey(["--org", "acme", "--role", "writer"], cli);
   keys.reader = await createKey(["--org", "acme", "--role", "reader"], cli);
+  keys.platform = await createKey(["--org", "acme", "--role", "platform"], cli);
   keys.getOnly = await createKey(["--org", "acme", "--role", "getonly"], cli);
+  keys.everything = await createKey(["--org", "acme", "--role", "everything"], cli);
   keys.alpha = await createKey(["--org", "acme", "--namespace", "team-alpha", "--role", "reader"], cli);
   keys.revoked = await createKey(["--org", "acme", "--role", "reader"], cli);
   // Characters a header value cannot carry as they are (see identity-headers.ts).
@@ -113,7 +116,7 @@ const REASONS: Row[] = [
   { name: "allowed, X-API-Key (the E2B SDK) → 200", headers: () => apiKey(k("reader"), "/sandboxes/abc", "GET"), expected: { allow: "reader" } },
   { name: "allowed, header names upper-cased", headers: () => [["AUTHORIZATION", `Bearer ${k("writer")}`], ["X-REQUEST-PATH", "/sandboxes/abc"], ["X-REQUEST-METHOD", "DELETE"]], expected: { allow: "writer" } },
   { name: "allowed, header names lower-cased, scheme lower-cased", headers: () => [["authorization", `bearer ${k("writer")}`], ["x-request-path", "/sandboxes/abc"], ["x-request-method", "DELETE"]], expected: { allow: "writer" } },
-  { name: "allowed, X-Api-Key in mixed case", headers: () => [["X-Api-Key", k("writer")], ["x-Request-Path", "/templates/t1"], ["X-Request-method", "PATCH"]], expected: { allow: "writer" } },
+  { name: "allowed, X-Api-Key in mixed case", headers: () => [["X-Api-Key", k("writer")], ["x-Request-Path", "/sandboxes/abc/pause"], ["X-Request-method", "POST"]], expected: { allow: "writer" } },
   { name: "missing credential → 401", headers: () => [["X-Request-Path", "/sandboxes/abc"], ["X-Request-Method", "GET"]], expected: { status: 401, message: MISSING } },
   { name: "missing: Authorization with no key → 401", headers: () => [["Authorization", "Bearer"], ["X-Request-Path", "/sandboxes/abc"], ["X-Request-Method", "GET"]], expected: { status: 401, message: MISSING } },
   { name: "missing: empty X-API-Key → 401", headers: () => [["X-API-Key", ""], ["X-Request-Path", "/sandboxes/abc"], ["X-Request-Method", "GET"]], expected: { status: 401, message: MISSING } },
@@ -177,7 +180,8 @@ const SECURITY: Row[] = [
   { name: "GET for the GET-only role", headers: () => bearer(k("getOnly"), "/sandboxes/abc", "GET"), expected: { allow: "getOnly" } },
   { name: "OPTIONS is not implied for a reader", headers: () => bearer(k("reader"), "/sandboxes/abc", "OPTIONS"), expected: { status: 403, message: forbidden("OPTIONS", "/sandboxes/abc") } },
   // Older Cube releases send no X-Request-Method: only a key allowed every method passes.
-  { name: "no X-Request-Method, admin (every method)", headers: () => bearer(k("admin"), "/sandboxes/abc"), expected: { allow: "admin" } },
+  { name: "no X-Request-Method, a role with every method", headers: () => bearer(k("everything"), "/sandboxes/abc"), expected: { allow: "everything" } },
+  { name: "no X-Request-Method, admin (no default role has every method)", headers: () => bearer(k("admin"), "/sandboxes/abc"), expected: { status: 403, message: /^API key is not allowed to [A-Z]+ \/sandboxes\/abc$/ } },
   { name: "no X-Request-Method, reader", headers: () => bearer(k("reader"), "/sandboxes/abc"), expected: { status: 403, message: /^API key is not allowed to [A-Z]+ \/sandboxes\/abc$/ } },
   { name: "no X-Request-Method, writer", headers: () => bearer(k("writer"), "/sandboxes/abc"), expected: { status: 403, message: /^API key is not allowed to [A-Z]+ \/sandboxes\/abc$/ } },
   { name: "no X-Request-Method, GET-only role", headers: () => bearer(k("getOnly"), "/sandboxes/abc"), expected: { status: 403, message: /^API key is not allowed to [A-Z]+ \/sandboxes\/abc$/ } },
@@ -197,6 +201,20 @@ const SECURITY: Row[] = [
   { name: "X-Request-Path twice", headers: () => [["Authorization", `Bearer ${k("reader")}`], ["X-Request-Path", "/sandboxes/abc"], ["X-Request-Path", "/templates/t1"], ["X-Request-Method", "GET"]], expected: { status: 403, message: /forbidden character/ } },
   { name: "X-Request-Method twice", headers: () => [["Authorization", `Bearer ${k("writer")}`], ["X-Request-Path", "/sandboxes/abc"], ["X-Request-Method", "GET"], ["X-Request-Method", "DELETE"]], expected: { status: 403, message: /^unknown HTTP method/ } },
   { name: "X-Request-Org twice", headers: () => [...bearer(k("reader"), "/sandboxes/abc", "GET"), ["X-Request-Org", "acme"], ["X-Request-Org", "globex"]], expected: { status: 403, message: "invalid org" } },
+];
+
+/** The default policy's roles: sandboxes are for writers, shared things (templates, volumes) for platform keys only. */
+const ROLE_ROWS: Row[] = [
+  { name: "writer opens the terminal (a GET, but a shell)", headers: () => bearer(k("writer"), "/sandboxes/abc/terminal/ws", "GET"), expected: { allow: "writer" } },
+  { name: "reader may not open the terminal", headers: () => bearer(k("reader"), "/sandboxes/abc/terminal/ws", "GET"), expected: { status: 403, message: forbidden("GET", "/sandboxes/abc/terminal/ws") } },
+  { name: "writer forks a sandbox", headers: () => apiKey(k("writer"), "/sandboxes/abc/fork", "POST"), expected: { allow: "writer" } },
+  { name: "writer may not create a template", headers: () => bearer(k("writer"), "/templates", "POST"), expected: { status: 403, message: forbidden("POST", "/templates") } },
+  { name: "admin may not delete a template (every org shares it)", headers: () => bearer(k("admin"), "/templates/t1", "DELETE"), expected: { status: 403, message: forbidden("DELETE", "/templates/t1") } },
+  { name: "admin may not delete a volume", headers: () => bearer(k("admin"), "/volumes/v1", "DELETE"), expected: { status: 403, message: forbidden("DELETE", "/volumes/v1") } },
+  { name: "admin on a path no route serves", headers: () => bearer(k("admin"), "/anything/at/all", "GET"), expected: { status: 403, message: forbidden("GET", "/anything/at/all") } },
+  { name: "platform deletes a template", headers: () => bearer(k("platform"), "/templates/t1", "DELETE"), expected: { allow: "platform" } },
+  { name: "platform writes volume content", headers: () => apiKey(k("platform"), "/volumecontent/v1/file", "PUT"), expected: { allow: "platform" } },
+  { name: "platform may not kill a sandbox", headers: () => bearer(k("platform"), "/sandboxes/abc", "DELETE"), expected: { status: 403, message: forbidden("DELETE", "/sandboxes/abc") } },
 ];
 
 /** Cube's order: Authorization: Bearer wins over X-API-Key, with no fallback when it is wrong. */
@@ -230,6 +248,12 @@ describe.each(TARGETS)("%s", (_, url) => {
 
   describe("bypass attempts and request tricks", () => {
     it.each(SECURITY)("$name", async ({ headers, expected }) => {
+      expectDecision(await cubeRequest(url(), headers()), expected);
+    });
+  });
+
+  describe("roles: sandboxes for writers, shared things for platform keys", () => {
+    it.each(ROLE_ROWS)("$name", async ({ headers, expected }) => {
       expectDecision(await cubeRequest(url(), headers()), expected);
     });
   });
