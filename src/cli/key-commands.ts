@@ -303,7 +303,7 @@ export async function runCheck(args: string[]): Promise<number> {
       if (response.key) {
         out.print(`key:       ${response.key.id} (org ${response.key.org}, namespace ${response.key.namespace}, roles ${response.key.roles.join(",")})`);
       }
-      out.print(`rule:      ${response.matchedRule || (response.allowed ? "-" : "no rule allows this request")}`);
+      out.print(`rule:      ${response.matchedRule || (response.allowed ? "-" : reason === "not_found" ? "- (the policy allows; the ownership check denies)" : "no rule allows this request")}`);
       if (response.rateLimit) {
         const { limit, remaining, resetSeconds } = response.rateLimit;
         out.print(`rate:      ${remaining} of ${limit} left, resets in ${resetSeconds}s`);
@@ -318,6 +318,15 @@ export async function runCheck(args: string[]): Promise<number> {
 function printExplanation(out: Out, explanation: { rule: string; text: string; reasons: string[] }[], reason: string): void {
   if (explanation.length === 0) {
     out.print(reason === "forbidden" ? "closest:   none to show (no rules, or a custom model, which keygate does not explain)" : `closest:   - (denied before the policy was consulted: ${reason})`);
+    return;
+  }
+  if (reason === "not_found") {
+    // The policy allowed; the owned-path check (routes.yaml) did not.
+    out.print("ownership (the policy allows; the sandbox is not this key's):");
+    for (const miss of explanation) {
+      out.print(`  ${miss.rule}  ${miss.text}`);
+      for (const why of miss.reasons) out.print(`      - ${why}`);
+    }
     return;
   }
   out.print("closest rules that did not match:");

@@ -253,6 +253,10 @@ export async function runStatus(args: string[]): Promise<number> {
       }
     }
     out.print(`keys:      ${status.keys.total} (${status.keys.enabled} enabled)`);
+    if (status.ownership) {
+      const live = Object.entries(status.ownership.live).map(([kind, n]) => `${n} ${kind}`).join(", ");
+      out.print(`ownership: ${status.ownership.enforced ? "on" : "off"}${live ? ` (${live} in the ledger)` : " (routes.yaml declares nothing owned)"}`);
+    }
     out.print(`rate limits: ${rateLimitLine(status.rateLimits)}`);
     return 0;
   } finally {

@@ -7,7 +7,7 @@ import type { RateLimit } from "../core/ratelimit/rate-limit.js";
 import type { DecisionLogMode } from "../telemetry/decision-log.js";
 import type { LogLevel } from "../telemetry/logger.js";
 import { readTracingConfig, type TracingConfig } from "../telemetry/tracing-config.js";
-import { SETTINGS, type Command, type CredentialSource, type SettingName, type SettingSpec } from "./settings.js";
+import { OWNERSHIP_MODES, SETTINGS, type Command, type CredentialSource, type SettingName, type SettingSpec } from "./settings.js";
 
 export { DEFAULT_TRUSTED_PROXIES, type CredentialSource } from "./settings.js";
 
@@ -28,6 +28,8 @@ export interface ClientIpRules {
   trusted: BlockList;
 }
 
+export type OwnershipMode = (typeof OWNERSHIP_MODES)[number];
+
 export interface StorageConfig {
   /** Set: real Postgres. Unset: embedded PGlite in dataDir. */
   databaseUrl: string | undefined;
@@ -40,6 +42,8 @@ export interface StorageConfig {
 export interface RuntimeConfig extends StorageConfig {
   policyDir: string;
   dev: boolean;
+  /** Ownership checks on owned paths: "auto" is on in proxy mode (serve resolves it), off elsewhere. */
+  ownership: OwnershipMode;
   keyPrefix: string;
   keyCacheTtlMs: number;
   negativeCacheTtlMs: number;
@@ -224,6 +228,7 @@ export function readPolicyDir(flags: Flags, env: Env, cwd: string): ConfigResult
 
 const RUNTIME_SETTINGS = [
   "dev",
+  "ownership",
   "keyPrefix",
   "keyCacheTtl",
   "negativeCacheTtl",
@@ -243,6 +248,7 @@ function runtime(flags: Flags, env: Env, cwd: string, errors: string[]): Runtime
     ...storageConfig,
     policyDir: dir,
     dev: values.dev,
+    ownership: values.ownership,
     keyPrefix: values.keyPrefix,
     keyCacheTtlMs: values.keyCacheTtl,
     negativeCacheTtlMs: values.negativeCacheTtl,

@@ -161,6 +161,9 @@ const shimPath = () =>
     if (OPERATIONS_PATHS.includes(path)) problem(`"${path}" is taken by a health or metrics endpoint (${OPERATIONS_PATHS.join(", ")})`);
   });
 
+/** Whether decisions consult the ownership ledger. */
+export const OWNERSHIP_MODES = ["auto", "on", "off"] as const;
+
 const code = (text: string) => `\`${text}\``;
 const oneOf = (values: readonly string[]) => values.map(code).join(", ");
 
@@ -270,6 +273,19 @@ export const SETTINGS = {
     description: "allow every request, with a loud warning at start and in `status` (never in production)",
     commands: RUNTIME,
     type: toggle(),
+  },
+  ownership: {
+    flag: "ownership",
+    arg: "MODE",
+    env: "KEYGATE_OWNERSHIP",
+    default: "auto",
+    description: `sandbox ownership (the ledger, \`routes.yaml\` owned paths): ${oneOf(OWNERSHIP_MODES)}; \`auto\` = on in proxy mode (\`--upstream\`), off otherwise`,
+    details: "on: an owned path is allowed only to keys of the owner's org and namespace (and org `*` keys); a sandbox nobody owns is not found",
+    commands: RUNTIME,
+    type: z
+      .string()
+      .toLowerCase()
+      .pipe(z.enum(OWNERSHIP_MODES, { error: (issue) => `${quoted(issue.input)} must be one of ${OWNERSHIP_MODES.join(", ")}` })),
   },
   keyPrefix: {
     flag: "key-prefix",

@@ -1,6 +1,7 @@
 import { basename } from "node:path";
 import { isAlias, isMap, isScalar, isSeq, LineCounter, parseDocument, type Document, type Node, type Pair } from "yaml";
-import { decideForSubject, normalizeRequest } from "../core/authorize/authorizer.js";
+import { decideForSubject, normalizeRequest, ownershipDeny } from "../core/authorize/authorizer.js";
+import { DEFAULT_RESOURCE_NAMESPACE, PLATFORM_ORG } from "../core/resources/resource.js";
 import { deny, forbiddenMessage, type Decision } from "../core/authorize/decision.js";
 import { normalizeMethod } from "../core/request/normalize.js";
 import { isValidName, isValidNamespace, NAME_RULE } from "../core/keys/key-record.js";
@@ -27,6 +28,10 @@ import type { Policy } from "../core/policy/policy.js";
  *       expect: allow                      # required: allow | deny
  *       reason: allowed                    # optional: allowed | forbidden | bad_request
  *       rule: policy.csv:15                # optional, allow only: the rule that decided
+ *       owner: acme                        # optional: the org owning the resource the path
+ *                                          #   addresses (routes.yaml "owned"), or "none"; decided
+ *                                          #   as with ownership on. Omitted: ownership off
+ *       owner_namespace: default           # optional: the owned resource's namespace (default "default")
  *
  * A path of `keys` or `keys/…` is a key-management resource: the case is
  * decided as ManageKey's policy check decides it (the key's org and namespace,
@@ -37,7 +42,7 @@ import type { Policy } from "../core/policy/policy.js";
  */
 
 export type Expectation = "allow" | "deny";
-export type ExpectedReason = "allowed" | "forbidden" | "bad_request";
+export type ExpectedReason = "allowed" | "forbidden" | "bad_request" | "not_found";
 
 export interface DecisionCase {
   /** 1-based position in the table's `cases`. */
@@ -57,6 +62,9 @@ export interface DecisionCase {
   expect: Expectation;
   reason?: ExpectedReason;
   rule?: string;
+  /** The owner org of the addressed resource ("none": nobody); undefined: ownership off. */
+  owner?: string;
+  ownerNamespace?: string;
 }
 
 export interface DecisionTable {
@@ -79,7 +87,7 @@ export interface CaseResult {
 }
 
 
-const REASONS: readonly ExpectedReason[] = ["allowed", "forbidden", "bad_request"];
+const REASONS: readonly ExpectedReason[] = ["allowed", "forbidden", "bad_request", "not_found"];
 const RULE_PATTERN = /^[^\s:]+:[1-9]\d*$/;
 const TOP_KEYS = ["name", "defaults", "cases"] as const;
 
@@ -96,6 +104,8 @@ const CASE_FIELDS = {
   expect: "expect",
   reason: "reason",
   rule: "rule",
+  owner: "string",
+  owner_namespace: "string",
 } as const satisfies Record<string, FieldKind>;
 type CaseField = keyof typeof CASE_FIELDS;
 type FieldValue = string | string[];
@@ -291,7 +301,7 @@ function buildCase(fields: Fields, bad: ReadonlySet<CaseField>, index: number, l
     for (const role of roles) check(isValidName(role), "roles", `role "${role}" is not a valid role name (${NAME_RULE}); no key can hold it`);
   }
   const org = str("org", "default");
-  check(isValidName(org), "org", `"org" "${org}" is not a valid org name; no key can be in it (use request_org for a request's org hint)`);
+  check(isValidName(org) || org === PLATFORM_ORG, "org", `"org" "${org}" is not a valid org name; no key can be in it (use request_org for a request's org hint)`);
   const keyNamespace = str("key_namespace", "*");
   check(isValidNamespace(keyNamespace), "key_namespace", `"key_namespace" "${keyNamespace}" is not a valid namespace ("*" or a name); no key can be scoped to it`);
   const path = fields.path?.value;
@@ -317,6 +327,13 @@ function buildCase(fields: Fields, bad: ReadonlySet<CaseField>, index: number, l
     check(normalizeMethod(method).ok && method !== "", "method", `"${path}" is a key-management resource: it needs one method (GET, POST, PATCH, DELETE…), got "${method}"`);
     check(namespace === "" && requestOrg === "", namespace !== "" ? "namespace" : "request_org", `"${path}" is a key-management resource: ManageKey takes no namespace or request_org`);
   }
+  const owner = fields.owner?.value as string | undefined;
+  const ownerNamespace = fields.owner_namespace?.value as string | undefined;
+  if (owner !== undefined) check(owner === "none" || isValidName(owner), "owner", `"owner" must be an org name or "none" (nobody owns it), got "${owner}"`);
+  if (ownerNamespace !== undefined) {
+    check(isValidName(ownerNamespace), "owner_namespace", `"owner_namespace" must be a namespace name, got "${ownerNamespace}"`);
+    check(owner !== undefined && owner !== "none", "owner_namespace", `"owner_namespace" needs an "owner" org`);
+  }
   if (problems > 0 || typeof path !== "string" || !Array.isArray(roles)) return undefined;
 
   const explicitName = fields.name?.value;
@@ -334,6 +351,8 @@ function buildCase(fields: Fields, bad: ReadonlySet<CaseField>, index: number, l
     expect: expect as Expectation,
     ...(reason !== undefined && { reason: reason as ExpectedReason }),
     ...(rule !== undefined && { rule }),
+    ...(owner !== undefined && { owner }),
+    ...(ownerNamespace !== undefined && { ownerNamespace }),
   };
 }
 
@@ -353,7 +372,16 @@ export function decideCase(policy: Policy, c: DecisionCase, explain = false): De
   }
   const request = normalizeRequest({ path: c.path, method: c.method, namespace: c.namespace, org: c.requestOrg });
   if ("reason" in request) return request;
-  return decideForSubject(policy, subject, request, undefined, explain);
+  const decision = decideForSubject(policy, subject, request, undefined, explain);
+  if (!decision.allowed || c.owner === undefined || c.org === PLATFORM_ORG) return decision;
+  const resource = ownedResourceOf(policy, request.path);
+  if (!resource) return decision;
+  const owner = c.owner === "none" ? null : { org: c.owner, namespace: c.ownerNamespace ?? DEFAULT_RESOURCE_NAMESPACE, keyId: "" };
+  return ownershipDeny(subject, request, resource, owner, undefined, explain) ?? decision;
+}
+
+function ownedResourceOf(policy: Policy, path: string) {
+  return policy.routes.resourceOf(policy.routes.strip(path));
 }
 
 /** Runs one case and compares the decision with what the table expects. */
@@ -364,9 +392,12 @@ export function evaluateCase(policy: Policy, table: DecisionTable, c: DecisionCa
   if (got !== c.expect) mismatches.push(`expected ${c.expect}, got ${got}`);
   if (c.reason !== undefined && c.reason !== decision.reason) mismatches.push(`expected reason ${c.reason}, got ${decision.reason}`);
   if (c.rule !== undefined && decision.allowed && c.rule !== decision.matchedRule) mismatches.push(`expected rule ${c.rule}, got ${decision.matchedRule || "none"}`);
+  if (c.owner !== undefined && !isManagementResource(c.path) && !ownedResourceOf(policy, c.path)) {
+    mismatches.push(`"owner" is given, but ${c.path} addresses no owned resource (routes.yaml "owned")`);
+  }
   const passed = mismatches.length === 0;
   // Only a failing policy deny is worth explaining: which rules came closest, and why they missed.
-  if (!passed && !decision.allowed && decision.reason === "forbidden") decision = decideCase(policy, c, true);
+  if (!passed && !decision.allowed && (decision.reason === "forbidden" || decision.reason === "not_found")) decision = decideCase(policy, c, true);
   return { file: table.file, table: table.name, case: c, passed, decision, mismatches };
 }
 

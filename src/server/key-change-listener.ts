@@ -1,6 +1,8 @@
 import pg from "pg";
 import type { KeyCache } from "../core/keys/key-cache.js";
 import { applyKeyChange, KEY_CHANGES_CHANNEL } from "../core/keys/key-changes.js";
+import type { ResourceCache } from "../core/resources/resource-cache.js";
+import { applyResourceChange, RESOURCE_CHANGES_CHANNEL } from "../core/resources/resource-ledger.js";
 import type { Logger } from "../telemetry/logger.js";
 import { errorFields } from "../telemetry/logger.js";
 
@@ -15,6 +17,8 @@ export interface KeyChangeListenerOptions {
   /** The Postgres user when the URL names none. */
   defaultUser: string;
   cache: KeyCache;
+  /** The owners cache, kept by the same connection (its own channel); unset = keys only. */
+  resourceCache?: ResourceCache;
   log: Logger;
 }
 
@@ -29,7 +33,7 @@ const RETRY_MIN_MS = 500;
 const RETRY_MAX_MS = 2_000;
 
 /** LISTENs for key changes on a dedicated connection, reconnecting with backoff when it drops. */
-export async function listenForKeyChanges({ url, defaultUser, cache, log }: KeyChangeListenerOptions): Promise<KeyChangeListener> {
+export async function listenForKeyChanges({ url, defaultUser, cache, resourceCache, log }: KeyChangeListenerOptions): Promise<KeyChangeListener> {
   let client: pg.Client | undefined;
   let closed = false;
   let retryMs = RETRY_MIN_MS;
@@ -48,12 +52,14 @@ export async function listenForKeyChanges({ url, defaultUser, cache, log }: KeyC
     });
     next.on("notification", (message) => {
       if (message.channel === KEY_CHANGES_CHANNEL) applyKeyChange(cache, message.payload ?? "");
+      else if (message.channel === RESOURCE_CHANGES_CHANNEL && resourceCache) applyResourceChange(resourceCache, message.payload ?? "");
     });
     next.on("error", (error) => lost(next, error));
     next.on("end", () => lost(next, new Error("connection ended")));
     try {
       await next.connect();
       await next.query(`LISTEN ${KEY_CHANGES_CHANNEL}`);
+      if (resourceCache) await next.query(`LISTEN ${RESOURCE_CHANGES_CHANNEL}`);
     } catch (error) {
       await next.end().catch(() => {});
       throw error;
@@ -66,12 +72,14 @@ export async function listenForKeyChanges({ url, defaultUser, cache, log }: KeyC
     retryMs = RETRY_MIN_MS;
     // Heard from now on; whatever changed while nobody listened is unknown, so the cache starts empty.
     cache.trust();
+    resourceCache?.trust();
   }
 
   function lost(which: pg.Client, error: unknown): void {
     if (closed || client !== which) return;
     client = undefined;
     cache.distrust();
+    resourceCache?.distrust();
     log.warn("key change listener lost its connection; key cache off until it is back", errorFields(error));
     schedule();
   }
@@ -96,6 +104,7 @@ export async function listenForKeyChanges({ url, defaultUser, cache, log }: KeyC
 
   // Nothing is heard until LISTEN runs.
   cache.distrust();
+  resourceCache?.distrust();
   try {
     await connect();
   } catch (error) {

@@ -11,6 +11,8 @@ import { createKeyManager, type KeyManager } from "../core/manage/key-manager.js
 import { createKeyUsageReader, withKeyUsage } from "../core/manage/key-usage.js";
 import { createUsageRecorder, type UsageRecorder } from "../core/keys/usage-recorder.js";
 import { createMetrics, type Metrics } from "../telemetry/metrics.js";
+import { createResourceCache } from "../core/resources/resource-cache.js";
+import { createResourceLedger, type ResourceLedger } from "../core/resources/resource-ledger.js";
 import { loadPolicy, type Policy } from "../core/policy/policy.js";
 import { createPolicyHolder, type PolicyHolder, type ReloadOutcome } from "../core/policy/policy-watcher.js";
 import type { RateLimit } from "../core/ratelimit/rate-limit.js";
@@ -33,6 +35,10 @@ export interface Runtime {
   lookupKey: LookupKey;
   keys: KeyManager;
   cache: KeyCache;
+  /** The ownership ledger: who owns each sandbox (filled by the proxy, the ResourceService, webhooks). */
+  resources: ResourceLedger;
+  /** True when decisions on owned paths consult the ledger. */
+  ownership: boolean;
   usage: UsageRecorder;
   /** Per-key rate limits: in memory, or in Redis shared by every instance. */
   rateLimiter: RateLimiter;
@@ -83,6 +89,20 @@ export async function openRuntime(config: RuntimeConfig & RuntimeTelemetryConfig
       now: () => now().getTime(),
     });
     const usage = createUsageRecorder(store.db, config.usageFlushMs, onError);
+    const resources = createResourceLedger({
+      db: store.db,
+      cache: createResourceCache({
+        ttlMs: config.keyCacheTtlMs,
+        negativeTtlMs: config.negativeCacheTtlMs,
+        maxEntries: config.keyCacheMaxEntries,
+        now: () => now().getTime(),
+      }),
+      now,
+      announce: store.kind === "postgres",
+      onError,
+    });
+    // "auto" is resolved by serve (on in proxy mode); anywhere else it means off.
+    const ownership = config.ownership === "on";
     // Everything derived from the policy (its compiled index, role closures) lives inside it,
     // so taking the holder's current one is all a reload needs.
     const currentPolicy = loadedHolder.current;
@@ -128,6 +148,7 @@ export async function openRuntime(config: RuntimeConfig & RuntimeTelemetryConfig
       ...(options.onDecision && { onDecision: options.onDecision }),
       ...(metrics && { observe: metrics.observeDecision }),
       ...(tracing && { tracer: tracing.tracer }),
+      ...(ownership && { ownership: resources }),
     });
     const keys = withKeyUsage(
       createKeyManager({ db: store.db, policy: currentPolicy, cache, keyPrefix: config.keyPrefix, now, pendingLastUsed: usage.pending }),
@@ -142,6 +163,8 @@ export async function openRuntime(config: RuntimeConfig & RuntimeTelemetryConfig
       lookupKey,
       keys,
       cache,
+      resources,
+      ownership,
       usage,
       rateLimiter,
       defaultRateLimit: config.defaultRateLimit,

@@ -139,7 +139,7 @@ export async function startServer(config: ServeConfig, runtime: Runtime, log: Lo
   // Before listening: from the first request on, key changes and policy edits made elsewhere are seen.
   let keyChanges: KeyChangeListener | undefined;
   if (config.databaseUrl) {
-    keyChanges = await listenForKeyChanges({ url: config.databaseUrl, defaultUser: config.defaultDbUser, cache: runtime.cache, log });
+    keyChanges = await listenForKeyChanges({ url: config.databaseUrl, defaultUser: config.defaultDbUser, cache: runtime.cache, resourceCache: runtime.resources.cache, log });
   }
   const policyWatcher = await watchPolicy({
     dir: config.policyDir,
@@ -261,6 +261,8 @@ export interface ServerStatus {
   keys: { total: number; enabled: number };
   /** Where rate-limit counters live, whether Redis is reachable, and the default allocation. */
   rateLimits: RateLimiterHealth & { default: string | null };
+  /** Whether owned paths consult the ledger, and the live resources it holds by kind. */
+  ownership: { enforced: boolean; owned: string[]; live: Record<string, number> };
   listen: string;
   /** Over Postgres: the servers connected to the database (this process is not one of them). */
   servers?: ServerEntry[];
@@ -302,6 +304,14 @@ export async function localStatus(runtime: Runtime, listen: string, watcher?: Po
     },
     keys: await countKeys(runtime.store.db),
     rateLimits: { ...(await runtime.rateLimiter.health()), default: runtime.defaultRateLimit ? formatRateLimit(runtime.defaultRateLimit) : null },
+    ownership: await ownershipStatus(runtime),
     listen,
   };
+}
+
+async function ownershipStatus(runtime: Runtime): Promise<ServerStatus["ownership"]> {
+  const kinds = [...new Set(runtime.policy().routes.owned.map((route) => route.kind))];
+  const live: Record<string, number> = {};
+  for (const kind of kinds) live[kind] = await runtime.resources.countLive(kind, { all: true });
+  return { enforced: runtime.ownership, owned: kinds, live };
 }

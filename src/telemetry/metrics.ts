@@ -24,7 +24,7 @@ import { FixedHistogram } from "./fixed-histogram.js";
  */
 
 /** Series number of every entry point and every reason (a Record: the compiler insists on all of them). */
-const ENTRY_INDEX: Record<DecisionEntry, number> = { rpc: 0, shim: 1, ext_authz: 2, forward_auth: 3 };
+const ENTRY_INDEX: Record<DecisionEntry, number> = { rpc: 0, shim: 1, ext_authz: 2, forward_auth: 3, proxy: 4 };
 const REASON_INDEX: Record<Reason, number> = {
   allowed: 0,
   missing_credential: 1,
@@ -35,6 +35,7 @@ const REASON_INDEX: Record<Reason, number> = {
   rate_limited: 6,
   bad_request: 7,
   unavailable: 8,
+  not_found: 9,
 };
 const inSeriesOrder = <T extends string>(index: Record<T, number>): T[] => (Object.keys(index) as T[]).sort((a, b) => index[a] - index[b]);
 export const ENTRIES = inSeriesOrder(ENTRY_INDEX);

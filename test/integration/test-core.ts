@@ -17,6 +17,8 @@ import { loadPolicy, type Policy } from "../../src/core/policy/policy.js";
 import { createTestDatabase, type TestDatabase } from "../support/database.js";
 import type { RateLimit } from "../../src/core/ratelimit/rate-limit.js";
 import { createRateLimiter, type RateLimiter } from "../../src/core/ratelimit/rate-limiter.js";
+import { createResourceCache } from "../../src/core/resources/resource-cache.js";
+import { createResourceLedger, type ResourceLedger } from "../../src/core/resources/resource-ledger.js";
 
 /**
  * keygate's core wired as `openRuntime` wires it, over a test database, with
@@ -60,6 +62,8 @@ export interface Core {
   keys: KeyManager;
   usage: UsageRecorder;
   rateLimiter: RateLimiter;
+  /** The ownership ledger (consulted by decisions only with `ownership: true`). */
+  resources: ResourceLedger;
   /** Errors the core reported (outages), newest last. */
   errors: unknown[];
   close(): Promise<void>;
@@ -75,6 +79,10 @@ export interface CoreOptions {
   rateLimiter?: RateLimiter;
   /** The allocation of keys without their own (default: unlimited). */
   defaultRateLimit?: RateLimit | null;
+  /** Decisions on owned paths consult the ledger (default: off, as in a single-tenant deployment). */
+  ownership?: boolean;
+  /** Replaces the ledger the authorizer asks (to simulate an outage). */
+  owner?: ResourceLedger["owner"];
 }
 
 let defaultPolicy: Promise<Policy> | undefined;
@@ -93,6 +101,11 @@ export async function createCore(db: Kysely<Database>, options: CoreOptions = {}
   const usage = createUsageRecorder(db, HOUR, onError);
   const lookupKey = options.lookupKey ?? createKeyLookup({ db, cache, keyPrefix: DEFAULT_KEY_PREFIX, now: clock.now });
   const rateLimiter = options.rateLimiter ?? createRateLimiter();
+  const resources = createResourceLedger({
+    db,
+    cache: createResourceCache({ ttlMs: 60_000, negativeTtlMs: 5_000, maxEntries: 10_000, now: () => clock.now().getTime() }),
+    now: clock.now,
+  });
   const authorize = createAuthorizer({
     lookupKey,
     policy: () => policy,
@@ -103,6 +116,7 @@ export async function createCore(db: Kysely<Database>, options: CoreOptions = {}
     dev: options.dev ?? false,
     rateLimiter,
     defaultRateLimit: options.defaultRateLimit ?? null,
+    ...(options.ownership && { ownership: { owner: options.owner ?? resources.owner } }),
   });
   const keys = withKeyUsage(
     createKeyManager({ db, policy: () => policy, cache, keyPrefix: DEFAULT_KEY_PREFIX, now: clock.now, pendingLastUsed: usage.pending }),
@@ -118,6 +132,7 @@ export async function createCore(db: Kysely<Database>, options: CoreOptions = {}
     keys,
     usage,
     rateLimiter,
+    resources,
     errors,
     async close() {
       await usage.stop();

@@ -172,7 +172,7 @@ describe("validation: a malformed table is refused, naming file, line and case",
     ["a null method", "cases:\n  - { roles: [reader], path: /x, method: ~, expect: deny }\n", /case 1: "method" must be a string, got nothing \(null; write "" for empty\)$/],
     ["expect not allow or deny", "cases:\n  - { roles: [reader], path: /x, expect: yes please }\n", /case 1: "expect" must be allow or deny, got "yes please"$/],
     ["expect as a boolean", "cases:\n  - { roles: [reader], path: /x, expect: true }\n", /case 1: "expect" must be a string, got a boolean/],
-    ["an unknown reason", "cases:\n  - { roles: [reader], path: /x, expect: deny, reason: expired }\n", /case 1: "reason" must be one of allowed, forbidden, bad_request, got "expired"$/],
+    ["an unknown reason", "cases:\n  - { roles: [reader], path: /x, expect: deny, reason: expired }\n", /case 1: "reason" must be one of allowed, forbidden, bad_request, not_found, got "expired"$/],
     ["a reason that contradicts expect", "cases:\n  - { roles: [reader], path: /x, expect: deny, reason: allowed }\n", /case 1: "reason: allowed" contradicts "expect: deny"$/],
     ["a deny reason on an allow", "cases:\n  - { roles: [reader], path: /x, expect: allow, reason: forbidden }\n", /case 1: "reason: forbidden" contradicts "expect: allow"$/],
     ["a rule that is not FILE:LINE", "cases:\n  - { roles: [reader], path: /x, expect: allow, rule: line 17 }\n", /case 1: "rule" must be FILE:LINE, such as policy\.csv:17, got "line 17"$/],
@@ -196,8 +196,8 @@ cases:
   - { roles: [reader], path: /x, expect: allow }
 `);
     expect(errors).toEqual([
-      't.yaml:3: defaults: unknown key "colour" (use roles, org, key_namespace, namespace, request_org, path, method, expect, reason, rule)',
-      't.yaml:5: case 1 "first": unknown key "methd" (use name, roles, org, key_namespace, namespace, request_org, path, method, expect, reason, rule)',
+      't.yaml:3: defaults: unknown key "colour" (use roles, org, key_namespace, namespace, request_org, path, method, expect, reason, rule, owner, owner_namespace)',
+      't.yaml:5: case 1 "first": unknown key "methd" (use name, roles, org, key_namespace, namespace, request_org, path, method, expect, reason, rule, owner, owner_namespace)',
       't.yaml:6: case 2: missing "expect" (allow or deny)',
     ]);
   });
@@ -234,7 +234,14 @@ describe("evaluation", () => {
     const cases = shipped.flatMap((t) => t.cases).filter((c) => !isManagementResource(c.path));
     expect(cases.length).toBeGreaterThan(400);
     for (const c of cases) {
-      const authorize = createAuthorizer({ lookupKey: async () => ({ status: "ok", key: keyFor(c) }), policy: () => policy, now: () => new Date() });
+      // A case that states an owner is decided with ownership on, the ledger answering that owner.
+      const owner = c.owner === undefined || c.owner === "none" ? null : { org: c.owner, namespace: c.ownerNamespace ?? "default", keyId: "key_owner" };
+      const authorize = createAuthorizer({
+        lookupKey: async () => ({ status: "ok", key: keyFor(c) }),
+        policy: () => policy,
+        now: () => new Date(),
+        ...(c.owner !== undefined && { ownership: { owner: async () => owner } }),
+      });
       const server = await authorize({ credential: "sk-sb-any", path: c.path, method: c.method, namespace: c.namespace, org: c.requestOrg });
       const { key: _key, ...serverDecision } = server;
       expect(decideCase(policy, c), c.name).toEqual(serverDecision);
@@ -332,7 +339,7 @@ describe("the shipped tables (policies/tests/)", () => {
   });
 
   it.each<Role[]>([["reader"], ["writer"], ["platform"], ["admin"], ["admin", "platform"]])("cover every Cube/E2B route × every method for %s, as SPEC.md and the e2b SDK say", (...roles) => {
-    const cases = shipped.flatMap((t) => t.cases).filter((c) => c.roles.join() === roles.join() && c.org === "acme" && c.requestOrg === "" && c.namespace === "" && c.keyNamespace === "*");
+    const cases = shipped.flatMap((t) => t.cases).filter((c) => c.roles.join() === roles.join() && c.org === "acme" && c.requestOrg === "" && c.namespace === "" && c.keyNamespace === "*" && c.owner === undefined);
     const role = roles.join("+");
     for (const route of CUBE_ROUTES) {
       for (const method of KNOWN_METHODS) {

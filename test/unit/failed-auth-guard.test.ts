@@ -1,3 +1,4 @@
+import { NO_ROUTES } from "../../src/core/policy/policy-routes.js";
 import { describe, expect, it } from "vitest";
 import { AUTH_FAIL_MESSAGE, createFailedAuthGuard, delayFor, MAX_DELAY_MS } from "../../src/core/authorize/failed-auth-guard.js";
 import { createAuthorizer } from "../../src/core/authorize/authorizer.js";
@@ -14,7 +15,7 @@ import { createRateLimiter } from "../../src/core/ratelimit/rate-limiter.js";
 
 const VALID = "valid-key";
 const KEY = { id: "key_1", name: "k", org: "acme", namespace: "*", roles: ["reader"], enabled: true, expiresAt: null } as unknown as KeyRecord;
-const POLICY = { decide: () => ({ allowed: true, rule: "policy.csv:1" }), explain: () => [] } as unknown as Policy;
+const POLICY = { decide: () => ({ allowed: true, rule: "policy.csv:1" }), explain: () => [], routes: NO_ROUTES } as unknown as Policy;
 
 function setup(limit = { points: 3, windowSeconds: 60 }, exempt?: (source: string) => boolean) {
   const delays: number[] = [];

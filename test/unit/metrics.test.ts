@@ -47,8 +47,8 @@ describe("label sets are bounded", () => {
     }
     const text = await metrics.render();
     expect(samples(text, "keygate_decisions_total")).toHaveLength(ENTRIES.length * REASONS.length);
-    expect(ENTRIES).toEqual(["rpc", "shim", "ext_authz", "forward_auth"]);
-    expect(REASONS).toHaveLength(9);
+    expect(ENTRIES).toEqual(["rpc", "shim", "ext_authz", "forward_auth", "proxy"]);
+    expect(REASONS).toHaveLength(10);
     // One series per entry: its buckets, +Inf, sum and count.
     expect(samples(text, "keygate_decision_duration_seconds_bucket")).toHaveLength(ENTRIES.length * (DECISION_BUCKETS.length + 1));
     expect(samples(text, "keygate_decision_duration_seconds_count")).toHaveLength(ENTRIES.length);

@@ -1,3 +1,4 @@
+import { NO_ROUTES } from "../../src/core/policy/policy-routes.js";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -194,7 +195,7 @@ describe("4. shadowed rules", () => {
     fc.assert(
       fc.property(fc.array(rule, { minLength: 2, maxLength: 8 }), (drafts) => {
         const rules: PolicyRule[] = drafts.map((d, i) => ({ ...d, index: i, where: `policy.csv:${i + 1}`, ns: "*", text: "" }));
-        const source: PolicySource = { dir: "", modelText: standardModel, files: ["policy.csv"], rules, links: [], diagnostics: [], version: "" };
+        const source: PolicySource = { dir: "", modelText: standardModel, files: ["policy.csv"], rules, links: [], diagnostics: [], routes: NO_ROUTES, version: "" };
         const matches = (r: PolicyRule, org: string, path: string, m: string) => {
           const p = compileKeyMatch2(r.path);
           const re = compileMethodPattern(r.method);
@@ -298,7 +299,7 @@ describe("the whole policy", () => {
       const method = "^(GET|HEAD)$";
       rules.push({ index: i, where: `policy.csv:${i + 1}`, sub: `role${i % 10}`, org, ns: "*", path, method, text: "" });
     }
-    const source: PolicySource = { dir: "", modelText: standardModel, files: ["policy.csv"], rules, links: [], diagnostics: [], version: "" };
+    const source: PolicySource = { dir: "", modelText: standardModel, files: ["policy.csv"], rules, links: [], diagnostics: [], routes: NO_ROUTES, version: "" };
     const started = performance.now();
     expect(lintPolicy(source)).toEqual([]);
     expect(performance.now() - started).toBeLessThan(10_000);

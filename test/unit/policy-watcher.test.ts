@@ -1,3 +1,4 @@
+import { NO_ROUTES } from "../../src/core/policy/policy-routes.js";
 import { cp, mkdir, mkdtemp, readFile, rename, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -26,6 +27,7 @@ function fakePolicy(version: string): Policy {
     info: { dir: "/policies", files: ["policy.csv"], rules: 1, version, loadedAt: new Date(0), engine: "compiled" },
     rules: [],
     links: [],
+    routes: NO_ROUTES,
     decide: () => ({ allowed: version === "allows", rule: "" }),
     explain: () => [],
     inheritedRoles: async () => new Set(),

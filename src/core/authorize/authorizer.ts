@@ -6,7 +6,8 @@ import type { RuleMiss } from "../policy/policy-request.js";
 import type { FailedAuthGuard } from "./failed-auth-guard.js";
 import type { RateLimit } from "../ratelimit/rate-limit.js";
 import type { RateLimiter } from "../ratelimit/rate-limiter.js";
-import { deny, forbiddenMessage, MESSAGES, type AuthorizeInput, type Decision, type DecisionEntry, type KeyIdentity } from "./decision.js";
+import { mayAccess, PLATFORM_ORG, type Owner, type ResourceRef } from "../resources/resource.js";
+import { deny, forbiddenMessage, MESSAGES, notFoundMessage, type AuthorizeInput, type Decision, type DecisionEntry, type KeyIdentity } from "./decision.js";
 import { KNOWN_METHODS, normalizeMethod, normalizePath, type HttpMethod } from "../request/normalize.js";
 
 export interface AuthorizerDeps {
@@ -33,6 +34,16 @@ export interface AuthorizerDeps {
   observe?: DecisionObserver;
   /** Traces decisions (OpenTelemetry); unset = no per-request work at all. */
   tracer?: DecisionTracer;
+  /**
+   * Ownership enforced: a path routes.yaml declares owned is allowed only to
+   * keys of the owner's org and namespace (and platform keys, org "*").
+   * Unset = the ledger is not consulted (single-tenant).
+   */
+  ownership?: {
+    owner(ref: ResourceRef): Promise<Owner | null>;
+    /** The owner when warm in memory (undefined = ask owner()): a warm check costs no promise. */
+    cachedOwner?(ref: ResourceRef): Owner | null | undefined;
+  };
 }
 
 export type Authorize = (input: AuthorizeInput) => Promise<Decision>;
@@ -92,6 +103,7 @@ export function createAuthorizer({
   onDecision,
   observe,
   tracer,
+  ownership,
 }: AuthorizerDeps): Authorize {
   return async function authorize(input) {
     const started = observe ? performance.now() : 0;
@@ -151,9 +163,10 @@ export function createAuthorizer({
     }
     const key = found.key;
     let decision: Decision;
+    const current = policy();
     span?.policyStarted();
     try {
-      decision = decideForSubject(policy(), key, request, identityOf(key), input.explain === true);
+      decision = decideForSubject(current, key, request, identityOf(key), input.explain === true);
     } catch (error) {
       span?.policyEnded(undefined, error);
       onError?.(error);
@@ -161,6 +174,21 @@ export function createAuthorizer({
     }
     span?.policyEnded(decision);
     if (!decision.allowed) return decision;
+    // After the policy (a forbidden route says so whoever owns what), before the rate limit.
+    if (ownership && key.org !== PLATFORM_ORG) {
+      const resource = current.routes.resourceOf(current.routes.strip(request.path));
+      if (resource) {
+        let owner: Owner | null | undefined = ownership.cachedOwner?.(resource);
+        try {
+          if (owner === undefined) owner = await ownership.owner(resource);
+        } catch (error) {
+          onError?.(error);
+          return deny("unavailable", "authorization unavailable: the ownership ledger cannot be reached, request denied", identityOf(key));
+        }
+        const denied = ownershipDeny(key, request, resource, owner, identityOf(key), input.explain === true);
+        if (denied) return denied;
+      }
+    }
     // Only a request the policy allows costs a point: denied requests never drain a budget.
     const limit = key.rateLimit ?? defaultRateLimit;
     if (limit && rateLimiter) {
@@ -177,6 +205,30 @@ export function createAuthorizer({
     onUsed?.(key.id, now());
     return decision;
   }
+}
+
+/**
+ * The ownership check for a request the policy allowed on an owned path:
+ * undefined when the subject may touch the resource, else the not_found deny
+ * (the same for another org's resource and a missing one). Shared by
+ * Authorize and `policy test`, which passes the owner a case states.
+ */
+export function ownershipDeny(
+  subject: Subject,
+  request: Pick<NormalizedRequest, "namespace">,
+  resource: ResourceRef & { route?: { where: string; pattern: string } },
+  owner: Owner | null,
+  identity?: KeyIdentity,
+  explain = false,
+): Decision | undefined {
+  // A key of every namespace asking in one namespace is held to that namespace's resources.
+  const namespace = request.namespace === "" ? subject.namespace : request.namespace;
+  if (mayAccess({ org: subject.org, namespace }, owner)) return undefined;
+  const why = owner ? `owned by org "${owner.org}", namespace "${owner.namespace}"` : "no recorded owner";
+  return {
+    ...deny("not_found", notFoundMessage(resource.kind, resource.id), identity),
+    ...(explain && { explanation: [{ rule: resource.route?.where ?? "", text: resource.route?.pattern ?? "", reasons: [`${resource.kind}/${resource.id}: ${why}; the key is in org "${subject.org}", namespace "${namespace}"`] }] }),
+  };
 }
 
 /** A request after normalization: what the policy sees. */
@@ -231,8 +283,10 @@ export function decideForSubject(policy: Policy, subject: Subject, request: Norm
     return forbidden(shownMethod, explain ? [{ rule: "", text: "", reasons: [`wrong namespace: the key is scoped to "${subject.namespace}", the request is in "${namespace}"`] }] : undefined);
   }
   let rule = "";
+  // A prefix every route is also served under (routes.yaml) is decided without it.
+  const path = policy.routes.strip(request.path);
   for (const method of request.methods) {
-    const asked = { roles: subject.roles, org: subject.org, namespace, path: request.path, method };
+    const asked = { roles: subject.roles, org: subject.org, namespace, path, method };
     const decision = policy.decide(asked);
     if (!decision.allowed) return forbidden(method, explain ? policy.explain(asked) : undefined);
     rule ||= decision.rule;

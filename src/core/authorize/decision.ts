@@ -3,9 +3,9 @@ import type { RateLimitStatus } from "../ratelimit/rate-limit.js";
 
 /**
  * Where a request came in: the RPC services, the Cube callback, Envoy's
- * ext_authz, or an nginx auth_request / Traefik forwardAuth endpoint.
+ * ext_authz, an nginx auth_request / Traefik forwardAuth endpoint, or the proxy.
  */
-export type DecisionEntry = "rpc" | "shim" | "ext_authz" | "forward_auth";
+export type DecisionEntry = "rpc" | "shim" | "ext_authz" | "forward_auth" | "proxy";
 
 /** Why a decision came out as it did. A deny is data, not an exception. */
 export type Reason =
@@ -15,6 +15,7 @@ export type Reason =
   | "revoked"
   | "expired"
   | "forbidden"
+  | "not_found"
   | "rate_limited"
   | "bad_request"
   | "unavailable";
@@ -84,6 +85,14 @@ export function forbiddenMessage(method: string, path: string): string {
   return `API key is not allowed to ${method} ${path}`;
 }
 
+/**
+ * An owned resource the key's org does not own, or that nobody owns: one
+ * answer for both, so a key cannot learn that another org's sandbox exists.
+ */
+export function notFoundMessage(kind: string, id: string): string {
+  return `${kind}/${id} not found`;
+}
+
 export function deny(reason: DenyReason, message: string, key?: KeyIdentity): Deny {
   return { allowed: false, reason, message, matchedRule: "", ...(key && { key }) };
 }
@@ -103,6 +112,8 @@ export function httpStatusFor(reason: Reason): number {
       // nginx auth_request treats anything but 401/403 as an error, so a
       // malformed request is a 403 too.
       return 403;
+    case "not_found":
+      return 404;
     case "rate_limited":
       return 429;
     case "unavailable":

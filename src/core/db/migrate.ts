@@ -4,6 +4,7 @@ import * as createApiKeys from "./migrations/2026-11-24T00-00_create-api-keys.js
 import * as addKeyRateLimit from "./migrations/2026-11-25T00-00_add-key-rate-limit.js";
 import * as createKeyUsage from "./migrations/2026-11-25T01-01_create-key-usage.js";
 import * as createAuditLog from "./migrations/2026-11-25T01-00_create-audit-log.js";
+import * as createOwnedResources from "./migrations/2026-12-07T00-00_create-owned-resources.js";
 
 /**
  * Migrations are imported statically (not read from a folder at run time), so
@@ -14,6 +15,7 @@ const MIGRATIONS: Record<string, Migration> = {
   "2026-11-25T00-00_add-key-rate-limit": addKeyRateLimit,
   "2026-11-25T01-01_create-key-usage": createKeyUsage,
   "2026-11-25T01-00_create-audit-log": createAuditLog,
+  "2026-12-07T00-00_create-owned-resources": createOwnedResources,
 };
 
 const provider: MigrationProvider = { getMigrations: async () => MIGRATIONS };

@@ -5,6 +5,7 @@ export interface Database {
   api_keys: ApiKeyTable;
   key_usage: KeyUsageTable;
   audit_log: AuditLogTable;
+  owned_resources: OwnedResourceTable;
 }
 
 export interface ApiKeyTable {
@@ -65,3 +66,18 @@ export interface AuditLogTable {
 
 export type AuditLogRow = Selectable<AuditLogTable>;
 export type NewAuditLogRow = Insertable<AuditLogTable>;
+
+/** The ownership ledger: one live row per (kind, id); released rows stay for the record. */
+export interface OwnedResourceTable {
+  /** bigserial: a string, as int8 comes back. */
+  seq: ColumnType<string, never, never>;
+  kind: string;
+  id: string;
+  org: string;
+  namespace: string;
+  key_id: string;
+  created_at: Date;
+  released_at: Date | null;
+}
+
+export type OwnedResourceRow = Selectable<OwnedResourceTable>;

@@ -1,4 +1,5 @@
 import type { Kysely } from "kysely";
+import { withDeadline } from "../db/deadline.js";
 import type { Database } from "../db/schema.js";
 import type { KeyCache } from "./key-cache.js";
 import { hashKey, isWellFormedKey, MAX_CREDENTIAL_LENGTH } from "./key-format.js";
@@ -38,15 +39,6 @@ export class KeyLookupTimeoutError extends Error {
   }
 }
 
-function withDeadline<T>(work: Promise<T>, timeoutMs: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new KeyLookupTimeoutError(timeoutMs)), timeoutMs);
-  });
-  // race() handles `work`'s late rejection, so a query failing after the deadline is not unhandled.
-  return Promise.race([work, deadline]).finally(() => clearTimeout(timer));
-}
-
 /** What a lookup reports (a malformed credential reaches neither the cache nor the database: not counted). */
 export interface KeyLookupMetrics {
   cacheHit(): void;
@@ -75,7 +67,7 @@ export function createKeyLookup({ db, cache, keyPrefix, now, metrics, timeoutMs 
       const version = cache.version;
       const started = metrics ? performance.now() : 0;
       try {
-        record = (await withDeadline(findKeyByHash(db, hash), timeoutMs)) ?? null;
+        record = (await withDeadline(findKeyByHash(db, hash), timeoutMs, () => new KeyLookupTimeoutError(timeoutMs))) ?? null;
       } finally {
         metrics?.databaseLookup((performance.now() - started) / 1000);
       }

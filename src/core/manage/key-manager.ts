@@ -1,3 +1,4 @@
+import { PLATFORM_ORG } from "../resources/resource.js";
 import type { Kysely } from "kysely";
 import { decodePageToken, encodePageToken, type PageCursor } from "../db/page-token.js";
 import type { Database } from "../db/schema.js";
@@ -107,7 +108,12 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, pendingLas
         const at = now();
         const caller = principal.kind === "key" ? principal.key : undefined;
         const org = input.org || caller?.org || DEFAULT_ORG;
-        if (!isValidName(org)) return fail("invalid_argument", `invalid org "${printable(org)}": ${NAME_RULE}`);
+        if (org === PLATFORM_ORG) {
+          // A platform operator's key passes every ownership check: only the local operator mints one.
+          if (principal.kind !== "local") return fail("permission_denied", 'only the local operator may create a platform key (org "*")');
+        } else if (!isValidName(org)) {
+          return fail("invalid_argument", `invalid org "${printable(org)}": ${NAME_RULE}, or * for a platform key`);
+        }
         if (principal.kind === "local") n.org = org;
         const namespace = input.namespace || caller?.namespace || ALL_NAMESPACES;
         if (!isValidNamespace(namespace)) return fail("invalid_argument", `invalid namespace "${printable(namespace)}": ${NAME_RULE}, or * for all`);

@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { BracketAwareCsvParser } from "casbin";
 import { compileKeyMatch2, compileMethodPattern, type Compiled } from "./patterns.js";
+import { NO_ROUTES, parseRoutes, ROUTES_FILE, type PolicyRoutes } from "./policy-routes.js";
 
 /**
  * Reading a policy directory: `model.conf` and every `*.csv` file, in name
@@ -52,7 +53,9 @@ export interface PolicySource {
   rules: PolicyRule[];
   links: RoleLink[];
   diagnostics: Diagnostic[];
-  /** Short content hash of model and rules: changes whenever they do. */
+  /** routes.yaml: prefixes and owned paths (none without the file). */
+  routes: PolicyRoutes;
+  /** Short content hash of model, rules and routes: changes whenever they do. */
   version: string;
 }
 
@@ -189,7 +192,7 @@ async function fingerprint(dir: string): Promise<Fingerprint> {
   } catch {
     // Unreadable: readOnce says why.
   }
-  for (const name of entries.filter((n) => n === MODEL_FILE || n.endsWith(".csv")).sort()) await note(name);
+  for (const name of entries.filter((n) => n === MODEL_FILE || n === ROUTES_FILE || n.endsWith(".csv")).sort()) await note(name);
   return { key: parts.join("\n"), newestMtimeMs };
 }
 
@@ -230,7 +233,7 @@ async function readOnce(dir: string): Promise<PolicySource> {
   } catch (error) {
     const reason = (error as NodeJS.ErrnoException).code === "ENOENT" ? "does not exist" : `cannot be read: ${(error as Error).message}`;
     diagnostics.push({ where: "", severity: "error", message: `policy directory ${dir} ${reason}` });
-    return { dir, modelText: "", files: [], rules: [], links: [], diagnostics, version: "" };
+    return { dir, modelText: "", files: [], rules: [], links: [], diagnostics, routes: NO_ROUTES, version: "" };
   }
   let modelText = "";
   const model = await readPolicyFile(dir, MODEL_FILE);
@@ -257,7 +260,24 @@ async function readOnce(dir: string): Promise<PolicySource> {
       parseLine(lines[i]!, `${file}:${i + 1}`, rules, links, diagnostics, checked);
     }
   }
-  return { dir, modelText, files, rules, links, diagnostics, version: hash.digest("hex").slice(0, 12) };
+  let routes = NO_ROUTES;
+  if (entries.includes(ROUTES_FILE)) {
+    const read = await readPolicyFile(dir, ROUTES_FILE);
+    if ("error" in read) diagnostics.push(read.error);
+    else {
+      hash.update(`\0${ROUTES_FILE}\0${read.text}`);
+      const parsed = parseRoutes(read.text);
+      diagnostics.push(...parsed.diagnostics);
+      routes = parsed.routes;
+      for (const rule of rules) {
+        const prefix = routes.prefixes.find((p) => rule.path === p || rule.path.startsWith(`${p}/`));
+        if (prefix) {
+          diagnostics.push({ where: rule.where, severity: "warning", message: `path "${rule.path}" starts with ${prefix}, which ${ROUTES_FILE} strips before every decision: this rule can never match (write it without the prefix)` });
+        }
+      }
+    }
+  }
+  return { dir, modelText, files, rules, links, diagnostics, routes, version: hash.digest("hex").slice(0, 12) };
 }
 
 interface PatternChecks {

@@ -1,6 +1,7 @@
 import { newEnforcer, newModelFromString, type Adapter, type Enforcer, type Model } from "casbin";
 import { compilePolicy } from "./compiled-policy.js";
 import type { PolicyDecision, PolicyRequest, RuleMiss } from "./policy-request.js";
+import type { PolicyRoutes } from "./policy-routes.js";
 import { MODEL_FILE, readPolicySource, type PolicyRule, type ReadPolicyOptions, type PolicySource, type RoleLink } from "./policy-source.js";
 
 /**
@@ -19,6 +20,8 @@ export interface Policy {
   explain(request: PolicyRequest, limit?: number): RuleMiss[];
   readonly rules: readonly PolicyRule[];
   readonly links: readonly RoleLink[];
+  /** routes.yaml: prefixes stripped before deciding, and paths that address an owned resource. */
+  readonly routes: PolicyRoutes;
   readonly info: PolicyInfo;
 }
 
@@ -105,6 +108,7 @@ export async function buildPolicy(source: PolicySource, loadedAt: Date): Promise
       info,
       rules: source.rules,
       links: source.links,
+      routes: source.routes,
       decide: compiled.decide,
       explain: (request, limit = 5) => compiled.explain(request, limit),
       async inheritedRoles(roles, org) {
@@ -179,6 +183,7 @@ async function casbinPolicy(model: Model, source: PolicySource, info: PolicyInfo
     info,
     rules: source.rules,
     links: source.links,
+    routes: source.routes,
     decide({ roles, org, namespace, path, method }) {
       for (const role of roles) {
         const [allowed, rule] = enforcer.enforceExSync(role, org, namespace, path, method);

@@ -10,7 +10,7 @@ import type { StatusCode } from "../../../gen/envoy/type/v3/http_status_pb.js";
  * A decision as Envoy's ext_authz filter takes it. Allow: status OK, and the
  * request goes upstream with X-Auth-User set to the key's id (replacing any
  * the client sent). Deny: a non-OK status and the HTTP response Envoy sends
- * back instead — the status the Cube shim would answer (401, 403, 429, 503)
+ * back instead — the status the Cube shim would answer (401, 403, 404, 429, 503)
  * and the same JSON body, {"code": STATUS, "message": "..."}. An outage is a
  * 503 deny: keygate fails closed whatever the filter's failure_mode_allow.
  */
@@ -49,6 +49,8 @@ function grpcCodeFor(httpStatus: number): number {
   switch (httpStatus) {
     case 401:
       return Code.Unauthenticated;
+    case 404:
+      return Code.NotFound;
     case 429:
       return Code.ResourceExhausted;
     case 503:

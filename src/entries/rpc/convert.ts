@@ -28,6 +28,7 @@ const REASON_TO_PROTO: Record<CoreReason, Reason> = {
   rate_limited: Reason.RATE_LIMITED,
   bad_request: Reason.BAD_REQUEST,
   unavailable: Reason.UNAVAILABLE,
+  not_found: Reason.NOT_FOUND,
 };
 
 const REASON_FROM_PROTO = new Map<Reason, CoreReason>(Object.entries(REASON_TO_PROTO).map(([core, proto]) => [proto, core as CoreReason]));
