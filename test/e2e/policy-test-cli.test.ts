@@ -39,10 +39,11 @@ describe("keygate policy test", () => {
     expect(rows.length).toBe(Number(summary.split(" ")[0]));
     expect(rows.length).toBeGreaterThan(450);
     expect(rows.every((row) => /^PASS {2}policies\/tests\/[\w-]+\.yaml {2,}\S/.test(row)), rows.find((r) => !r.startsWith("PASS"))).toBe(true);
-    for (const file of ["admin", "default-policy", "key-management", "operator", "platform", "reader", "writer"]) {
+    for (const file of ["admin", "default-policy", "key-management", "operator", "ownership", "platform", "reader", "writer", "cubeapi-reader", "cubeapi-writer", "cubeapi-platform", "cubeapi-admin", "cubeapi-operator"]) {
       expect(rows.some((row) => row.includes(`policies/tests/${file}.yaml`)), file).toBe(true);
     }
-    expect(rows).toContain("PASS  policies/tests/reader.yaml          reader GET /sandboxes");
+    // File names are padded to the longest one (cubeapi-operator.yaml).
+    expect(rows).toContain(`PASS  ${"policies/tests/reader.yaml".padEnd("policies/tests/cubeapi-operator.yaml".length)}  reader GET /sandboxes`);
     expect(result.stderr).toBe("");
   });
 

@@ -215,6 +215,11 @@ const ROLE_ROWS: Row[] = [
   { name: "platform deletes a template", headers: () => bearer(k("platform"), "/templates/t1", "DELETE"), expected: { allow: "platform" } },
   { name: "platform writes volume content", headers: () => apiKey(k("platform"), "/volumecontent/v1/file", "PUT"), expected: { allow: "platform" } },
   { name: "platform may not kill a sandbox", headers: () => bearer(k("platform"), "/sandboxes/abc", "DELETE"), expected: { status: 403, message: forbidden("DELETE", "/sandboxes/abc") } },
+  // Cube serves every route under /cubeapi/v1 too; the same rules decide (policies/routes.yaml).
+  { name: "writer opens the terminal under /cubeapi/v1", headers: () => bearer(k("writer"), "/cubeapi/v1/sandboxes/abc/terminal/ws", "GET"), expected: { allow: "writer" } },
+  { name: "reader may not open the terminal under /cubeapi/v1", headers: () => bearer(k("reader"), "/cubeapi/v1/sandboxes/abc/terminal/ws", "GET"), expected: { status: 403, message: /^API key is not allowed to GET (\/cubeapi\/v1)?\/sandboxes\/abc\/terminal\/ws$/ } },
+  { name: "admin may not delete a template under /cubeapi/v1", headers: () => bearer(k("admin"), "/cubeapi/v1/templates/t1", "DELETE"), expected: { status: 403, message: /^API key is not allowed to DELETE (\/cubeapi\/v1)?\/templates\/t1$/ } },
+  { name: "platform deletes a template under /cubeapi/v1", headers: () => bearer(k("platform"), "/cubeapi/v1/templates/t1", "DELETE"), expected: { allow: "platform" } },
 ];
 
 /** Cube's order: Authorization: Bearer wins over X-API-Key, with no fallback when it is wrong. */

@@ -338,19 +338,25 @@ describe("the shipped tables (policies/tests/)", () => {
     expect(results.length).toBeGreaterThan(450);
   });
 
-  it.each<Role[]>([["reader"], ["writer"], ["platform"], ["admin"], ["admin", "platform"]])("cover every Cube/E2B route × every method for %s, as SPEC.md and the e2b SDK say", (...roles) => {
-    const cases = shipped.flatMap((t) => t.cases).filter((c) => c.roles.join() === roles.join() && c.org === "acme" && c.requestOrg === "" && c.namespace === "" && c.keyNamespace === "*" && c.owner === undefined);
-    const role = roles.join("+");
-    for (const route of CUBE_ROUTES) {
-      for (const method of KNOWN_METHODS) {
-        const found = cases.filter((c) => c.path === route.example && c.method === method);
-        expect(found.length, `${role} ${method} ${route.example}`).toBeGreaterThan(0);
-        const may = mayUse(roles, route, method);
-        expect(found.map((c) => c.expect), `${role} ${method} ${route.example}`).toEqual(found.map(() => (may ? "allow" : "deny")));
-        if (may) expect(found.some((c) => c.rule !== undefined), `${role} ${method} ${route.example} names its rule`).toBe(true);
+  // Cube serves every route at / and under /cubeapi/v1 (routes.yaml strips the prefix): both forms are in the tables.
+  const keys: Role[][] = [["reader"], ["writer"], ["platform"], ["admin"], ["admin", "platform"]];
+  it.each(keys.flatMap((roles) => ["", "/cubeapi/v1"].map((prefix) => [roles.join(" + "), prefix, roles] as const)))(
+    "cover every Cube/E2B route × every method for %s, as SPEC.md and the e2b SDK say (prefix %j)",
+    (_, prefix, roles) => {
+      const cases = shipped.flatMap((t) => t.cases).filter((c) => c.roles.join() === roles.join() && c.org === "acme" && c.requestOrg === "" && c.namespace === "" && c.keyNamespace === "*" && c.owner === undefined);
+      const role = roles.join("+");
+      for (const route of CUBE_ROUTES) {
+        const path = prefix + route.example;
+        for (const method of KNOWN_METHODS) {
+          const found = cases.filter((c) => c.path === path && c.method === method);
+          expect(found.length, `${role} ${method} ${path}`).toBeGreaterThan(0);
+          const may = mayUse(roles, route, method);
+          expect(found.map((c) => c.expect), `${role} ${method} ${path}`).toEqual(found.map(() => (may ? "allow" : "deny")));
+          if (may) expect(found.some((c) => c.rule !== undefined), `${role} ${method} ${path} names its rule`).toBe(true);
+        }
       }
-    }
-  });
+    },
+  );
 
   it("name rules that are p lines of policy.csv which really allow the case", () => {
     const lines = readFileSync(join(POLICY_DIR, "policy.csv"), "utf8").split(/\r?\n/);
@@ -364,7 +370,7 @@ describe("the shipped tables (policies/tests/)", () => {
       expect(ptype, label).toBe("p");
       expect(c.roles.flatMap((role) => INHERITS[role] ?? [role]), label).toContain(sub);
       expect([org, ns], label).toEqual(["*", "*"]);
-      const path = c.path.split("?")[0]!.replace(/\/+/g, "/").replace(/(.)\/$/, "$1").replace("%2D", "-");
+      const path = c.path.split("?")[0]!.replace(/\/+/g, "/").replace(/(.)\/$/, "$1").replace("%2D", "-").replace(/^\/cubeapi\/v1(?=\/)/, "");
       expect(pathMatches(path, pattern!), label).toBe(true);
       expect(new RegExp(method!).test(c.method === "" ? "GET" : c.method.toUpperCase()), label).toBe(true);
     }
