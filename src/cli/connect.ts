@@ -16,7 +16,7 @@ import { createKeygateClient, type KeygateClient } from "../client/keygate-clien
 
 /**
  * How the CLI reaches keygate. Every mode is a Connect transport to the same
- * services (Authorize, KeyService, AuditService), so every command has one code path:
+ * services (Authorize, KeyService, AuditService, ResourceService), so every command has one code path:
  * - remote (`--server URL`): ManageKey over the network, authenticated with
  *   an admin key (KEYGATE_API_KEY);
  * - control socket: a server holds this PGlite data dir, so go through its
@@ -29,6 +29,7 @@ export interface Connection {
   keys: KeygateClient["keys"];
   authorize: KeygateClient["authorize"];
   audit: KeygateClient["audit"];
+  resources: KeygateClient["resources"];
   status(): Promise<ServerStatus & { server: "running" | "not running" | "unknown" }>;
   close(): Promise<void>;
 }
@@ -38,12 +39,13 @@ const LOCK_WAIT_MS = 10_000;
 export async function connectRemote(server: string, apiKey: string): Promise<Connection> {
   if (!apiKey) throw new CliError("--server needs an admin key: set KEYGATE_API_KEY (or --api-key)");
   // A service author's client, as any other service would use it; commands wait as long as they need.
-  const { authorize, keys, audit } = createKeygateClient({ baseUrl: server, httpVersion: "1.1", apiKey, timeoutMs: 0 });
+  const { authorize, keys, audit, resources } = createKeygateClient({ baseUrl: server, httpVersion: "1.1", apiKey, timeoutMs: 0 });
   return {
     mode: "remote",
     authorize,
     keys,
     audit,
+    resources,
     status: () => Promise.reject(new CliError("status is available on the machine that holds the data, not over --server")),
     close: async () => {},
   };
@@ -122,8 +124,8 @@ function viaSocket(socketPath: string): Connection {
 }
 
 function clients(transport: Transport) {
-  const { authorize, keys, audit } = createKeygateClient({ transport, timeoutMs: 0 });
-  return { authorize, keys, audit };
+  const { authorize, keys, audit, resources } = createKeygateClient({ transport, timeoutMs: 0 });
+  return { authorize, keys, audit, resources };
 }
 
 function getJson<T>(socketPath: string, path: string): Promise<T> {

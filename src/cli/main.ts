@@ -2,6 +2,7 @@ import { ConnectError } from "@connectrpc/connect";
 import { runAudit } from "./audit-command.js";
 import { runCheck, runKeygen, runKeys } from "./key-commands.js";
 import { runPolicy } from "./policy-commands.js";
+import { runResources } from "./resource-commands.js";
 import { runMigrate, runServe, runShim, runStatus } from "./server-commands.js";
 import { CliError } from "./args.js";
 import { USAGE } from "./usage.js";
@@ -27,6 +28,8 @@ export async function main(argv: string[]): Promise<number> {
         return await runCheck(rest);
       case "audit":
         return await runAudit(rest);
+      case "resources":
+        return await runResources(rest);
       case "policy":
         return await runPolicy(rest);
       case undefined:

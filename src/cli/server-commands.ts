@@ -117,6 +117,7 @@ export async function runServe(args: string[]): Promise<number> {
       policy_version: policy.version,
       policy_rules: policy.rules,
       shim_path: config.shimPath,
+      cube_webhook: config.cubeWebhookSecret ? "/webhooks/cube" : "off",
       rate_limits: config.redisUrl ? "redis" : "memory",
       default_rate_limit: config.defaultRateLimit ? formatRateLimit(config.defaultRateLimit) : null,
       auth_fail_limit: config.authFailLimit ? formatRateLimit(config.authFailLimit) : "off",

@@ -29,6 +29,15 @@ Keys
                         who changed keys, and refused attempts, newest first (--since 24h =
                         the last 24 hours; default --limit 100)
 
+Owned resources (who owns which sandbox; --kind KIND, default sandboxes)
+  resources list [--kind K] [--org ORG] [--namespace NS] [--key KEY_ID] [--released] [--page-size N] [--page-token T] [--all]
+  resources get ID [--kind K]
+  resources claim ID [--kind K] [--org ORG] [--namespace NS]
+                        record an owner for a resource keygate's proxy did not create
+  resources release ID [--kind K]
+                        end its ownership (it was destroyed); Cube's sandbox.deleted
+                        webhook does this by itself (KEYGATE_CUBE_WEBHOOK_SECRET)
+
 Policy (read files only, never the database)
   policy lint [DIR]     check the policy: syntax, undefined roles, g cycles, shadowed rules,
                         over-broad paths, unknown methods, unanchored regexes (exit 1 on errors)

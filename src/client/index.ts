@@ -3,7 +3,7 @@
  * TypeScript or JavaScript, without generating code of its own.
  *
  * - `createKeygateClient({ baseUrl, apiKey? })`: typed Connect clients for
- *   Authorize(Stream), ManageKey and ListAuditEvents.
+ *   Authorize(Stream), ManageKey, ListAuditEvents and ResourceService.
  * - Everything generated from proto/keygate/v1 (services, message types and
  *   schemas, the `Reason` enum): those protos are the contract, so all of it
  *   is public, and nothing else under gen/ is.
@@ -15,6 +15,7 @@
 export * from "../../gen/keygate/v1/authorize_pb.js";
 export * from "../../gen/keygate/v1/key_pb.js";
 export * from "../../gen/keygate/v1/audit_pb.js";
+export * from "../../gen/keygate/v1/resource_pb.js";
 export { Code, ConnectError, type CallOptions, type Client, type Interceptor, type Transport } from "@connectrpc/connect";
 export { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 export {

@@ -3,12 +3,13 @@ import { createConnectTransport, Http2SessionManager } from "@connectrpc/connect
 import { AuditService } from "../../gen/keygate/v1/audit_pb.js";
 import { AuthorizeService } from "../../gen/keygate/v1/authorize_pb.js";
 import { KeyService } from "../../gen/keygate/v1/key_pb.js";
+import { ResourceService } from "../../gen/keygate/v1/resource_pb.js";
 
 /** What every keygate client takes, whichever way it reaches the server. */
 export interface KeygateClientCommonOptions {
   /**
-   * A key allowed to manage keys (or read the audit log), sent as
-   * `Authorization: Bearer …` on KeyService and AuditService calls only:
+   * A key allowed to manage keys (or read the audit log, or claim resources), sent as
+   * `Authorization: Bearer …` on KeyService, AuditService and ResourceService calls only:
    * Authorize carries the key it checks in its request, and needs no key of
    * the caller's. A call's own `Authorization` header wins.
    */
@@ -49,7 +50,7 @@ export interface KeygateTransportOptions extends KeygateClientCommonOptions {
 
 export type KeygateClientOptions = KeygateUrlOptions | KeygateTransportOptions;
 
-/** Typed clients for keygate's three services, sharing one transport. */
+/** Typed clients for keygate's services, sharing one transport. */
 export interface KeygateClient {
   /** Authorize and AuthorizeStream: a deny is a response (`allowed: false`, a reason), not an error. */
   authorize: Client<typeof AuthorizeService>;
@@ -57,6 +58,8 @@ export interface KeygateClient {
   keys: Client<typeof KeyService>;
   /** ListAuditEvents. Needs `apiKey`. */
   audit: Client<typeof AuditService>;
+  /** Claim, Release, Get, List of owned resources (who owns which sandbox). Needs `apiKey`. */
+  resources: Client<typeof ResourceService>;
   /**
    * Closes the HTTP/2 connection this client opened (none for HTTP/1.1 or a
    * given transport). Not needed for a process to exit, since an idle
@@ -93,6 +96,7 @@ export function createKeygateClient(options: KeygateClientOptions): KeygateClien
     authorize: createClient(AuthorizeService, decisions),
     keys: createClient(KeyService, managed),
     audit: createClient(AuditService, managed),
+    resources: createClient(ResourceService, managed),
     close: () => session?.abort(),
   };
 }

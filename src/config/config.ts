@@ -95,6 +95,8 @@ export interface ServeConfig extends RuntimeConfig {
   requestTimeoutMs: number;
   /** Its request line and headers within this (KEYGATE_HEADERS_TIMEOUT), or 408; also a new connection's first bytes. */
   headersTimeoutMs: number;
+  /** The secret Cube signs its webhooks with (KEYGATE_CUBE_WEBHOOK_SECRET); unset, /webhooks/cube is off. */
+  cubeWebhookSecret: string | undefined;
 }
 
 export interface ShimConfig {
@@ -280,6 +282,7 @@ const SERVE_SETTINGS = [
   "maxHeaderBytes",
   "requestTimeout",
   "headersTimeout",
+  "cubeWebhookSecret",
 ] as const;
 
 function listenerLimits(read: Read<"maxHeaderBytes" | "requestTimeout" | "headersTimeout">, errors: string[]): Pick<ServeConfig, "maxHeaderBytes" | "requestTimeoutMs" | "headersTimeoutMs"> {
@@ -311,6 +314,7 @@ export function readServeConfig(flags: Flags, env: Env, cwd: string): ConfigResu
     logLevel: values.logLevel,
     metrics: values.metrics,
     tracing: readTracingConfig(env, errors),
+    cubeWebhookSecret: values.cubeWebhookSecret,
     ...listenerLimits(read, errors),
   });
 }

@@ -17,11 +17,11 @@ import { FORWARD_AUTH_PATHS, OPERATIONS_PATHS } from "./public-paths.js";
  * from it (test/unit/config-docs.test.ts fails when the docs drift).
  */
 
-export const COMMANDS = ["serve", "shim", "migrate", "status", "keygen", "keys", "check", "audit", "policy"] as const;
+export const COMMANDS = ["serve", "shim", "migrate", "status", "keygen", "keys", "check", "audit", "resources", "policy"] as const;
 export type Command = (typeof COMMANDS)[number];
 
 /** Status and the key commands: each opens the data (unless given --server), so reads what the runtime needs. */
-export const KEY_COMMANDS = ["status", "keygen", "keys", "check", "audit"] as const satisfies readonly Command[];
+export const KEY_COMMANDS = ["status", "keygen", "keys", "check", "audit", "resources"] as const satisfies readonly Command[];
 
 const SERVERS = ["serve", "shim"] as const satisfies readonly Command[];
 const RUNTIME = ["serve", ...KEY_COMMANDS] as const satisfies readonly Command[];
@@ -480,6 +480,14 @@ export const SETTINGS = {
     details: "same answers, a fraction of the cost; `false` sends every call through the adapter",
     commands: ["serve"],
     type: toggle(),
+  },
+  cubeWebhookSecret: {
+    env: "KEYGATE_CUBE_WEBHOOK_SECRET",
+    unset: "off: `/webhooks/cube` answers 404",
+    description: "Cube's webhook signing secret (its `WEBHOOK_SECRET`): turns on `POST /webhooks/cube`, where a signed `sandbox.deleted` releases the sandbox's ownership entry",
+    details: "at least 16 characters; never echoed",
+    commands: ["serve"],
+    type: z.string().refine((text) => text.length >= 16, { error: "must be at least 16 characters (the secret Cube signs its webhooks with, WEBHOOK_SECRET)" }),
   },
   apiKey: {
     flag: "api-key",

@@ -18,7 +18,7 @@ import { MODEL_FILE, type Diagnostic, type PolicyRule, type PolicySource, type R
  */
 
 /** ManageKey's resources (README, "Managing keys"), as the key service names them. */
-const MANAGEMENT_EXAMPLES = ["keys", "keys/key_x", "keys/key_x/revoke", "keys/key_x/rotate", "keys/reset-all", "audit"];
+const MANAGEMENT_EXAMPLES = ["keys", "keys/key_x", "keys/key_x/revoke", "keys/key_x/rotate", "keys/reset-all", "audit", "resources", "resources/sandboxes/sb-x"];
 
 const KNOWN = new Set<string>(KNOWN_METHODS);
 const KNOWN_LIST = KNOWN_METHODS.join(", ");

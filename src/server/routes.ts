@@ -1,17 +1,22 @@
 import type { ConnectRouter } from "@connectrpc/connect";
 import type { DescService } from "@bufbuild/protobuf";
-import type { CredentialSource } from "../config/config.js";
+import type { CredentialSource, ServeConfig } from "../config/config.js";
+import type { Handler } from "../http/listener.js";
+import { CUBE_WEBHOOK_PATH, cubeWebhookHandler } from "../entries/webhooks/cube-webhook.js";
 import type { Runtime } from "./runtime.js";
 import type { Logger } from "../telemetry/logger.js";
 import { errorFields } from "../telemetry/logger.js";
 import { AuthorizeService } from "../../gen/keygate/v1/authorize_pb.js";
 import { AuditService } from "../../gen/keygate/v1/audit_pb.js";
 import { KeyService } from "../../gen/keygate/v1/key_pb.js";
+import { ResourceService } from "../../gen/keygate/v1/resource_pb.js";
 import { Authorization } from "../../gen/envoy/service/auth/v3/external_auth_pb.js";
 import { Health } from "../../gen/grpc/health/v1/health_pb.js";
 import { ServerReflection } from "../../gen/grpc/reflection/v1/reflection_pb.js";
 import { ServerReflection as ServerReflectionV1alpha } from "../../gen/grpc/reflection/v1alpha/reflection_pb.js";
 import { createAuditLog } from "../core/manage/audit-log.js";
+import { createResourceManager } from "../core/manage/resource-manager.js";
+import { createResourceService } from "../entries/rpc/resource-service.js";
 import { createExtAuthzService } from "../entries/extauthz/ext-authz.js";
 import { createAuditService } from "../entries/rpc/audit-service.js";
 import { createAuthorizeService } from "../entries/rpc/authorize-service.js";
@@ -28,6 +33,7 @@ export const SERVED_SERVICES: readonly DescService[] = [
   AuthorizeService,
   KeyService,
   AuditService,
+  ResourceService,
   Authorization,
   Health,
   ServerReflection,
@@ -45,6 +51,7 @@ export function createRoutes(runtime: Runtime, credentialPriority: readonly Cred
   // Over Postgres other processes may cache the same keys: tell them about every change.
   const announce = runtime.store.kind === "postgres" ? createKeyChangeAnnouncer(runtime.store.db) : undefined;
   const reflection = createReflectionIndex(SERVED_SERVICES);
+  const principalOf = createPrincipalOf({ lookupKey: runtime.lookupKey, credentialPriority, dev: runtime.dev, localOperator });
   return (router: ConnectRouter) => {
     router.service(
       AuthorizeService,
@@ -62,7 +69,15 @@ export function createRoutes(runtime: Runtime, credentialPriority: readonly Cred
       AuditService,
       createAuditService({
         audit: createAuditLog({ db: runtime.store.db, policy: runtime.policy, now: () => new Date() }),
-        principalOf: createPrincipalOf({ lookupKey: runtime.lookupKey, credentialPriority, dev: runtime.dev, localOperator }),
+        principalOf,
+        log,
+      }),
+    );
+    router.service(
+      ResourceService,
+      createResourceService({
+        resources: createResourceManager({ ledger: runtime.resources, db: runtime.store.db, policy: runtime.policy, now: () => new Date() }),
+        principalOf,
         log,
       }),
     );
@@ -86,4 +101,14 @@ export function createRoutes(runtime: Runtime, credentialPriority: readonly Cred
     router.service(ServerReflection, createReflectionService(reflection, options.shutdown));
     router.service(ServerReflectionV1alpha, createReflectionServiceV1alpha(reflection, options.shutdown));
   };
+}
+
+/**
+ * The webhooks the public port receives, by path: Cube's sandbox lifecycle
+ * events (off, answering 404, without KEYGATE_CUBE_WEBHOOK_SECRET). They read
+ * a body, so serve.ts leaves their size to them.
+ */
+export function webhookEndpoints(runtime: Runtime, config: Partial<Pick<ServeConfig, "cubeWebhookSecret">>, log: Logger): [string, Handler][] {
+  const resources = createResourceManager({ ledger: runtime.resources, db: runtime.store.db, policy: runtime.policy, now: () => new Date() });
+  return [[CUBE_WEBHOOK_PATH, cubeWebhookHandler({ secret: config.cubeWebhookSecret, releaseFromEvent: resources.releaseFromEvent, log })]];
 }

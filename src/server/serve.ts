@@ -26,7 +26,7 @@ import { requestSource } from "../http/client-ip.js";
 import { sourceContextValues } from "../http/rpc-context.js";
 import { createAuthorizeCall } from "../entries/rpc/authorize-call.js";
 import { createDirectAuthorize } from "../entries/rpc/direct-authorize.js";
-import { createRoutes } from "./routes.js";
+import { createRoutes, webhookEndpoints } from "./routes.js";
 
 export interface RunningServer {
   port: number;
@@ -54,7 +54,7 @@ const ENDPOINT_BODY_MAX_BYTES = 64 * 1024;
  * the connect-node adapter.
  */
 export function createRequestHandler(
-  config: Pick<ServeConfig, "credentialPriority" | "clientIp" | "shimPath" | "directAuthorize">,
+  config: Pick<ServeConfig, "credentialPriority" | "clientIp" | "shimPath" | "directAuthorize"> & Partial<Pick<ServeConfig, "cubeWebhookSecret">>,
   runtime: Runtime,
   log: Logger,
   shutdown?: AbortSignal,
@@ -90,13 +90,19 @@ export function createRequestHandler(
     onError: (error) => log.error("operations endpoint error", errorFields(error)),
   });
   for (const [path, handler] of operations) endpoints.set(path, handler);
+  // Webhooks (/webhooks/cube) read a body and cap it themselves.
+  const webhooks = new Set<Handler>();
+  for (const [path, handler] of webhookEndpoints(runtime, config, log)) {
+    endpoints.set(path, handler);
+    webhooks.add(handler);
+  }
   // Every request gets an id (x-request-id in and out); at debug level, a log line when it ends.
   // The Cube callback and the direct Authorize path put x-request-id in their own writeHead (the
   // fast path); everything else gets it set here first.
   return withRequestIds<Parameters<Handler>[0], Parameters<Handler>[1]>(
     (req, res) => {
       const endpoint = endpoints.get(urlPath(req.url));
-      if (endpoint && declaredLength(req) > ENDPOINT_BODY_MAX_BYTES) {
+      if (endpoint && !webhooks.has(endpoint) && declaredLength(req) > ENDPOINT_BODY_MAX_BYTES) {
         setRequestIdHeader(req, res);
         refuseBody(req, res);
       } else if (endpoint === shimEndpoint) endpoint(req, res);

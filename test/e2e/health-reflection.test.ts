@@ -24,6 +24,7 @@ const SERVICES = [
   "keygate.v1.AuditService",
   "keygate.v1.AuthorizeService",
   "keygate.v1.KeyService",
+  "keygate.v1.ResourceService",
 ];
 
 let data: TestDataDir;
@@ -309,6 +310,10 @@ describe("buf curl without --schema (server reflection)", () => {
       "keygate.v1.AuthorizeService/Authorize",
       "keygate.v1.AuthorizeService/AuthorizeStream",
       "keygate.v1.KeyService/ManageKey",
+      "keygate.v1.ResourceService/Claim",
+      "keygate.v1.ResourceService/Get",
+      "keygate.v1.ResourceService/List",
+      "keygate.v1.ResourceService/Release",
     ]);
   });
 

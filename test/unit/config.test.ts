@@ -71,6 +71,7 @@ const VIEW: Record<SettingName, (config: ServeConfig & ShimConfig & CliKeys) => 
   headersTimeout: (c) => c.headersTimeoutMs,
   requestTimeout: (c) => c.requestTimeoutMs,
   directAuthorize: (c) => c.directAuthorize,
+  cubeWebhookSecret: (c) => c.cubeWebhookSecret,
   apiKey: (c) => c.apiKey,
   checkKey: (c) => c.checkKey,
 };
@@ -145,6 +146,7 @@ const DEFAULTS: [SettingName, unknown][] = [
   ["headersTimeout", 15_000],
   ["requestTimeout", 30_000],
   ["directAuthorize", true],
+  ["cubeWebhookSecret", undefined],
   ["apiKey", undefined],
   ["checkKey", undefined],
 ];
@@ -200,6 +202,7 @@ const VALID: [SettingName, string, unknown][] = [
   ["headersTimeout", "100ms", 100],
   ["requestTimeout", "1h", 3_600_000],
   ["directAuthorize", "0", false],
+  ["cubeWebhookSecret", "a shared secret, as Cube has it", "a shared secret, as Cube has it"],
   ["apiKey", "sk-sb-anAdminKeyAsGiven", "sk-sb-anAdminKeyAsGiven"],
   ["checkKey", "not even shaped like a key", "not even shaped like a key"],
 ];
@@ -244,6 +247,7 @@ const INVALID: [SettingName, string, string][] = [
   ["headersTimeout", "10ms", '"10ms" is not a duration from 100ms to 1h (e.g. 500ms, 30s)'],
   ["requestTimeout", "soon", '"soon" is not a duration from 100ms to 1h (e.g. 500ms, 30s)'],
   ["directAuthorize", "2", '"2" is not a boolean (use true or false)'],
+  ["cubeWebhookSecret", "too-short", "must be at least 16 characters (the secret Cube signs its webhooks with, WEBHOOK_SECRET)"],
 ];
 
 /** Settings that take any text: only an empty flag is refused. */

@@ -112,7 +112,8 @@ export type AuditEvent = Message<"keygate.v1.AuditEvent"> & {
 
   /**
    * create, update, enable, revoke, rotate, delete, reset_all; get, list and
-   * audit appear only when refused.
+   * audit appear only when refused. ResourceService and Cube's webhook:
+   * resource.claim, resource.release (resource.get, resource.list when refused).
    *
    * @generated from field: string action = 4;
    */
@@ -120,6 +121,7 @@ export type AuditEvent = Message<"keygate.v1.AuditEvent"> & {
 
   /**
    * The key acted on; empty when there is none (create refused, list, reset_all).
+   * For resource.* actions, the resource as "KIND/ID" (e.g. "sandboxes/sb-1").
    *
    * @generated from field: string target = 5;
    */

@@ -4,7 +4,22 @@
  * key or a key hash.
  */
 
-export type AuditAction = "create" | "get" | "list" | "update" | "enable" | "revoke" | "rotate" | "delete" | "reset_all" | "audit";
+export type AuditAction =
+  | "create"
+  | "get"
+  | "list"
+  | "update"
+  | "enable"
+  | "revoke"
+  | "rotate"
+  | "delete"
+  | "reset_all"
+  | "audit"
+  // ResourceService and the Cube webhook (target "KIND/ID"); get and list appear only when refused.
+  | "resource.claim"
+  | "resource.release"
+  | "resource.get"
+  | "resource.list";
 
 export interface AuditEvent {
   id: string;

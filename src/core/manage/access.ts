@@ -13,7 +13,7 @@ import { managementDecision } from "./management.js";
 
 export type Principal = { kind: "local" } | { kind: "key"; key: KeyRecord };
 
-export type ManageErrorCode = "invalid_argument" | "not_found" | "permission_denied";
+export type ManageErrorCode = "invalid_argument" | "not_found" | "permission_denied" | "already_exists";
 export type ManageFailure = { ok: false; code: ManageErrorCode; message: string };
 /** A management outcome: a refusal is data (with the RPC code it maps to), not an exception. */
 export type ManageResult<T> = { ok: true; value: T } | ManageFailure;

@@ -13,10 +13,12 @@ import { ALL_NAMESPACES } from "../keys/key-record.js";
  *   delete DELETE keys/:id · revoke POST keys/:id/revoke · rotate POST keys/:id/rotate
  *   reset-all POST keys/reset-all
  *   AuditService/ListAuditEvents GET audit (the audit log, own org only)
+ *   ResourceService: claim POST resources · list GET resources
+ *   get GET resources/:kind/:id · release DELETE resources/:kind/:id
  */
-export const MANAGEMENT_RESOURCES = ["keys", "keys/:id", "keys/:id/revoke", "keys/:id/rotate", "keys/reset-all", "audit"] as const;
+export const MANAGEMENT_RESOURCES = ["keys", "keys/:id", "keys/:id/revoke", "keys/:id/rotate", "keys/reset-all", "audit", "resources", "resources/:kind/:id"] as const;
 
-const RESOURCE = /^(keys(\/[A-Za-z0-9_.~-]+)*|audit)$/;
+const RESOURCE = /^((keys|resources)(\/[A-Za-z0-9_.~:-]+)*|audit)$/;
 
 export function isManagementResource(path: string): boolean {
   return RESOURCE.test(path);

@@ -112,3 +112,17 @@ export async function countLiveBy(db: Db, kind: string, by: { org: string } | { 
   const row = await query.executeTakeFirstOrThrow();
   return Number(row.n);
 }
+
+/** The newest entry for a resource, live or released (ResourceService's get, idempotent release). */
+export async function findLatest(db: Db, ref: ResourceRef): Promise<OwnedResource | undefined> {
+  const row = await db
+    .selectFrom("owned_resources")
+    .selectAll()
+    .where("kind", "=", ref.kind)
+    .where("id", "=", ref.id)
+    .orderBy("created_at", "desc")
+    .orderBy("seq", "desc")
+    .limit(1)
+    .executeTakeFirst();
+  return row && toResource(row);
+}

@@ -15,7 +15,7 @@ export interface AuditServiceDeps {
   log: Logger;
 }
 
-const CODES = { invalid_argument: Code.InvalidArgument, not_found: Code.NotFound, permission_denied: Code.PermissionDenied } as const;
+const CODES = { invalid_argument: Code.InvalidArgument, not_found: Code.NotFound, permission_denied: Code.PermissionDenied, already_exists: Code.AlreadyExists } as const;
 
 export function createAuditService({ audit, principalOf, log }: AuditServiceDeps): ServiceImpl<typeof AuditService> {
   return {

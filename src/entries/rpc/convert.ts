@@ -15,6 +15,8 @@ import {
   type RuleMiss,
 } from "../../../gen/keygate/v1/authorize_pb.js";
 import { ApiKeySchema, DailyUsageSchema, type ApiKey } from "../../../gen/keygate/v1/key_pb.js";
+import { ResourceSchema, type Resource } from "../../../gen/keygate/v1/resource_pb.js";
+import type { OwnedResource } from "../../core/resources/resource.js";
 
 /** Core values ↔ protobuf messages, at the edge only (the core never imports gen/). */
 
@@ -121,5 +123,17 @@ export function keyToProto(key: KeyRecord): ApiKey {
       requestsAllowed7d: BigInt(key.usage.allowed7d),
       requestsDenied7d: BigInt(key.usage.denied7d),
     }),
+  });
+}
+
+export function resourceToProto(resource: OwnedResource): Resource {
+  return create(ResourceSchema, {
+    kind: resource.kind,
+    id: resource.id,
+    org: resource.org,
+    namespace: resource.namespace,
+    keyId: resource.keyId,
+    createdAt: timestampFromDate(resource.createdAt),
+    ...(resource.releasedAt && { releasedAt: timestampFromDate(resource.releasedAt) }),
   });
 }

@@ -43,7 +43,7 @@ export interface KeyServiceDeps {
   announce?: AnnounceKeyChange;
 }
 
-const CODES = { invalid_argument: Code.InvalidArgument, not_found: Code.NotFound, permission_denied: Code.PermissionDenied } as const;
+const CODES = { invalid_argument: Code.InvalidArgument, not_found: Code.NotFound, permission_denied: Code.PermissionDenied, already_exists: Code.AlreadyExists } as const;
 
 function unwrap<T>(result: ManageResult<T>): T {
   if (!result.ok) throw new ConnectError(result.message, CODES[result.code]);
