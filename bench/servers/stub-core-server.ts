@@ -21,7 +21,7 @@ const ALLOW: Decision = {
   allowed: true,
   reason: "allowed",
   message: "",
-  matchedRule: "policy.csv:15",
+  matchedRule: "policy.csv:26",
   key: { id: "key_0000000000benchstub", name: "bench-warm", org: "bench", namespace: "*", roles: ["reader"] },
 };
 const ALLOWED: Promise<Decision> = Promise.resolve(ALLOW);

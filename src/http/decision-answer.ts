@@ -1,14 +1,15 @@
 import type { ServerResponse } from "node:http";
 import type { Http2ServerResponse } from "node:http2";
 import { httpStatusFor, type Decision } from "../core/authorize/decision.js";
+import { identityHeaders } from "./identity-headers.js";
 import { requestIdOfResponse } from "./request-id.js";
 
 /**
  * A decision as an HTTP answer, shared by the Cube callback, the gateway
  * endpoints and (as headers) Envoy's ext_authz. Allow: 200 with X-Auth-User
- * (the key's id) and an empty JSON object. Deny: the reason's status
- * (401/403/429/503) with {"code": STATUS, "message": "..."}; a 429 says when
- * to retry.
+ * and X-User-ID (the key's id), X-User-Name (its name; identity-headers.ts)
+ * and an empty JSON object. Deny: the reason's status (401/403/429/503) with
+ * {"code": STATUS, "message": "..."}; a 429 says when to retry.
  */
 
 type Response = ServerResponse | Http2ServerResponse;
@@ -33,7 +34,7 @@ const ALLOW_BODY = "{}";
 
 export function writeDecision(res: Response, decision: Decision): void {
   if (decision.allowed) {
-    writeRaw(res, 200, ALLOW_BODY, { "x-auth-user": decision.key?.id ?? "dev-mode", ...rateLimitHeaders(decision) });
+    writeRaw(res, 200, ALLOW_BODY, { ...identityHeaders(decision.key), ...rateLimitHeaders(decision) });
     return;
   }
   const status = httpStatusFor(decision.reason);

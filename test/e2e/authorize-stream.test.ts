@@ -68,8 +68,9 @@ function requestKinds(): Request[] {
     request(keys.reader.key, "/sandboxes/abc", "DELETE"), // forbidden
     request(keys.reader.key, "/sandboxes/abc", "DELETE", { explain: true }), // forbidden; explain ignored on the public port
     request(keys.writer.key, "/sandboxes/abc", "DELETE"), // allowed
-    request(keys.admin.key, "/anything/at/all", "PUT"), // allowed
-    request(keys.admin.key, "/sandboxes/abc", ""), // allowed: every method
+    request(keys.admin.key, "/sandboxes/abc/pause", "POST"), // allowed
+    request(keys.admin.key, "/anything/at/all", "PUT"), // forbidden: no route, and admin has no catch-all
+    request(keys.admin.key, "/sandboxes/abc", ""), // forbidden: not every method
     request(keys.admin.key, "/sandboxes/abc", "GET", { org: "globex" }), // forbidden: wrong org
     request(keys.alphaWriter.key, "/sandboxes/abc", "DELETE", { namespace: "team-alpha" }), // allowed
     request(keys.alphaWriter.key, "/sandboxes/abc", "DELETE", { namespace: "team-beta" }), // forbidden: wrong namespace

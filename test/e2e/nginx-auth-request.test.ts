@@ -296,7 +296,7 @@ describe.skipIf(SKIP)("nginx auth_request → keygate /auth/nginx (deploy/nginx-
     ["// collapses: the normalized path is allowed", "reader", "bearer", "GET", "//sandboxes//abc"],
     ["a trailing slash", "reader", "bearer", "GET", "/sandboxes/abc/"],
     ["a plain character percent-encoded", "reader", "bearer", "GET", "/sandboxes/%61bc"],
-    ["admin, any path", "admin", "bearer", "PUT", "/anything/at/all"],
+    ["admin DELETE (writer's, inherited)", "admin", "bearer", "DELETE", "/sandboxes/abc"],
   ])("allowed: %s → the API gets it, with X-Auth-User and without the key", async (_, key, scheme, method, target) => {
     expectReached(await send(mainUrl, method, target, scheme === "bearer" ? bearer(key) : apiKey(key)), key, method, target);
   });
@@ -309,6 +309,8 @@ describe.skipIf(SKIP)("nginx auth_request → keygate /auth/nginx (deploy/nginx-
     ["an expired key → 401", 401, "GET", "/sandboxes/abc", () => apiKey("expired")],
     ["forbidden by policy → 403", 403, "DELETE", "/sandboxes/abc", () => bearer("reader")],
     ["no rule for the path → 403", 403, "GET", "/keys", () => bearer("writer")],
+    ["no rule for the path, even for admin (no catch-all) → 403", 403, "PUT", "/anything/at/all", () => bearer("admin")],
+    ["a shared template, even for admin → 403", 403, "DELETE", "/templates/t1", () => bearer("admin")],
     ["HEAD is not GET (a GET-only role) → 403", 403, "HEAD", "/sandboxes/abc", () => bearer("getOnly")],
     ["a query string does not change the decision → 403", 403, "DELETE", "/sandboxes/abc?method=GET", () => bearer("reader")],
     ["a method keygate does not know → 403", 403, "BREW", "/sandboxes/abc", () => bearer("admin")],

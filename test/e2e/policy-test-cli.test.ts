@@ -39,10 +39,11 @@ describe("keygate policy test", () => {
     expect(rows.length).toBe(Number(summary.split(" ")[0]));
     expect(rows.length).toBeGreaterThan(450);
     expect(rows.every((row) => /^PASS {2}policies\/tests\/[\w-]+\.yaml {2,}\S/.test(row)), rows.find((r) => !r.startsWith("PASS"))).toBe(true);
-    for (const file of ["admin", "default-policy", "key-management", "reader", "writer"]) {
+    for (const file of ["admin", "default-policy", "key-management", "operator", "ownership", "platform", "reader", "writer", "cubeapi-reader", "cubeapi-writer", "cubeapi-platform", "cubeapi-admin", "cubeapi-operator"]) {
       expect(rows.some((row) => row.includes(`policies/tests/${file}.yaml`)), file).toBe(true);
     }
-    expect(rows).toContain("PASS  policies/tests/reader.yaml          reader GET /sandboxes");
+    // File names are padded to the longest one (cubeapi-operator.yaml).
+    expect(rows).toContain(`PASS  ${"policies/tests/reader.yaml".padEnd("policies/tests/cubeapi-operator.yaml".length)}  reader GET /sandboxes`);
     expect(result.stderr).toBe("");
   });
 
@@ -71,8 +72,8 @@ describe("keygate policy test", () => {
     expect(report.results.find((r) => r.case === "admin resets every key")).toMatchObject({
       file: "policies/tests/key-management.yaml",
       passed: true,
-      expected: { expect: "allow", rule: "policy.csv:53" },
-      got: { expect: "allow", reason: "allowed", matched_rule: "policy.csv:53" },
+      expected: { expect: "allow", rule: "policy.csv:93" },
+      got: { expect: "allow", reason: "allowed", matched_rule: "policy.csv:93" },
     });
   });
 
@@ -90,7 +91,7 @@ describe("keygate policy test", () => {
     const report = JSON.parse(json.stdout) as { passed: number; failed: number; results: { passed: boolean; mismatches: string[]; got: { closest_rules?: { rule: string }[] } }[] };
     expect([report.passed, report.failed]).toEqual([1, 1]);
     expect(report.results[1]).toMatchObject({ passed: false, mismatches: ["expected allow, got deny"] });
-    expect(report.results[1]!.got.closest_rules?.map((r) => r.rule)).toContain("policy.csv:30");
+    expect(report.results[1]!.got.closest_rules?.map((r) => r.rule)).toContain("policy.csv:52");
   });
 
   it("a malformed table: exit 2, naming file, line and case", async () => {

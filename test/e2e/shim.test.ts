@@ -29,16 +29,18 @@ let shimFlipped: ShimProcess | undefined;
 let flippedServer: ServerProcess | undefined;
 let env: Record<string, string>;
 
-type KeyName = "admin" | "writer" | "reader" | "getOnly" | "alpha" | "revoked" | "expired";
+type KeyName = "admin" | "writer" | "reader" | "platform" | "getOnly" | "everything" | "alpha" | "revoked" | "expired" | "named";
 const keys = {} as Record<KeyName, CreatedKeyJson>;
 const UNKNOWN_KEY = generateKey();
+const NAMED = " Zoë's 50% ☃ key";
 
 beforeAll(async () => {
   data = await createTestDataDir();
-  // The default policy, plus a role that may GET but not HEAD: HEAD is never implied by GET.
+  // The default policy, plus a role that may GET but not HEAD (HEAD is never implied by GET) and one
+  // that may use every method on a sandbox (no default role may: older Cube sends no method).
   const policyDir = join(data.dir, "policies");
   await cp(POLICY_DIR, policyDir, { recursive: true });
-  await writeFile(join(policyDir, "extra.csv"), "# test-only role\np, getonly, *, *, /sandboxes/:id, ^GET$\n");
+  await writeFile(join(policyDir, "extra.csv"), "# test-only roles\np, getonly, *, *, /sandboxes/:id, ^GET$\np, everything, *, *, /sandboxes/:id, ^(GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS)$\n");
   env = { ...data.env, KEYGATE_POLICY_DIR: policyDir };
   const cli = { cwd: data.dir, env };
   server = await startServerProcess([], cli);
@@ -47,9 +49,13 @@ beforeAll(async () => {
   keys.admin = await createKey(["--org", "acme", "--role", "admin", "--name", "acme-admin"], cli);
   keys.writer = await createKey(["--org", "acme", "--role", "writer"], cli);
   keys.reader = await createKey(["--org", "acme", "--role", "reader"], cli);
+  keys.platform = await createKey(["--org", "acme", "--role", "platform"], cli);
   keys.getOnly = await createKey(["--org", "acme", "--role", "getonly"], cli);
+  keys.everything = await createKey(["--org", "acme", "--role", "everything"], cli);
   keys.alpha = await createKey(["--org", "acme", "--namespace", "team-alpha", "--role", "reader"], cli);
   keys.revoked = await createKey(["--org", "acme", "--role", "reader"], cli);
+  // Characters a header value cannot carry as they are (see identity-headers.ts).
+  keys.named = await createKey(["--org", "acme", "--role", "reader", "--name", NAMED], cli);
   const revoked = await runCli(["keys", "revoke", keys.revoked.id], cli);
   expect(revoked.code, revoked.stderr).toBe(0);
   // One after the other, so that each one started is assigned and stopped by afterAll.
@@ -72,10 +78,16 @@ function expectDecision(response: CubeResponse, expected: Expect): void {
   if ("allow" in expected) {
     expect({ status: response.status, body: response.body }).toEqual({ status: 200, body: "{}" });
     expect(response.headers["x-auth-user"]).toBe(keys[expected.allow].id);
+    // What Cube's auth middleware writes into its audit log.
+    expect(response.headers["x-user-id"]).toBe(keys[expected.allow].id);
+    const name = keys[expected.allow].name;
+    if (name === "") expect(response.headers["x-user-name"]).toBeUndefined();
+    else expect(decodeURIComponent(response.headers["x-user-name"]!)).toBe(name);
   } else {
     expect(response.status).toBe(expected.status);
     expect(response.headers["content-type"]).toBe("application/json");
     expect(response.headers["x-auth-user"]).toBeUndefined();
+    expect([response.headers["x-user-id"], response.headers["x-user-name"]]).toEqual([undefined, undefined]);
     const body = JSON.parse(response.body) as { code: number; message: string };
     expect(Object.keys(body).sort()).toEqual(["code", "message"]);
     expect(body.code).toBe(expected.status);
@@ -104,7 +116,7 @@ const REASONS: Row[] = [
   { name: "allowed, X-API-Key (the E2B SDK) → 200", headers: () => apiKey(k("reader"), "/sandboxes/abc", "GET"), expected: { allow: "reader" } },
   { name: "allowed, header names upper-cased", headers: () => [["AUTHORIZATION", `Bearer ${k("writer")}`], ["X-REQUEST-PATH", "/sandboxes/abc"], ["X-REQUEST-METHOD", "DELETE"]], expected: { allow: "writer" } },
   { name: "allowed, header names lower-cased, scheme lower-cased", headers: () => [["authorization", `bearer ${k("writer")}`], ["x-request-path", "/sandboxes/abc"], ["x-request-method", "DELETE"]], expected: { allow: "writer" } },
-  { name: "allowed, X-Api-Key in mixed case", headers: () => [["X-Api-Key", k("writer")], ["x-Request-Path", "/templates/t1"], ["X-Request-method", "PATCH"]], expected: { allow: "writer" } },
+  { name: "allowed, X-Api-Key in mixed case", headers: () => [["X-Api-Key", k("writer")], ["x-Request-Path", "/sandboxes/abc/pause"], ["X-Request-method", "POST"]], expected: { allow: "writer" } },
   { name: "missing credential → 401", headers: () => [["X-Request-Path", "/sandboxes/abc"], ["X-Request-Method", "GET"]], expected: { status: 401, message: MISSING } },
   { name: "missing: Authorization with no key → 401", headers: () => [["Authorization", "Bearer"], ["X-Request-Path", "/sandboxes/abc"], ["X-Request-Method", "GET"]], expected: { status: 401, message: MISSING } },
   { name: "missing: empty X-API-Key → 401", headers: () => [["X-API-Key", ""], ["X-Request-Path", "/sandboxes/abc"], ["X-Request-Method", "GET"]], expected: { status: 401, message: MISSING } },
@@ -168,7 +180,8 @@ const SECURITY: Row[] = [
   { name: "GET for the GET-only role", headers: () => bearer(k("getOnly"), "/sandboxes/abc", "GET"), expected: { allow: "getOnly" } },
   { name: "OPTIONS is not implied for a reader", headers: () => bearer(k("reader"), "/sandboxes/abc", "OPTIONS"), expected: { status: 403, message: forbidden("OPTIONS", "/sandboxes/abc") } },
   // Older Cube releases send no X-Request-Method: only a key allowed every method passes.
-  { name: "no X-Request-Method, admin (every method)", headers: () => bearer(k("admin"), "/sandboxes/abc"), expected: { allow: "admin" } },
+  { name: "no X-Request-Method, a role with every method", headers: () => bearer(k("everything"), "/sandboxes/abc"), expected: { allow: "everything" } },
+  { name: "no X-Request-Method, admin (no default role has every method)", headers: () => bearer(k("admin"), "/sandboxes/abc"), expected: { status: 403, message: /^API key is not allowed to [A-Z]+ \/sandboxes\/abc$/ } },
   { name: "no X-Request-Method, reader", headers: () => bearer(k("reader"), "/sandboxes/abc"), expected: { status: 403, message: /^API key is not allowed to [A-Z]+ \/sandboxes\/abc$/ } },
   { name: "no X-Request-Method, writer", headers: () => bearer(k("writer"), "/sandboxes/abc"), expected: { status: 403, message: /^API key is not allowed to [A-Z]+ \/sandboxes\/abc$/ } },
   { name: "no X-Request-Method, GET-only role", headers: () => bearer(k("getOnly"), "/sandboxes/abc"), expected: { status: 403, message: /^API key is not allowed to [A-Z]+ \/sandboxes\/abc$/ } },
@@ -188,6 +201,25 @@ const SECURITY: Row[] = [
   { name: "X-Request-Path twice", headers: () => [["Authorization", `Bearer ${k("reader")}`], ["X-Request-Path", "/sandboxes/abc"], ["X-Request-Path", "/templates/t1"], ["X-Request-Method", "GET"]], expected: { status: 403, message: /forbidden character/ } },
   { name: "X-Request-Method twice", headers: () => [["Authorization", `Bearer ${k("writer")}`], ["X-Request-Path", "/sandboxes/abc"], ["X-Request-Method", "GET"], ["X-Request-Method", "DELETE"]], expected: { status: 403, message: /^unknown HTTP method/ } },
   { name: "X-Request-Org twice", headers: () => [...bearer(k("reader"), "/sandboxes/abc", "GET"), ["X-Request-Org", "acme"], ["X-Request-Org", "globex"]], expected: { status: 403, message: "invalid org" } },
+];
+
+/** The default policy's roles: sandboxes are for writers, shared things (templates, volumes) for platform keys only. */
+const ROLE_ROWS: Row[] = [
+  { name: "writer opens the terminal (a GET, but a shell)", headers: () => bearer(k("writer"), "/sandboxes/abc/terminal/ws", "GET"), expected: { allow: "writer" } },
+  { name: "reader may not open the terminal", headers: () => bearer(k("reader"), "/sandboxes/abc/terminal/ws", "GET"), expected: { status: 403, message: forbidden("GET", "/sandboxes/abc/terminal/ws") } },
+  { name: "writer forks a sandbox", headers: () => apiKey(k("writer"), "/sandboxes/abc/fork", "POST"), expected: { allow: "writer" } },
+  { name: "writer may not create a template", headers: () => bearer(k("writer"), "/templates", "POST"), expected: { status: 403, message: forbidden("POST", "/templates") } },
+  { name: "admin may not delete a template (every org shares it)", headers: () => bearer(k("admin"), "/templates/t1", "DELETE"), expected: { status: 403, message: forbidden("DELETE", "/templates/t1") } },
+  { name: "admin may not delete a volume", headers: () => bearer(k("admin"), "/volumes/v1", "DELETE"), expected: { status: 403, message: forbidden("DELETE", "/volumes/v1") } },
+  { name: "admin on a path no route serves", headers: () => bearer(k("admin"), "/anything/at/all", "GET"), expected: { status: 403, message: forbidden("GET", "/anything/at/all") } },
+  { name: "platform deletes a template", headers: () => bearer(k("platform"), "/templates/t1", "DELETE"), expected: { allow: "platform" } },
+  { name: "platform writes volume content", headers: () => apiKey(k("platform"), "/volumecontent/v1/file", "PUT"), expected: { allow: "platform" } },
+  { name: "platform may not kill a sandbox", headers: () => bearer(k("platform"), "/sandboxes/abc", "DELETE"), expected: { status: 403, message: forbidden("DELETE", "/sandboxes/abc") } },
+  // Cube serves every route under /cubeapi/v1 too; the same rules decide (policies/routes.yaml).
+  { name: "writer opens the terminal under /cubeapi/v1", headers: () => bearer(k("writer"), "/cubeapi/v1/sandboxes/abc/terminal/ws", "GET"), expected: { allow: "writer" } },
+  { name: "reader may not open the terminal under /cubeapi/v1", headers: () => bearer(k("reader"), "/cubeapi/v1/sandboxes/abc/terminal/ws", "GET"), expected: { status: 403, message: /^API key is not allowed to GET (\/cubeapi\/v1)?\/sandboxes\/abc\/terminal\/ws$/ } },
+  { name: "admin may not delete a template under /cubeapi/v1", headers: () => bearer(k("admin"), "/cubeapi/v1/templates/t1", "DELETE"), expected: { status: 403, message: /^API key is not allowed to DELETE (\/cubeapi\/v1)?\/templates\/t1$/ } },
+  { name: "platform deletes a template under /cubeapi/v1", headers: () => bearer(k("platform"), "/cubeapi/v1/templates/t1", "DELETE"), expected: { allow: "platform" } },
 ];
 
 /** Cube's order: Authorization: Bearer wins over X-API-Key, with no fallback when it is wrong. */
@@ -225,6 +257,12 @@ describe.each(TARGETS)("%s", (_, url) => {
     });
   });
 
+  describe("roles: sandboxes for writers, shared things for platform keys", () => {
+    it.each(ROLE_ROWS)("$name", async ({ headers, expected }) => {
+      expectDecision(await cubeRequest(url(), headers()), expected);
+    });
+  });
+
   describe("credential priority, Cube's order by default", () => {
     it.each(CUBE_PRIORITY)("$name", async ({ headers, expected }) => {
       expectDecision(await cubeRequest(url(), headers()), expected);
@@ -236,6 +274,18 @@ describe.each(TARGETS)("%s", (_, url) => {
     expectDecision(await cubeRequest(url(), headers), { allow: "reader" });
     expectDecision(await cubeRequest(url(), [...headers, ["Content-Length", "0"]]), { allow: "reader" });
     expectDecision(await cubeRequest(url(), headers, { method: "GET" }), { allow: "reader" });
+  });
+
+  it("X-User-ID and X-User-Name as Cube keeps them: visible ASCII, the name percent-encoded where it must be", async () => {
+    const response = await cubeRequest(url(), apiKey(k("named"), "/sandboxes/abc", "GET"));
+    expectDecision(response, { allow: "named" });
+    expect(response.headers["x-user-name"]).toBe("%20Zo%C3%AB's 50%25 %E2%98%83 key");
+    expect(decodeURIComponent(response.headers["x-user-name"]!)).toBe(NAMED);
+    // The same through an ordinary HTTP client (undici): one of each, nothing split off.
+    const fetched = await fetch(`${url()}/verify`, { method: "POST", headers: { "X-API-Key": k("named"), "X-Request-Path": "/sandboxes/abc", "X-Request-Method": "GET" } });
+    expect(fetched.status).toBe(200);
+    expect([...fetched.headers.keys()].filter((h) => h.startsWith("x-user") || h === "x-auth-user").sort()).toEqual(["x-auth-user", "x-user-id", "x-user-name"]);
+    expect([fetched.headers.get("x-user-id"), decodeURIComponent(fetched.headers.get("x-user-name")!)]).toEqual([keys.named.id, NAMED]);
   });
 
   it("never allows through another method on the callback", async () => {

@@ -59,11 +59,13 @@ const PROBES: Probe[] = [
   { role: "reader", method: "GET", path: "/templates/t1", a: true, c: true },
   { role: "writer", method: "GET", path: "/sandboxes/abc", a: true, c: false },
   { role: "writer", method: "POST", path: "/sandboxes", a: true, c: true },
-  { role: "writer", method: "PATCH", path: "/templates/t1", a: true, c: true },
+  { role: "writer", method: "POST", path: "/sandboxes/abc/pause", a: true, c: true },
   { role: "writer", method: "PUT", path: "/sandboxes/abc/network", a: true, c: true },
-  { role: "writer", method: "DELETE", path: "/volumes/v1", a: true, c: true },
-  { role: "admin", method: "DELETE", path: "/volumes/v1", a: true, c: true },
-  { role: "admin", method: "OPTIONS", path: "/anything/at/all", a: true, c: true },
+  { role: "writer", method: "DELETE", path: "/sandboxes/abc", a: true, c: true },
+  // Shared things are platform's, and admin has no catch-all.
+  { role: "writer", method: "PATCH", path: "/templates/t1", a: false, c: false },
+  { role: "admin", method: "DELETE", path: "/volumes/v1", a: false, c: false },
+  { role: "admin", method: "OPTIONS", path: "/anything/at/all", a: false, c: false },
   { role: "admin", method: "PUT", path: "/sandboxes/abc/network", a: true, c: true },
 ];
 

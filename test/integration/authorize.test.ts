@@ -12,7 +12,7 @@ import { check, createCore, createKey, HOUR, LOCAL, realPolicy, ruleLine, unwrap
  * security section.
  */
 
-const ALIASES = ["admin", "writer", "reader", "alphaWriter", "revoked", "expired"] as const;
+const ALIASES = ["admin", "writer", "reader", "platform", "alphaWriter", "revoked", "expired"] as const;
 type Alias = (typeof ALIASES)[number];
 
 let database: TestDatabase;
@@ -34,6 +34,7 @@ beforeAll(async () => {
     admin: await createKey(core, { name: "admin", org: "acme", roles: ["admin"] }),
     writer: await createKey(core, { name: "writer", org: "acme", roles: ["writer"] }),
     reader: await createKey(core, { name: "reader", org: "acme", roles: ["reader"] }),
+    platform: await createKey(core, { name: "platform", org: "acme", roles: ["platform"] }),
     alphaWriter: await createKey(core, { name: "alpha", org: "acme", namespace: "team-alpha", roles: ["writer"] }),
     revoked: await createKey(core, { name: "revoked", org: "acme", roles: ["admin"] }),
     expired: await createKey(core, { name: "expired", org: "acme", roles: ["admin"], expiry: { kind: "in", duration: "1h" } }),
@@ -79,7 +80,7 @@ function credentialOf(credential: Credential): string {
 
 const forbidden = (method: string, path: string) => `API key is not allowed to ${method} ${path}`;
 const READER_SANDBOXES = "p, reader, *, *, /sandboxes, ^(GET|HEAD)$";
-const WRITER_TEMPLATE = "p, writer, *, *, /templates/:id, ^(POST|DELETE|PATCH)$";
+const PLATFORM_TEMPLATE = "p, platform, *, *, /templates/:id, ^(POST|DELETE|PATCH)$";
 
 const TABLE: [string, Row][] = [
   // --- missing credential
@@ -111,10 +112,14 @@ const TABLE: [string, Row][] = [
 
   // --- the policy
   ["a reader deleting a template", { credential: "reader", method: "DELETE", path: "/templates/x", allowed: false, reason: "forbidden", message: "API key is not allowed to DELETE /templates/x", key: "reader" }],
-  ["a writer deleting a template", { credential: "writer", method: "DELETE", path: "/templates/x", allowed: true, reason: "allowed", rule: WRITER_TEMPLATE, key: "writer" }],
+  ["a writer deleting a template (shared by every org)", { credential: "writer", method: "DELETE", path: "/templates/x", allowed: false, reason: "forbidden", message: forbidden("DELETE", "/templates/x"), key: "writer" }],
+  ["an admin deleting a template (shared by every org)", { credential: "admin", method: "DELETE", path: "/templates/x", allowed: false, reason: "forbidden", message: forbidden("DELETE", "/templates/x"), key: "admin" }],
+  ["a platform key deleting a template", { credential: "platform", method: "DELETE", path: "/templates/x", allowed: true, reason: "allowed", rule: PLATFORM_TEMPLATE, key: "platform" }],
+  ["a platform key killing a sandbox", { credential: "platform", method: "DELETE", path: "/sandboxes/s1", allowed: false, reason: "forbidden", message: forbidden("DELETE", "/sandboxes/s1"), key: "platform" }],
   ["a reader listing sandboxes", { credential: "reader", method: "GET", path: "/sandboxes", allowed: true, reason: "allowed", rule: READER_SANDBOXES, key: "reader" }],
   ["a writer reading a build status (inherited from reader)", { credential: "writer", method: "GET", path: "/templates/t1/builds/b1/status", allowed: true, reason: "allowed", rule: "p, reader, *, *, /templates/:id/builds/:buildID/status, ^(GET|HEAD)$" }],
-  ["an admin on a path no other role has", { credential: "admin", method: "PUT", path: "/anything/else", allowed: true, reason: "allowed", rule: "p, admin, *, *, /*, ^(GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS)$" }],
+  ["an admin on a path no route serves (no catch-all)", { credential: "admin", method: "PUT", path: "/anything/else", allowed: false, reason: "forbidden", message: forbidden("PUT", "/anything/else"), key: "admin" }],
+  ["an admin pausing a sandbox (inherited from writer)", { credential: "admin", method: "POST", path: "/sandboxes/s1/pause", allowed: true, reason: "allowed", rule: "p, writer, *, *, /sandboxes/:id/pause, ^POST$", key: "admin" }],
   ["HEAD where only POST is allowed (HEAD is not implicitly GET)", { credential: "writer", method: "HEAD", path: "/sandboxes/s1/timeout", allowed: false, reason: "forbidden", message: forbidden("HEAD", "/sandboxes/s1/timeout") }],
   ["a writer on an unlisted path", { credential: "writer", method: "GET", path: "/admin/users", allowed: false, reason: "forbidden", message: forbidden("GET", "/admin/users") }],
 
@@ -139,12 +144,13 @@ const TABLE: [string, Row][] = [
   ["repeated and trailing slashes", { credential: "writer", method: "POST", path: "//sandboxes/", allowed: true, reason: "allowed", rule: "p, writer, *, *, /sandboxes, ^POST$" }],
 
   // --- no method (older Cube): every method must be allowed
-  ["no method, admin", { credential: "admin", method: "", path: "/templates/x", allowed: true, reason: "allowed" }],
-  ["no method, writer", { credential: "writer", method: "", path: "/templates/x", allowed: false, reason: "forbidden", message: forbidden("PUT", "/templates/x") }],
+  ["no method, admin (no default role has every method)", { credential: "admin", method: "", path: "/templates/x", allowed: false, reason: "forbidden", message: forbidden("POST", "/templates/x") }],
+  ["no method, platform", { credential: "platform", method: "", path: "/templates/x", allowed: false, reason: "forbidden", message: forbidden("PUT", "/templates/x") }],
+  ["no method, writer", { credential: "writer", method: "", path: "/templates/x", allowed: false, reason: "forbidden", message: forbidden("POST", "/templates/x") }],
   ["no method, reader", { credential: "reader", method: "", path: "/templates/x", allowed: false, reason: "forbidden", message: forbidden("POST", "/templates/x") }],
 
   // --- methods are case-insensitive
-  ['"delete" for a writer', { credential: "writer", method: "delete", path: "/templates/x", allowed: true, reason: "allowed", rule: WRITER_TEMPLATE }],
+  ['"delete" for a platform key', { credential: "platform", method: "delete", path: "/templates/x", allowed: true, reason: "allowed", rule: PLATFORM_TEMPLATE }],
   ['"Post" for a writer', { credential: "writer", method: "Post", path: "/sandboxes", allowed: true, reason: "allowed" }],
   ['"delete" for a reader', { credential: "reader", method: "delete", path: "/templates/x", allowed: false, reason: "forbidden", message: forbidden("DELETE", "/templates/x") }],
 ];

@@ -73,9 +73,9 @@ describe(`create on ${testDatabaseKind}`, () => {
   it("uses documented defaults: org default, every namespace, writer, no expiry", async () => {
     const { key, plaintext } = await createKey(core, {});
     expect(key).toMatchObject({ org: "default", namespace: "*", roles: ["writer"], expiresAt: null, name: "" });
-    expect(await allowed(plaintext, "POST", "/templates")).toBe(true);
+    expect(await allowed(plaintext, "POST", "/sandboxes")).toBe(true);
     core.clock.advance(3650 * DAY);
-    expect(await allowed(plaintext, "POST", "/templates")).toBe(true);
+    expect(await allowed(plaintext, "POST", "/sandboxes")).toBe(true);
   });
 
   it("gives every key a different secret and id", async () => {
@@ -207,15 +207,15 @@ describe("update", () => {
 
   it("changes roles, and decisions follow at once", async () => {
     const { key, plaintext } = await createKey(core, { org: "upd", roles: ["writer"] });
-    expect(await allowed(plaintext, "DELETE", "/templates/tpl-1")).toBe(true);
+    expect(await allowed(plaintext, "DELETE", "/sandboxes/sbx-1")).toBe(true);
     const updated = unwrap(await core.keys.update(LOCAL, { id: key.id, roles: ["reader"] }));
     expect(updated.roles).toEqual(["reader"]);
-    expect(await check(core, plaintext, "DELETE", "/templates/tpl-1")).toMatchObject({
+    expect(await check(core, plaintext, "DELETE", "/sandboxes/sbx-1")).toMatchObject({
       allowed: false,
       reason: "forbidden",
-      message: "API key is not allowed to DELETE /templates/tpl-1",
+      message: "API key is not allowed to DELETE /sandboxes/sbx-1",
     });
-    expect(await allowed(plaintext, "GET", "/templates/tpl-1")).toBe(true);
+    expect(await allowed(plaintext, "GET", "/sandboxes/sbx-1")).toBe(true);
   });
 
   it("leaves fields it was not given alone", async () => {

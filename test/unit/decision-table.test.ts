@@ -14,6 +14,7 @@ import {
   type DecisionTable,
 } from "../../src/policy-tools/decision-table.js";
 import { loadPolicy, type Policy } from "../../src/core/policy/policy.js";
+import { CUBE_ROUTES, INHERITS as ROLE_INHERITS, may as mayUse, type Role } from "../support/cube-routes.js";
 
 /**
  * Decision tables (`keygate policy test`): parsing and strict validation,
@@ -260,7 +261,7 @@ describe("evaluation", () => {
   it("passes a case when decision, reason and rule all match", () => {
     const table = parseOk(`
 cases:
-  - { roles: [reader], path: /sandboxes, method: GET, expect: allow, reason: allowed, rule: policy.csv:15 }
+  - { roles: [reader], path: /sandboxes, method: GET, expect: allow, reason: allowed, rule: policy.csv:26 }
   - { roles: [reader], path: /sandboxes, method: POST, expect: deny, reason: forbidden }
   - { roles: [admin], path: /a/../b, method: GET, expect: deny, reason: bad_request }
 `);
@@ -278,7 +279,7 @@ cases:
 name: failing
 cases:
   - { name: wrong decision, roles: [reader], path: /sandboxes/sbx-1, method: DELETE, expect: allow }
-  - { name: wrong rule, roles: [writer], path: /sandboxes, method: GET, expect: allow, rule: policy.csv:29 }
+  - { name: wrong rule, roles: [writer], path: /sandboxes, method: GET, expect: allow, rule: policy.csv:50 }
   - { name: wrong reason, roles: [admin], path: /a/../b, method: GET, expect: deny, reason: forbidden }
   - { name: passes, roles: [reader], path: /sandboxes, method: GET, expect: allow }
 `,
@@ -287,14 +288,14 @@ cases:
     const results = runDecisionTables(policy, [table]);
     expect(results.map((r) => [r.case.name, r.passed, r.mismatches])).toEqual([
       ["wrong decision", false, ["expected allow, got deny"]],
-      ["wrong rule", false, ["expected rule policy.csv:29, got policy.csv:15"]],
+      ["wrong rule", false, ["expected rule policy.csv:50, got policy.csv:26"]],
       ["wrong reason", false, ["expected reason forbidden, got bad_request"]],
       ["passes", true, []],
     ]);
     expect(results[0]).toMatchObject({ file: "failing.yaml", table: "failing" });
     expect(results[0]!.decision).toMatchObject({ allowed: false, reason: "forbidden", message: "API key is not allowed to DELETE /sandboxes/sbx-1", matchedRule: "" });
     const denied = results[0]!.decision;
-    expect(denied.allowed ? [] : denied.explanation?.map((m) => m.rule)).toContain("policy.csv:30");
+    expect(denied.allowed ? [] : denied.explanation?.map((m) => m.rule)).toContain("policy.csv:52");
     expect(results[2]!.decision).toMatchObject({ reason: "bad_request", message: 'path contains a ".." segment' });
     expect(results[2]!.decision).not.toHaveProperty("explanation");
   });
@@ -316,7 +317,7 @@ cases:
     expect(evaluateCase(getOnly, { file: "x", name: "x", cases: [] }, head).passed).toBe(true);
     // The default policy does say so.
     expect(decideCase(policy, head)).toMatchObject({ allowed: false });
-    expect(decideCase(policy, { ...head, path: "/sandboxes/sbx-1" })).toMatchObject({ allowed: true, matchedRule: "policy.csv:17" });
+    expect(decideCase(policy, { ...head, path: "/sandboxes/sbx-1" })).toMatchObject({ allowed: true, matchedRule: "policy.csv:28" });
   });
 });
 
@@ -329,25 +330,7 @@ function pathMatches(path: string, pattern: string): boolean {
   return new RegExp(`^${regex}$`).test(path);
 }
 
-const INHERITS: Record<string, string[]> = { reader: ["reader"], writer: ["writer", "reader"], admin: ["admin", "writer", "reader"] };
-
-/** The Cube/E2B routes from SPEC.md ("Cube/E2B routes a default policy should cover"). */
-const ROUTES: { example: string; methods: string[] }[] = [
-  { example: "/sandboxes", methods: ["GET", "POST"] },
-  { example: "/v2/sandboxes", methods: ["GET"] },
-  { example: "/sandboxes/sbx-1", methods: ["GET", "DELETE"] },
-  { example: "/sandboxes/sbx-1/logs", methods: ["GET"] },
-  ...["timeout", "refreshes", "pause", "resume", "connect", "snapshots"].map((action) => ({ example: `/sandboxes/sbx-1/${action}`, methods: ["POST"] })),
-  { example: "/sandboxes/sbx-1/network", methods: ["PUT"] },
-  { example: "/templates", methods: ["GET", "POST"] },
-  { example: "/templates/tpl-1", methods: ["GET", "POST", "DELETE", "PATCH"] },
-  { example: "/templates/tpl-1/builds/bld-1", methods: ["POST"] },
-  { example: "/templates/tpl-1/builds/bld-1/status", methods: ["GET"] },
-  { example: "/templates/tpl-1/builds/bld-1/logs", methods: ["GET"] },
-  { example: "/snapshots", methods: ["GET"] },
-  { example: "/volumes", methods: ["GET", "POST"] },
-  { example: "/volumes/vol-1", methods: ["GET", "DELETE"] },
-];
+const INHERITS: Record<string, readonly string[]> = ROLE_INHERITS;
 
 describe("the shipped tables (policies/tests/)", () => {
   it("all pass on the shipped policy", () => {
@@ -356,22 +339,25 @@ describe("the shipped tables (policies/tests/)", () => {
     expect(results.length).toBeGreaterThan(450);
   });
 
-  it.each(["reader", "writer", "admin"])("cover every Cube/E2B route × every method for %s, as SPEC.md says", (role) => {
-    const cases = shipped.flatMap((t) => t.cases).filter((c) => c.roles.length === 1 && c.roles[0] === role && c.org === "acme" && c.requestOrg === "" && c.namespace === "" && c.keyNamespace === "*" && c.owner === undefined);
-    for (const route of ROUTES) {
-      for (const method of KNOWN_METHODS) {
-        const found = cases.filter((c) => c.path === route.example && c.method === method);
-        expect(found.length, `${role} ${method} ${route.example}`).toBeGreaterThan(0);
-        const readable = route.methods.includes("GET");
-        const may =
-          role === "admin" ||
-          (role === "writer" && (route.methods.includes(method) || (readable && method === "HEAD"))) ||
-          (role === "reader" && readable && (method === "GET" || method === "HEAD"));
-        expect(found.map((c) => c.expect), `${role} ${method} ${route.example}`).toEqual(found.map(() => (may ? "allow" : "deny")));
-        if (may) expect(found.some((c) => c.rule !== undefined), `${role} ${method} ${route.example} names its rule`).toBe(true);
+  // Cube serves every route at / and under /cubeapi/v1 (routes.yaml strips the prefix): both forms are in the tables.
+  const keys: Role[][] = [["reader"], ["writer"], ["platform"], ["admin"], ["admin", "platform"]];
+  it.each(keys.flatMap((roles) => ["", "/cubeapi/v1"].map((prefix) => [roles.join(" + "), prefix, roles] as const)))(
+    "cover every Cube/E2B route × every method for %s, as SPEC.md and the e2b SDK say (prefix %j)",
+    (_, prefix, roles) => {
+      const cases = shipped.flatMap((t) => t.cases).filter((c) => c.roles.join() === roles.join() && c.org === "acme" && c.requestOrg === "" && c.namespace === "" && c.keyNamespace === "*" && c.owner === undefined);
+      const role = roles.join("+");
+      for (const route of CUBE_ROUTES) {
+        const path = prefix + route.example;
+        for (const method of KNOWN_METHODS) {
+          const found = cases.filter((c) => c.path === path && c.method === method);
+          expect(found.length, `${role} ${method} ${path}`).toBeGreaterThan(0);
+          const may = mayUse(roles, route, method);
+          expect(found.map((c) => c.expect), `${role} ${method} ${path}`).toEqual(found.map(() => (may ? "allow" : "deny")));
+          if (may) expect(found.some((c) => c.rule !== undefined), `${role} ${method} ${path} names its rule`).toBe(true);
+        }
       }
-    }
-  });
+    },
+  );
 
   it("name rules that are p lines of policy.csv which really allow the case", () => {
     const lines = readFileSync(join(POLICY_DIR, "policy.csv"), "utf8").split(/\r?\n/);
@@ -385,7 +371,7 @@ describe("the shipped tables (policies/tests/)", () => {
       expect(ptype, label).toBe("p");
       expect(c.roles.flatMap((role) => INHERITS[role] ?? [role]), label).toContain(sub);
       expect([org, ns], label).toEqual(["*", "*"]);
-      const path = c.path.split("?")[0]!.replace(/\/+/g, "/").replace(/(.)\/$/, "$1").replace("%2D", "-");
+      const path = c.path.split("?")[0]!.replace(/\/+/g, "/").replace(/(.)\/$/, "$1").replace("%2D", "-").replace(/^\/cubeapi\/v1(?=\/)/, "");
       expect(pathMatches(path, pattern!), label).toBe(true);
       expect(new RegExp(method!).test(c.method === "" ? "GET" : c.method.toUpperCase()), label).toBe(true);
     }
@@ -397,7 +383,10 @@ describe("the shipped tables (policies/tests/)", () => {
     expect(management.filter((c) => c.expect === "allow").every((c) => c.roles.includes("admin"))).toBe(true);
     expect(management.filter((c) => !c.roles.includes("admin")).length).toBeGreaterThanOrEqual(16);
     expect(cases.filter((c) => c.reason === "bad_request" && /%2f|%5c|\.\./i.test(c.path)).length).toBeGreaterThanOrEqual(4);
-    expect(cases.filter((c) => c.method === "").map((c) => c.roles[0])).toEqual(expect.arrayContaining(["reader", "writer", "admin"]));
+    expect(cases.filter((c) => c.method === "").map((c) => c.roles[0])).toEqual(expect.arrayContaining(["reader", "writer", "platform", "admin"]));
+    // The terminal is a shell: a GET no reader may make, every writer may.
+    const terminal = cases.filter((c) => c.path === "/sandboxes/sbx-1/terminal/ws" && c.method === "GET" && c.roles.length === 1);
+    expect(Object.fromEntries(terminal.map((c) => [c.roles[0], c.expect]))).toEqual({ reader: "deny", writer: "allow", platform: "deny", admin: "allow" });
     expect(cases.some((c) => c.requestOrg !== "" && c.requestOrg !== c.org && c.roles.includes("admin") && c.expect === "deny")).toBe(true);
     expect(cases.some((c) => c.keyNamespace !== "*" && c.namespace !== "" && c.namespace !== c.keyNamespace && c.expect === "deny")).toBe(true);
   });

@@ -12,7 +12,8 @@ import { headerReader, utf8HeaderValue } from "../../http/header-reader.js";
 /**
  * The Cube API Server auth callback: POST, no body, one credential header,
  * X-Request-Path and (in newer releases) X-Request-Method. Only an exact 200
- * allows. Allow answers 200 with X-Auth-User (the key id, which Cube logs);
+ * allows. Allow answers 200 with X-User-ID and X-User-Name (the key's id and
+ * name, which Cube writes into its audit log) and X-Auth-User (the id);
  * deny answers 401/403/429/503 with {"code": STATUS, "message": "..."}.
  */
 

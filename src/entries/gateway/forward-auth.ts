@@ -94,9 +94,9 @@ export function createForwardAuthHandler(headers: GatewayHeaders, { authorize, c
 }
 
 /**
- * The shim's writer (X-Auth-User on allow, RateLimit-* and Retry-After on
- * 429, a small JSON body Traefik passes to the client on deny, which nginx
- * drops), with two additions: X-Keygate-Reason, so a gateway can log or
+ * The shim's writer (X-Auth-User, X-User-ID and X-User-Name on allow,
+ * RateLimit-* and Retry-After on 429, a small JSON body Traefik passes to the
+ * client on deny, which nginx drops), with two additions: X-Keygate-Reason, so a gateway can log or
  * route on the reason (an outage is a 403 with reason "unavailable"), and
  * WWW-Authenticate on 401, which nginx copies to its client.
  */
