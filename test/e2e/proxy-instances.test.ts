@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDataDir, TEST_DATABASE_URL, type TestDataDir } from "../support/database.js";
 import { startE2bStub, type E2bStub } from "../support/e2b-stub.js";
 import { createKey, startServerProcess, stopAll, type CreatedKeyJson, type ServerProcess } from "../support/keygate-process.js";
-import { proxyUrlOf, sdkPolicyDir } from "../support/proxy-env.js";
+import { proxyUrlOf } from "../support/proxy-env.js";
 
 /**
  * Two proxies over one Postgres, in front of one Cube: a sandbox created
@@ -27,7 +27,7 @@ describe.skipIf(!TEST_DATABASE_URL)("two proxies, one Postgres: ownership propag
   beforeAll(async () => {
     stub = await startE2bStub();
     data = await createTestDataDir();
-    const env = { ...data.env, ...SLOW_CACHES, KEYGATE_POLICY_DIR: await sdkPolicyDir() };
+    const env = { ...data.env, ...SLOW_CACHES };
     const args = ["--upstream", stub.url, "--proxy-port", "0"];
     a = await startServerProcess(args, { cwd: data.dir, env });
     b = await startServerProcess(args, { cwd: data.dir, env });

@@ -5,7 +5,7 @@ import WebSocket from "ws";
 import { createTestDataDir, testDatabaseKind, type TestDataDir } from "../support/database.js";
 import { startE2bStub, type E2bStub } from "../support/e2b-stub.js";
 import { cliBudgetMs, createKey, runCli, startServerProcess, type CreatedKeyJson, type ServerProcess } from "../support/keygate-process.js";
-import { proxyUrlOf, sdkPolicyDir } from "../support/proxy-env.js";
+import { proxyUrlOf } from "../support/proxy-env.js";
 
 /**
  * Proxy mode through a client nobody here wrote: the `e2b` SDK, pointed at
@@ -83,8 +83,8 @@ function terminal(path: string, headers: Record<string, string> = {}): Promise<{
 beforeAll(async () => {
   stub = await startE2bStub();
   data = await createTestDataDir();
-  const policyDir = await sdkPolicyDir();
-  const env = { ...data.env, KEYGATE_POLICY_DIR: policyDir };
+  // The shipped policy: it covers every route the e2b SDK calls.
+  const env = data.env;
   const cli = { cwd: data.dir, env };
   server = await startServerProcess(["--upstream", stub.url, "--proxy-port", "0"], {
     cwd: data.dir,

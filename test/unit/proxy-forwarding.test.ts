@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { clientResponseHeaders, headerSafe, takeQueryCredentials, upstreamRequestHeaders } from "../../src/entries/proxy/forward-headers.js";
+import { clientResponseHeaders, takeQueryCredentials, upstreamRequestHeaders } from "../../src/entries/proxy/forward-headers.js";
 import { createdIds, filterList, stampCreateBody } from "../../src/entries/proxy/sandbox-bodies.js";
 import { sandboxRoute } from "../../src/entries/proxy/sandbox-routes.js";
 
@@ -54,14 +54,15 @@ describe("takeQueryCredentials: as CubeAPI's websocket_auth reads them, the rest
 });
 
 describe("upstreamRequestHeaders", () => {
-  const base = { peer: "10.0.0.9", trustedPeer: false, user: { id: "key_1", name: "ci bot" } };
+  const key = { id: "key_1", name: "ci bot", org: "acme", namespace: "*", roles: ["writer"] };
+  const base = { peer: "10.0.0.9", trustedPeer: false, key };
   const pairs = (flat: string[]) => Array.from({ length: flat.length / 2 }, (_, i) => [flat[2 * i]!.toLowerCase(), flat[2 * i + 1]!]);
 
   it("drops hop-by-hop headers, those Connection names, credentials and forged identity; keeps the rest in order", () => {
     const raw = [
       "Host", "proxy.example", "Connection", "keep-alive, X-Secret-Hop", "Keep-Alive", "timeout=5", "X-Secret-Hop", "1",
       "Authorization", "Bearer sk-sb-x", "X-API-Key", "sk-sb-y", "X-User-ID", "forged", "x-user-name", "forged",
-      "TE", "trailers", "Upgrade", "h2c", "Proxy-Authorization", "Basic x", "Accept", "a", "Cookie", "c=1", "Accept", "b",
+      "TE", "trailers", "Upgrade", "h2c", "Proxy-Authorization", "Basic x", "X-Auth-User", "forged", "Accept", "a", "Cookie", "c=1", "Accept", "b",
     ];
     expect(pairs(upstreamRequestHeaders(raw, base))).toEqual([
       ["accept", "a"],
@@ -91,19 +92,21 @@ describe("upstreamRequestHeaders", () => {
 
   it("a rewritten body's length and the proxy's own headers replace the client's", () => {
     const raw = ["Content-Length", "2", "Content-Type", "text/plain", "Accept-Encoding", "gzip"];
-    const out = pairs(upstreamRequestHeaders(raw, { ...base, user: undefined, contentLength: 40, extra: { "content-type": "application/json", "accept-encoding": "identity" } }));
+    const out = pairs(upstreamRequestHeaders(raw, { ...base, key: undefined, contentLength: 40, extra: { "content-type": "application/json", "accept-encoding": "identity" } }));
     expect(out.slice(0, 3)).toEqual([
       ["content-length", "40"],
       ["content-type", "application/json"],
       ["accept-encoding", "identity"],
     ]);
-    expect(out.some(([n]) => n === "x-user-id")).toBe(false);
+    // Dev mode (no key): the callback's "dev-mode", no name.
+    expect(out.filter(([n]) => n!.startsWith("x-user"))).toEqual([["x-user-id", "dev-mode"]]);
   });
 
-  it("headerSafe: printable ASCII as is, anything else percent-encoded", () => {
-    expect(headerSafe("ci bot (prod)")).toBe("ci bot (prod)");
-    expect(headerSafe("équipe ☃")).toBe("%C3%A9quipe%20%E2%98%83");
-    expect(headerSafe("a\tb")).toBe("a%09b");
+  it("a key name goes upstream as the callback sends it to Cube: printable ASCII as is, else percent-encoded UTF-8", () => {
+    const name = (keyName: string) => pairs(upstreamRequestHeaders([], { ...base, key: { ...key, name: keyName } })).filter(([n]) => n!.startsWith("x-user"));
+    expect(name("ci bot (prod)")).toEqual([["x-user-id", "key_1"], ["x-user-name", "ci bot (prod)"]]);
+    expect(name("équipe ☃")).toEqual([["x-user-id", "key_1"], ["x-user-name", "%C3%A9quipe %E2%98%83"]]);
+    expect(name("")).toEqual([["x-user-id", "key_1"]]);
   });
 
   it("clientResponseHeaders drops hop-by-hop ones and those Connection names", () => {

@@ -1,4 +1,6 @@
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http";
+import type { KeyIdentity } from "../../core/authorize/decision.js";
+import { identityHeaders } from "../../http/identity-headers.js";
 
 /**
  * What crosses the proxy in each direction. Hop-by-hop headers (RFC 9110
@@ -6,7 +8,8 @@ import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http";
  * Transfer-Encoding, Upgrade, and the Proxy-* pair) belong to one connection
  * and are never forwarded. The client's credential headers stop here; the
  * identity keygate decided on goes upstream as X-User-ID and X-User-Name
- * (what CubeAPI's audit log reads), never a copy the client wrote.
+ * (what CubeAPI's audit log reads), never a copy the client wrote (nor an
+ * X-Auth-User of its own).
  */
 const HOP_BY_HOP = new Set(["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "proxy-authorization", "proxy-authenticate"]);
 
@@ -18,6 +21,7 @@ const REPLACED = new Set([
   "x-api-key",
   "x-user-id",
   "x-user-name",
+  "x-auth-user",
   "x-forwarded-for",
   "x-forwarded-proto",
   "x-forwarded-host",
@@ -36,8 +40,8 @@ export interface ForwardedFor {
   peer: string | undefined;
   /** Whether the peer is a trusted proxy, whose X-Forwarded-Proto and -Host are kept. */
   trustedPeer: boolean;
-  /** The identity decided on; undefined in dev mode (no key). */
-  user: { id: string; name: string } | undefined;
+  /** The key decided on; undefined in dev mode (then X-User-ID is "dev-mode", as the callback says). */
+  key: KeyIdentity | undefined;
   /** Set for the bodies the proxy rewrote or buffered. */
   contentLength?: number;
   /** Headers to set (lower-case names), e.g. accept-encoding: identity for a body the proxy must read. */
@@ -85,18 +89,11 @@ export function upstreamRequestHeaders(raw: readonly string[], fwd: ForwardedFor
   out.push("x-forwarded-proto", (fwd.trustedPeer && xfp) || "http");
   const forwardedHost = (fwd.trustedPeer && xfh) || host;
   if (forwardedHost !== undefined) out.push("x-forwarded-host", forwardedHost);
-  if (fwd.user) out.push("x-user-id", headerSafe(fwd.user.id), "x-user-name", headerSafe(fwd.user.name));
+  // As the callback answers Cube (http/identity-headers.ts): the same encoding, no name when it is empty.
+  const identity = identityHeaders(fwd.key);
+  out.push("x-user-id", identity["x-user-id"]!);
+  if (identity["x-user-name"] !== undefined) out.push("x-user-name", identity["x-user-name"]);
   return out;
-}
-
-/**
- * A value any HTTP stack passes through unchanged: printable ASCII as is;
- * anything else (a key name in another script, a tab) percent-encoded as
- * UTF-8, as `encodeURIComponent` does. Key names have no control characters
- * (ManageKey refuses them), so an ASCII name is never altered.
- */
-export function headerSafe(value: string): string {
-  return /^[\x20-\x7e]*$/.test(value) ? value : encodeURIComponent(value);
 }
 
 /** The answer's headers for the client: hop-by-hop ones dropped (Node frames the body itself). */

@@ -129,7 +129,7 @@ export function createSandboxProxy(deps: SandboxProxyDeps): SandboxProxy {
     return upstreamRequestHeaders(req.rawHeaders, {
       peer: d.peer,
       trustedPeer: d.peer !== undefined && isTrusted(rules, d.peer),
-      user: key && { id: key.id, name: key.name },
+      key,
       ...(extra?.contentLength !== undefined && { contentLength: extra.contentLength }),
       // The request's id goes upstream too, so Cube's logs and keygate's can be matched.
       extra: id === undefined ? (extra?.extra ?? {}) : { ...extra?.extra, "x-request-id": id },
