@@ -48,13 +48,14 @@ async function policyDirCopy(name: string): Promise<string> {
   return dir;
 }
 
-/** The version keygate gives a policy.csv (with the shipped model), computed as the server will. */
 /** Rules (p and g lines) in the shipped policy: policy B removes one and adds one. */
 const shippedRules = () => shipped.split("\n").filter((line) => /^[pg],/.test(line.trim())).length;
 
+/** The version keygate gives a policy.csv (with the shipped model and routes.yaml), computed as the server will. */
 async function versionOf(csv: string): Promise<string> {
   const dir = await mkdtemp(join(scratch, "v-"));
   await cp(join(POLICY_DIR, "model.conf"), join(dir, "model.conf"));
+  await cp(join(POLICY_DIR, "routes.yaml"), join(dir, "routes.yaml"));
   await writeFile(join(dir, "policy.csv"), csv);
   return (await loadPolicy(dir)).info.version;
 }
