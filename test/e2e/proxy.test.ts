@@ -118,8 +118,8 @@ describe(`proxy mode, the e2b SDK, two orgs and a platform key (${testDatabaseKi
     acmeBox = acme.sandboxId;
     globexBox = globex.sandboxId;
     // The client's own keygate_org is overwritten: the owner is who created it.
-    expect(stub.sandboxes.get(acmeBox)?.metadata).toEqual({ keygate_org: "acme", keygate_namespace: "*", team: "red" });
-    expect(stub.sandboxes.get(globexBox)?.metadata).toEqual({ keygate_org: "globex", keygate_namespace: "*" });
+    expect(stub.sandboxes.get(acmeBox)?.metadata).toEqual({ keygate_org: "acme", keygate_namespace: "default", team: "red" });
+    expect(stub.sandboxes.get(globexBox)?.metadata).toEqual({ keygate_org: "globex", keygate_namespace: "default" });
     const create = stub.requests.find((r) => r.method === "POST" && r.url === "/v2/sandboxes" && r.headers["x-user-id"] === keys.acme.id)!;
     expect(create.headers).toMatchObject({ "x-user-id": keys.acme.id, "x-user-name": "acme writer", "x-forwarded-proto": "http", "x-forwarded-for": "127.0.0.1" });
     expect(create.headers["x-forwarded-host"]).toBe(new URL(proxy).host);

@@ -6,6 +6,7 @@ import { Pool, type Dispatcher } from "undici";
 import type { Authorize } from "../../core/authorize/authorizer.js";
 import type { Decision, KeyIdentity } from "../../core/authorize/decision.js";
 import type { ResourceLedger } from "../../core/resources/resource-ledger.js";
+import { resourceNamespaceFor, type Owner } from "../../core/resources/resource.js";
 import type { ClientIpRules, CredentialSource } from "../../config/config.js";
 import { clientIp, isTrusted, PEER_ONLY } from "../../http/client-ip.js";
 import { credentialFromHeaders } from "../../http/credentials.js";
@@ -206,7 +207,9 @@ export function createSandboxProxy(deps: SandboxProxyDeps): SandboxProxy {
       refuseTooLarge(req, res);
       return;
     }
-    const stamped = stampCreateBody(raw, key);
+    // A key of every namespace creates into "default" (as the ResourceService claims): a resource lives in one namespace.
+    const owner = { org: key.org, namespace: resourceNamespaceFor(key.namespace), keyId: key.id };
+    const stamped = stampCreateBody(raw, owner);
     if (!stamped.ok) {
       writeJson(res, 400, { code: 400, message: stamped.message }, {});
       return;
@@ -231,7 +234,7 @@ export function createSandboxProxy(deps: SandboxProxyDeps): SandboxProxy {
       return;
     }
     if (answer.statusCode >= 200 && answer.statusCode < 300) {
-      const claimed = await claimCreated(body, key, route);
+      const claimed = await claimCreated(body, key, owner, route);
       if (!claimed.ok) {
         writeJson(res, 502, { code: 502, message: claimed.message }, {});
         return;
@@ -249,7 +252,7 @@ export function createSandboxProxy(deps: SandboxProxyDeps): SandboxProxy {
    * best effort, so it neither runs unowned nor escapes the limit. A conflict
    * (the id is another org's) is never killed: it is theirs.
    */
-  async function claimCreated(body: Buffer, key: KeyIdentity, route: SandboxRoute): Promise<{ ok: true } | { ok: false; message: string }> {
+  async function claimCreated(body: Buffer, key: KeyIdentity, owner: Owner, route: SandboxRoute): Promise<{ ok: true } | { ok: false; message: string }> {
     let ids: string[] | undefined;
     try {
       ids = createdIds(JSON.parse(body.toString("utf8")));
@@ -260,7 +263,6 @@ export function createSandboxProxy(deps: SandboxProxyDeps): SandboxProxy {
       log.error("proxy: a successful create names no sandboxID; answered 502", { route: route.kind, key_id: key.id });
       return { ok: false, message: "upstream create answer names no sandbox; not handed out unowned" };
     }
-    const owner = { org: key.org, namespace: key.namespace, keyId: key.id };
     let failed: string | undefined;
     for (const id of ids) {
       try {
@@ -311,17 +313,23 @@ export function createSandboxProxy(deps: SandboxProxyDeps): SandboxProxy {
   }
 
   async function list(req: Request, res: Response, d: Decided, key: KeyIdentity): Promise<void> {
-    const [answer, visible] = await Promise.all([
+    const [asked, ids] = await Promise.allSettled([
       pool.request({
         path: target(d),
         method: "GET",
         headers: forwarded(req, d, { extra: { "accept-encoding": "identity" } }),
         signal: clientGone(res),
       }),
-      deps.ledger.liveIds(SANDBOX_KIND, { org: key.org, namespace: key.namespace }).catch((error: unknown) => {
-        throw new LedgerUnavailable(error);
-      }),
+      deps.ledger.liveIds(SANDBOX_KIND, { org: key.org, namespace: key.namespace }),
     ]);
+    if (ids.status === "rejected") {
+      // The answer is never read: let its connection go back to the pool.
+      if (asked.status === "fulfilled") await asked.value.body.dump().catch(() => {});
+      throw new LedgerUnavailable(ids.reason);
+    }
+    if (asked.status === "rejected") throw asked.reason;
+    const answer = asked.value;
+    const visible = ids.value;
     const body = await readAll(answer.body, MAX_READ_ANSWER_BYTES);
     if (answer.statusCode < 200 || answer.statusCode >= 300) {
       if (body === undefined) writeJson(res, 502, { code: 502, message: "upstream answer too large" }, {});
