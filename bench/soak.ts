@@ -192,7 +192,7 @@ interface SoakKey {
   inFlight: number;
 }
 
-/** Routes and methods the default policy (policies/policy.csv) gives each role. */
+/** Routes and methods the default policy (policies/policy.csv) gives each role (templates and volumes change only with "platform"). */
 function allowedRoute(role: Role): { path: string; method: string } {
   const reads = [
     () => "/sandboxes",
@@ -212,9 +212,9 @@ function allowedRoute(role: Role): { path: string; method: string } {
       { path: `/sandboxes/${resourceId()}`, method: "DELETE" },
       { path: `/sandboxes/${resourceId()}/timeout`, method: "POST" },
       { path: `/sandboxes/${resourceId()}/network`, method: "PUT" },
-      { path: `/templates/${resourceId()}`, method: "PATCH" },
-      { path: `/templates/${resourceId()}/builds/${resourceId()}`, method: "POST" },
-      { path: `/volumes/${resourceId()}`, method: "DELETE" },
+      { path: `/sandboxes/${resourceId()}/pause`, method: "POST" },
+      { path: "/v2/sandboxes", method: "POST" },
+      { path: `/cubeapi/v1/sandboxes/${resourceId()}/terminal/ws`, method: "GET" },
     ]);
   }
   return { path: pick(reads)(), method: random() < 0.9 ? "GET" : "HEAD" };
