@@ -70,7 +70,7 @@ async function startNginx(dir: string, upstreamPort: number): Promise<{ url: str
   await writeFile(
     conf,
     `daemon off;\nworker_processes 1;\npid ${join(dir, "nginx.pid")};\nerror_log ${join(dir, "nginx-error.log")} warn;\nevents { worker_connections 1024; }\n` +
-      `http {\n  access_log off;\n  client_body_temp_path ${dir};\n  proxy_temp_path ${dir};\n  fastcgi_temp_path ${dir};\n  uwsgi_temp_path ${dir};\n  scgi_temp_path ${dir};\n` +
+      `http {\n  access_log off;\n  keepalive_requests 10000000;\n  keepalive_timeout 300s;\n  client_body_temp_path ${dir};\n  proxy_temp_path ${dir};\n  fastcgi_temp_path ${dir};\n  uwsgi_temp_path ${dir};\n  scgi_temp_path ${dir};\n` +
       `  upstream cube { server 127.0.0.1:${upstreamPort}; keepalive 64; }\n` +
       `  server {\n    listen 127.0.0.1:${port};\n    location / { proxy_pass http://cube; proxy_http_version 1.1; proxy_set_header Connection ""; }\n  }\n}\n`,
   );
