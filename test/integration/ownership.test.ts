@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Decision } from "../../src/core/authorize/decision.js";
+import { applyResourceChange } from "../../src/core/resources/resource-ledger.js";
 import { createTestDatabase, type TestDatabase } from "../support/database.js";
 import { check, createCore, createKey, LOCAL, type Core } from "./test-core.js";
 
@@ -181,5 +182,25 @@ describe("the ledger", () => {
     const admin = await createKey(core, { name: "acme admin", org: "acme", roles: ["admin"] });
     const refused = await core.keys.create({ kind: "key", key: admin.key }, { name: "escalate", org: "*", roles: ["reader"] });
     expect(refused).toMatchObject({ ok: false, code: "permission_denied" });
+  });
+});
+
+describe("the ledger's list cache", () => {
+  it("answers a list from memory until anything changes, then reads again", async () => {
+    const org = "listing";
+    await core.resources.claim({ kind: "sandboxes", id: "sbx-list-1" }, { org, namespace: "default", keyId: "key_l" });
+    const first = await core.resources.liveIds("sandboxes", { org, namespace: "*" });
+    expect([...first]).toEqual(["sbx-list-1"]);
+    expect(core.resources.cache.getIds("sandboxes", org, "*")).toBe(first);
+    // A claim anywhere drops every cached list: the next list sees it.
+    await core.resources.claim({ kind: "sandboxes", id: "sbx-list-2" }, { org, namespace: "default", keyId: "key_l" });
+    expect(core.resources.cache.getIds("sandboxes", org, "*")).toBeUndefined();
+    expect([...(await core.resources.liveIds("sandboxes", { org, namespace: "*" }))].sort()).toEqual(["sbx-list-1", "sbx-list-2"]);
+    await core.resources.release({ kind: "sandboxes", id: "sbx-list-1" });
+    expect([...(await core.resources.liveIds("sandboxes", { org, namespace: "*" }))]).toEqual(["sbx-list-2"]);
+    // And a change announced by another instance (NOTIFY) does the same.
+    await core.resources.liveIds("sandboxes", { org, namespace: "*" });
+    applyResourceChange(core.resources.cache, "sandboxes/sbx-elsewhere");
+    expect(core.resources.cache.getIds("sandboxes", org, "*")).toBeUndefined();
   });
 });

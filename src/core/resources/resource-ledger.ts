@@ -29,7 +29,7 @@ export interface ResourceLedger {
   /** Undefined when the page token is not one this server made. */
   list(filter: ResourceFilter): Promise<{ resources: OwnedResource[]; nextPageToken: string } | undefined>;
   /** Ids of the live resources a scope may see (namespace "*" = the whole org). */
-  liveIds(kind: string, scope: { org: string; namespace: string }): Promise<Set<string>>;
+  liveIds(kind: string, scope: { org: string; namespace: string }): Promise<ReadonlySet<string>>;
   /** Live resources of a kind: in an org, made by a key, or all. */
   countLive(kind: string, by: { org: string } | { keyId: string } | { all: true }): Promise<number>;
   readonly cache: ResourceCache;
@@ -107,7 +107,12 @@ export function createResourceLedger({ db, cache, now, announce = false, timeout
     },
     list: (filter) => listResources(db, filter),
     async liveIds(kind, scope) {
-      return new Set(await liveIdsIn(db, kind, scope.org, scope.namespace));
+      const cached = cache.getIds(kind, scope.org, scope.namespace);
+      if (cached) return cached;
+      const version = cache.version;
+      const ids = new Set(await withDeadline(liveIdsIn(db, kind, scope.org, scope.namespace), timeoutMs, () => new OwnerLookupTimeoutError(timeoutMs)));
+      cache.setIds(kind, scope.org, scope.namespace, ids, version);
+      return ids;
     },
     countLive: (kind, by) => countLiveBy(db, kind, by),
   };
