@@ -100,6 +100,7 @@ export function createRequestHandler(
     ...(runtime.metrics && { metrics: runtime.metrics }),
     ...(shutdown && { shutdown }),
     onError: (error) => log.error("operations endpoint error", errorFields(error)),
+    onNotReady: (state) => log.warn("readiness check failing", { database: state.checks.database, policy: state.checks.policy }),
   });
   for (const [path, handler] of operations) endpoints.set(path, handler);
   // Webhooks (/webhooks/cube) read a body and cap it themselves.

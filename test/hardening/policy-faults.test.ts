@@ -307,8 +307,8 @@ describe("broken policy files under load", () => {
       expect(failed).toMatchObject({ level: "error", serving_version: versionA });
       const { ready, checks } = await readiness();
       expect(ready).toBe(true); // the last good policy still decides
-      expect(checks.policy).toMatchObject({ ok: true, version: versionA, error: expect.stringMatching(/^last reload failed: /) });
-      expect(checks.policy.error!.replace(/^last reload failed: /, "")).toMatch(fault.error);
+      // The public /readyz says a reload failed, never the rule text or file:line (those are in the log and status, below).
+      expect(checks.policy).toEqual({ ok: true, version: versionA, error: "last reload failed: still serving this version (details in the log and keygate status)" });
       if (onPglite) {
         const status = await runCli(["status", "--json"], { cwd: data.dir, env: { ...data.env, ...watch.env } });
         watch.text(`status (${fault.name})`, status.stdout + status.stderr);

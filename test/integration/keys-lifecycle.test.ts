@@ -304,6 +304,15 @@ describe("rotate", () => {
     expect(await reason(rotated.plaintext)).toBe("revoked");
     expect(await allowed(old.plaintext)).toBe(true);
   });
+
+  it("a revoked key is not rotated: no enabled successor, a clear refusal, nothing created", async () => {
+    const old = await createKey(core, { org: "rot-revoked" });
+    unwrap(await core.keys.revoke(LOCAL, old.key.id));
+    const refused = await core.keys.rotate(LOCAL, old.key.id, "");
+    expect(refused).toEqual({ ok: false, code: "invalid_argument", message: `key ${old.key.id} is revoked: a revoked key cannot be rotated (enable it with update first, or create a new key)` });
+    const listed = unwrap(await core.keys.list(LOCAL, { org: "rot-revoked", pageSize: 10 }));
+    expect(listed.keys.map((k) => k.id)).toEqual([old.key.id]);
+  });
 });
 
 describe("delete", () => {

@@ -1,4 +1,4 @@
-import { createHash, randomBytes, randomInt } from "node:crypto";
+import { createHash, randomInt } from "node:crypto";
 
 /**
  * Key format: PREFIX + 36 random base62 characters + a 6-character base62
@@ -116,9 +116,9 @@ export function displayPrefix(key: string, prefix: string = DEFAULT_KEY_PREFIX):
 
 /** Key ids: "key_" + 20 base62 characters. Not secret; used in logs and X-Auth-User. */
 export function generateKeyId(): string {
-  const bytes = randomBytes(20);
+  // randomInt draws without modulo bias (a byte % 62 would favour the first 8 characters).
   let id = "key_";
-  for (const b of bytes) id += BASE62[b % 62];
+  for (let i = 0; i < 20; i++) id += BASE62[randomInt(62)];
   return id;
 }
 

@@ -326,6 +326,8 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, pendingLas
         n.org = old.org;
         const why = await access.escalation(principal, old);
         if (why) return fail("permission_denied", why);
+        // A revoked key stays revoked: rotating it must not hand out an enabled successor.
+        if (!old.enabled) return fail("invalid_argument", `key ${id} is revoked: a revoked key cannot be rotated (enable it with update first, or create a new key)`);
         const at = now();
         // The new key inherits the old expiry: it would be born expired.
         if (old.expiresAt && old.expiresAt <= at) {

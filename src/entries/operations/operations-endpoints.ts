@@ -1,7 +1,7 @@
 import type { ServerResponse } from "node:http";
 import type { Handler } from "../../http/listener.js";
 import { HEALTHZ_PATH, METRICS_PATH, READYZ_PATH } from "../../config/public-paths.js";
-import type { ReadinessCheck } from "../../core/authorize/readiness.js";
+import type { Readiness, ReadinessCheck } from "../../core/authorize/readiness.js";
 import type { Metrics } from "../../telemetry/metrics.js";
 
 /**
@@ -11,7 +11,9 @@ import type { Metrics } from "../../telemetry/metrics.js";
  *   (liveness: restart it only when this fails).
  * - `/readyz`: 200 with the readiness JSON when the database answers and a
  *   policy is in force, 503 with the same JSON when not, or once shutdown
- *   has begun (send it no more traffic).
+ *   has begun (send it no more traffic). The port is public: each check says
+ *   ok or a short reason, never an error's text (policy rule text, database
+ *   addresses); the details go to the log (`onNotReady`) and `keygate status`.
  * - `/metrics`: Prometheus text format (absent with KEYGATE_METRICS=false).
  *
  * GET or HEAD only; never cached.
@@ -24,6 +26,8 @@ export interface OperationsDeps {
   readiness: ReadinessCheck;
   /** Served at /metrics; unset (KEYGATE_METRICS=false) = no /metrics. */
   metrics?: Pick<Metrics, "render" | "contentType">;
+  /** A readiness check with a failing part, with its details (for the log; the answer carries none). */
+  onNotReady?: (state: Readiness) => void;
   /** Aborted when the server begins to stop: /readyz answers 503 from then on. */
   shutdown?: AbortSignal;
   onError?: (error: unknown) => void;
@@ -32,7 +36,23 @@ export interface OperationsDeps {
 const HEALTHY = JSON.stringify({ status: "ok" });
 const SHUTTING_DOWN = JSON.stringify({ ready: false, shuttingDown: true });
 
-export function operationsEndpoints({ readiness, metrics, shutdown, onError }: OperationsDeps): [string, Handler][] {
+/** What /readyz shows: each check's state and a short reason, never an error's own text. */
+export function publicReadiness(state: Readiness): Readiness {
+  const { database, policy } = state.checks;
+  return {
+    ready: state.ready,
+    checks: {
+      database: database.ok ? { ok: true } : { ok: false, error: "the database does not answer (details in the server log)" },
+      policy: {
+        ok: policy.ok,
+        ...(policy.version !== undefined && { version: policy.version }),
+        ...(policy.error !== undefined && { error: policy.ok ? "last reload failed: still serving this version (details in the log and keygate status)" : "no policy in force (details in the server log)" }),
+      },
+    },
+  };
+}
+
+export function operationsEndpoints({ readiness, metrics, shutdown, onError, onNotReady }: OperationsDeps): [string, Handler][] {
   const endpoints: [string, Handler][] = [
     [
       HEALTHZ_PATH,
@@ -46,7 +66,11 @@ export function operationsEndpoints({ readiness, metrics, shutdown, onError }: O
         if (!readOnly(req, res)) return;
         if (shutdown?.aborted) return write(res, 503, "application/json", SHUTTING_DOWN);
         readiness().then(
-          (state) => write(res, state.ready ? 200 : 503, "application/json", JSON.stringify(state)),
+          (state) => {
+            // A failed reload was logged when it happened; an unready part is logged on each probe.
+            if (!state.ready) onNotReady?.(state);
+            write(res, state.ready ? 200 : 503, "application/json", JSON.stringify(publicReadiness(state)));
+          },
           (error: unknown) => {
             onError?.(error);
             write(res, 503, "application/json", JSON.stringify({ ready: false, error: "readiness check failed" }));
