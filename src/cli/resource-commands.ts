@@ -1,5 +1,6 @@
 import { timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import type { Resource } from "../../gen/keygate/v1/resource_pb.js";
+import { DEFAULT_RESOURCE_KIND } from "../core/manage/resource-manager.js";
 import { CliError, help, parse, type Parsed } from "./args.js";
 import { withConnection } from "./connect.js";
 import { createOut, type Out } from "./output.js";
@@ -10,7 +11,6 @@ import { createOut, type Out } from "./output.js";
  * the local operator; `--server` as the key in KEYGATE_API_KEY).
  */
 
-const DEFAULT_KIND = "sandboxes";
 const KIND = { kind: { type: "string" } } as const;
 
 function iso(ts: Timestamp | undefined): string | null {
@@ -55,7 +55,7 @@ function printOne(out: Out, resource: Resource | undefined, extra: Record<string
   else out.print(resourceText(resource));
 }
 
-const kindOf = (parsed: Parsed) => (parsed.flags.kind as string | undefined) ?? DEFAULT_KIND;
+const kindOf = (parsed: Parsed) => (parsed.flags.kind as string | undefined) ?? DEFAULT_RESOURCE_KIND;
 
 function oneId(parsed: Parsed, command: string): string {
   if (parsed.positionals.length !== 1) throw new CliError(`resources ${command} takes exactly one resource id`);

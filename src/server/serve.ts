@@ -184,6 +184,7 @@ export async function startServer(config: ServeConfig, runtime: Runtime, log: Lo
       credentialPriority: config.credentialPriority,
       clientIp: config.clientIp,
       ledger: runtime.resources,
+      routes: () => runtime.policy().routes,
       ownership: runtime.ownership,
       keyMaxSandboxes: keyMaxSandboxes(runtime),
       orgMaxSandboxes: config.proxy.orgMaxSandboxes,

@@ -1,8 +1,6 @@
 import { createHmac } from "node:crypto";
-import { readFile } from "node:fs/promises";
 import { BlockList } from "node:net";
-import { PGlite } from "@electric-sql/pglite";
-import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DEFAULT_LISTENER_LIMITS, readServeConfig, type ServeConfig } from "../../src/config/config.js";
 import type { StoreTarget } from "../../src/core/db/connect.js";
 import { listAuditEvents } from "../../src/core/audit/audit.repository.js";
@@ -11,7 +9,7 @@ import { createListener, type Listener } from "../../src/http/listener.js";
 import { openRuntime, type Runtime } from "../../src/server/runtime.js";
 import { createRequestHandler } from "../../src/server/serve.js";
 import { createLogger } from "../../src/telemetry/logger.js";
-import { createPostgresDatabase, TEST_DATABASE_URL, testDatabaseKind } from "../support/database.js";
+import { createTestStoreTarget, testDatabaseKind } from "../support/database.js";
 import { HOUR, POLICY_DIR } from "./test-core.js";
 
 /**
@@ -34,13 +32,9 @@ const drops: (() => Promise<void>)[] = [];
 const listeners: Listener[] = [];
 
 async function target(): Promise<StoreTarget> {
-  if (TEST_DATABASE_URL) {
-    const database = await createPostgresDatabase();
-    drops.push(database.drop);
-    return { kind: "postgres", url: database.url, defaultUser: "postgres", poolSize: 3 };
-  }
-  const snapshot = await readFile(inject("pgliteSnapshot"));
-  return { kind: "pglite-instance", pglite: await PGlite.create({ loadDataDir: new Blob([snapshot]) }), location: "memory (test)" };
+  const { target, drop } = await createTestStoreTarget();
+  drops.push(drop);
+  return target;
 }
 
 async function serve(secret: string | undefined): Promise<string> {

@@ -1,7 +1,5 @@
-import { readFile } from "node:fs/promises";
 import { BlockList } from "node:net";
-import { PGlite } from "@electric-sql/pglite";
-import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DEFAULT_LISTENER_LIMITS, readServeConfig, type ServeConfig } from "../../src/config/config.js";
 import type { StoreTarget } from "../../src/core/db/connect.js";
 import { createLogger } from "../../src/telemetry/logger.js";
@@ -9,7 +7,7 @@ import { openRuntime, type Runtime } from "../../src/server/runtime.js";
 import { createListener, type Listener } from "../../src/http/listener.js";
 import { createRequestHandler } from "../../src/server/serve.js";
 import { bearer, cubeRequest } from "../support/cube-request.js";
-import { createPostgresDatabase, TEST_DATABASE_URL, testDatabaseKind } from "../support/database.js";
+import { createTestStoreTarget, testDatabaseKind } from "../support/database.js";
 import { createOutage, HOUR, LOCAL, POLICY_DIR, unwrap } from "./test-core.js";
 
 /**
@@ -27,13 +25,9 @@ let drops: (() => Promise<void>)[] = [];
 const listeners: Listener[] = [];
 
 async function target(): Promise<StoreTarget> {
-  if (TEST_DATABASE_URL) {
-    const database = await createPostgresDatabase();
-    drops.push(database.drop);
-    return { kind: "postgres", url: database.url, defaultUser: "postgres", poolSize: 3 };
-  }
-  const snapshot = await readFile(inject("pgliteSnapshot"));
-  return { kind: "pglite-instance", pglite: await PGlite.create({ loadDataDir: new Blob([snapshot]) }), location: "memory (test)" };
+  const { target, drop } = await createTestStoreTarget();
+  drops.push(drop);
+  return target;
 }
 
 async function serve(core: Runtime, shutdown?: AbortSignal): Promise<string> {

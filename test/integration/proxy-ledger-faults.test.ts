@@ -2,6 +2,7 @@ import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import type { Decision } from "../../src/core/authorize/decision.js";
+import { NO_ROUTES } from "../../src/core/policy/policy-routes.js";
 import type { ResourceLedger } from "../../src/core/resources/resource-ledger.js";
 import { createSandboxProxy, type SandboxProxy } from "../../src/entries/proxy/sandbox-proxy.js";
 import { createLogger } from "../../src/telemetry/logger.js";
@@ -47,6 +48,7 @@ beforeAll(async () => {
     authorize: () => Promise.resolve(ALLOW),
     credentialPriority: ["authorization", "x-api-key"],
     ledger,
+    routes: () => NO_ROUTES,
     ownership: true,
     keyMaxSandboxes: () => Promise.resolve(10),
     orgMaxSandboxes: null,

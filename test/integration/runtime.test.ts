@@ -1,12 +1,10 @@
 import { readdirSync } from "node:fs";
 import { resolve } from "node:path";
-import { readFile } from "node:fs/promises";
-import { PGlite } from "@electric-sql/pglite";
-import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { readRuntimeConfig, type RuntimeConfig } from "../../src/config/config.js";
 import type { StoreTarget } from "../../src/core/db/connect.js";
 import { openRuntime, type Runtime } from "../../src/server/runtime.js";
-import { createPostgresDatabase, TEST_DATABASE_URL, testDatabaseKind } from "../support/database.js";
+import { createTestStoreTarget, testDatabaseKind } from "../support/database.js";
 import { createFakeClock, HOUR, LOCAL, POLICY_DIR, unwrap } from "./test-core.js";
 
 /**
@@ -20,13 +18,9 @@ let runtime: Runtime;
 let drop: (() => Promise<void>) | undefined;
 
 async function target(): Promise<StoreTarget> {
-  if (TEST_DATABASE_URL) {
-    const database = await createPostgresDatabase();
-    drop = database.drop;
-    return { kind: "postgres", url: database.url, defaultUser: "postgres", poolSize: 5 };
-  }
-  const snapshot = await readFile(inject("pgliteSnapshot"));
-  return { kind: "pglite-instance", pglite: await PGlite.create({ loadDataDir: new Blob([snapshot]) }), location: "memory (test)" };
+  const created = await createTestStoreTarget(5);
+  drop = created.drop;
+  return created.target;
 }
 
 beforeAll(async () => {

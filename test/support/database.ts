@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { PGlite } from "@electric-sql/pglite";
 import pg from "pg";
 import { inject } from "vitest";
-import { openStore, PGDATA_DIR, type Store } from "../../src/core/db/connect.js";
+import { openStore, PGDATA_DIR, type Store, type StoreTarget } from "../../src/core/db/connect.js";
 import { migrateToLatest } from "../../src/core/db/migrate.js";
 
 /**
@@ -45,6 +45,21 @@ export async function createPostgresDatabase(): Promise<{ url: string; drop: () 
       await client.end();
     },
   };
+}
+
+/**
+ * A fresh database as a store target for openRuntime (which migrates it), on
+ * whichever kind the suite targets; `drop` removes a Postgres one once the
+ * runtime is closed (a PGlite one lives in memory and goes with it).
+ */
+export async function createTestStoreTarget(poolSize = 3): Promise<{ target: StoreTarget; drop: () => Promise<void> }> {
+  if (TEST_DATABASE_URL) {
+    const { url, drop } = await createPostgresDatabase();
+    return { target: { kind: "postgres", url, defaultUser: "postgres", poolSize }, drop };
+  }
+  const snapshot = await readFile(inject("pgliteSnapshot"));
+  const pglite = await PGlite.create({ loadDataDir: new Blob([snapshot]) });
+  return { target: { kind: "pglite-instance", pglite, location: "memory (test)" }, drop: async () => {} };
 }
 
 /** A migrated, empty database for one test file, on whichever kind the suite targets. */

@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { clientResponseHeaders, takeQueryCredentials, upstreamRequestHeaders } from "../../src/entries/proxy/forward-headers.js";
 import { createdIds, filterList, stampCreateBody } from "../../src/entries/proxy/sandbox-bodies.js";
+import { parseRoutes } from "../../src/core/policy/policy-routes.js";
 import { sandboxRoute } from "../../src/entries/proxy/sandbox-routes.js";
 
 /**
@@ -12,6 +13,8 @@ import { sandboxRoute } from "../../src/entries/proxy/sandbox-routes.js";
  */
 
 describe("sandboxRoute: the routes the proxy reads", () => {
+  // The shipped routes.yaml's prefix.
+  const { strip } = parseRoutes("prefixes: [/cubeapi/v1]\n").routes;
   it.each([
     ["POST", "/sandboxes", { kind: "create" }],
     ["POST", "/v2/sandboxes", { kind: "create" }],
@@ -35,7 +38,7 @@ describe("sandboxRoute: the routes the proxy reads", () => {
     ["GET", "/templates", { kind: "other" }],
     ["GET", "/sandboxes/../sandboxes", { kind: "other" }], // refused by the core anyway
   ])("%s %s", (method, path, route) => {
-    expect(sandboxRoute(method, path)).toEqual(route);
+    expect(sandboxRoute(method, path, strip)).toEqual(route);
   });
 });
 

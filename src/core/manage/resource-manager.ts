@@ -4,7 +4,7 @@ import { insertAuditEvent } from "../audit/audit.repository.js";
 import type { Database } from "../db/schema.js";
 import { ALL_NAMESPACES, isValidName, NAME_RULE } from "../keys/key-record.js";
 import type { Policy } from "../policy/policy.js";
-import { isValidResourceId, isValidResourceKind, mayAccess, PLATFORM_ORG, resourceName, resourceNamespaceFor, type OwnedResource, type ResourceRef } from "../resources/resource.js";
+import { isValidResourceId, isValidResourceKind, mayAccess, PLATFORM_ORG, resourceName, resourceNamespaceFor, SANDBOXES, type OwnedResource, type ResourceRef } from "../resources/resource.js";
 import type { ResourceLedger } from "../resources/resource-ledger.js";
 import { findLatest } from "../resources/resource.repository.js";
 import { printable } from "../time/duration.js";
@@ -24,7 +24,7 @@ import { actorOf, createAccessRules, fail, ok, type ManageResult, type Principal
  * to the caller (and a log line); the change stands.
  */
 
-export const DEFAULT_RESOURCE_KIND = "sandboxes";
+export const DEFAULT_RESOURCE_KIND = SANDBOXES;
 const MAX_PAGE_SIZE = 1000;
 const DEFAULT_PAGE_SIZE = 100;
 /**

@@ -1,12 +1,10 @@
 import type { Kysely, Transaction } from "kysely";
 import { decodePageToken, encodePageToken } from "../db/page-token.js";
 import type { Database, OwnedResourceRow } from "../db/schema.js";
-import type { OwnedResource, Owner, ResourceRef } from "./resource.js";
+import { ALL_NAMESPACES, type OwnedResource, type Owner, type ResourceRef } from "./resource.js";
 
 /** Repository functions take the database (or a transaction) first. */
 type Db = Kysely<Database> | Transaction<Database>;
-
-const ALL_NAMESPACES = "*";
 
 function toResource(row: OwnedResourceRow): OwnedResource {
   return {

@@ -26,8 +26,11 @@ export interface OwnedResource extends ResourceRef, Owner {
   releasedAt: Date | null;
 }
 
-/** A key's namespace "*": every namespace (core/keys ALL_NAMESPACES; this layer sits below keys). */
-const ALL_NAMESPACES = "*";
+/** A key's namespace "*": every namespace (the same as core/keys' ALL_NAMESPACES; this layer sits below keys). */
+export const ALL_NAMESPACES = "*";
+
+/** The kind the proxy, Cube's webhooks and the ResourceService (by default) record: Cube's sandboxes. */
+export const SANDBOXES = "sandboxes";
 
 /** Kinds are policy words: lower-case letters, digits, "-" and "_". */
 const KIND_PATTERN = /^[a-z][a-z0-9_-]{0,31}$/;

@@ -6,7 +6,8 @@ import { Pool, type Dispatcher } from "undici";
 import type { Authorize } from "../../core/authorize/authorizer.js";
 import type { Decision, KeyIdentity } from "../../core/authorize/decision.js";
 import type { ResourceLedger } from "../../core/resources/resource-ledger.js";
-import { resourceNamespaceFor, type Owner } from "../../core/resources/resource.js";
+import { resourceNamespaceFor, SANDBOXES, type Owner } from "../../core/resources/resource.js";
+import type { PolicyRoutes } from "../../core/policy/policy-routes.js";
 import type { ClientIpRules, CredentialSource } from "../../config/config.js";
 import { clientIp, isTrusted, PEER_ONLY } from "../../http/client-ip.js";
 import { credentialFromHeaders } from "../../http/credentials.js";
@@ -18,7 +19,7 @@ import type { Logger } from "../../telemetry/logger.js";
 import { errorFields } from "../../telemetry/logger.js";
 import { clientResponseHeaders, takeQueryCredentials, upstreamRequestHeaders, type ForwardedFor } from "./forward-headers.js";
 import { createdIds, filterList, stampCreateBody } from "./sandbox-bodies.js";
-import { SANDBOX_KIND, sandboxRoute, type SandboxRoute } from "./sandbox-routes.js";
+import { sandboxRoute, type SandboxRoute } from "./sandbox-routes.js";
 
 /**
  * Proxy mode: keygate in front of Cube (or any E2B-compatible API). Every
@@ -49,6 +50,8 @@ export interface SandboxProxyDeps {
   credentialPriority: readonly CredentialSource[];
   clientIp?: ClientIpRules;
   ledger: ResourceLedger;
+  /** The policy's routes.yaml in force now (its prefixes are stripped before a create, list or delete is recognised). */
+  routes: () => PolicyRoutes;
   /** Ownership enforced: lists filtered, a create whose claim fails answered 502. Off: claims and releases are still recorded. */
   ownership: boolean;
   /** A key's own live-sandbox limit (null = none), from the cached key record. */
@@ -266,7 +269,7 @@ export function createSandboxProxy(deps: SandboxProxyDeps): SandboxProxy {
     let failed: string | undefined;
     for (const id of ids) {
       try {
-        const claim = await deps.ledger.claim({ kind: SANDBOX_KIND, id }, owner);
+        const claim = await deps.ledger.claim({ kind: SANDBOXES, id }, owner);
         if (!claim.ok) {
           log.error("proxy: created sandbox already owned by another org; answered 502", { sandbox_id: id, key_id: key.id, owner_org: claim.resource.org });
           failed ??= `sandbox ${id} is recorded for another owner`;
@@ -298,11 +301,11 @@ export function createSandboxProxy(deps: SandboxProxyDeps): SandboxProxy {
   async function overLimit(credential: string, key: KeyIdentity, adding: number): Promise<{ status: number; message: string } | undefined> {
     try {
       const own = await deps.keyMaxSandboxes(credential);
-      if (own !== null && (await deps.ledger.countLive(SANDBOX_KIND, { keyId: key.id })) + adding > own) {
+      if (own !== null && (await deps.ledger.countLive(SANDBOXES, { keyId: key.id })) + adding > own) {
         return { status: 429, message: `live sandbox limit reached: ${own} for key ${key.id} (keygen --max-sandboxes)` };
       }
       const org = deps.orgMaxSandboxes;
-      if (org !== null && key.org !== "*" && (await deps.ledger.countLive(SANDBOX_KIND, { org: key.org })) + adding > org) {
+      if (org !== null && key.org !== "*" && (await deps.ledger.countLive(SANDBOXES, { org: key.org })) + adding > org) {
         return { status: 429, message: `live sandbox limit reached: ${org} for org ${key.org} (KEYGATE_ORG_MAX_SANDBOXES)` };
       }
       return undefined;
@@ -320,7 +323,7 @@ export function createSandboxProxy(deps: SandboxProxyDeps): SandboxProxy {
         headers: forwarded(req, d, { extra: { "accept-encoding": "identity" } }),
         signal: clientGone(res),
       }),
-      deps.ledger.liveIds(SANDBOX_KIND, { org: key.org, namespace: key.namespace }),
+      deps.ledger.liveIds(SANDBOXES, { org: key.org, namespace: key.namespace }),
     ]);
     if (ids.status === "rejected") {
       // The answer is never read: let its connection go back to the pool.
@@ -362,7 +365,7 @@ export function createSandboxProxy(deps: SandboxProxyDeps): SandboxProxy {
     });
     if ((answer.statusCode >= 200 && answer.statusCode < 300) || answer.statusCode === 404) {
       // Released before the answer leaves: a create right after a kill sees the freed budget.
-      await deps.ledger.release({ kind: SANDBOX_KIND, id }).catch((error: unknown) => {
+      await deps.ledger.release({ kind: SANDBOXES, id }).catch((error: unknown) => {
         log.error("proxy: releasing a deleted sandbox failed; it still counts as live", { sandbox_id: id, ...errorFields(error) });
       });
     }
@@ -379,7 +382,7 @@ export function createSandboxProxy(deps: SandboxProxyDeps): SandboxProxy {
 
   async function handleAllowed(req: Request, res: Response, d: Decided): Promise<void> {
     const key = d.decision.key;
-    const route = sandboxRoute(req.method ?? "", d.path);
+    const route = sandboxRoute(req.method ?? "", d.path, deps.routes().strip);
     // Dev mode decides without a key: nothing to stamp, claim or filter by.
     if (key === undefined) return stream(req, res, d);
     switch (route.kind) {

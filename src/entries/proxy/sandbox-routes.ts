@@ -4,8 +4,9 @@ import { normalizeMethod, normalizePath } from "../../core/request/normalize.js"
  * The few Cube/E2B routes the proxy does more than forward: creates (the body
  * is stamped and the new id claimed), lists (filtered to the caller's
  * sandboxes) and deletes (the entry released). Read from the path as the core
- * decides on it (decoded once, slashes collapsed, `/cubeapi/v1` dropped): a
- * path the policy takes for a list is filtered as one, whatever its spelling.
+ * decides on it (decoded once, slashes collapsed, the policy's routes.yaml
+ * prefixes such as `/cubeapi/v1` stripped): a path the policy takes for a
+ * list is filtered as one, whatever its spelling.
  */
 export type SandboxRoute =
   | { kind: "create" }
@@ -14,19 +15,14 @@ export type SandboxRoute =
   | { kind: "delete"; id: string }
   | { kind: "other" };
 
-export const SANDBOX_KIND = "sandboxes";
-
-/** Cube serves every route at `/` and under this prefix. */
-export const CUBE_PREFIX = "/cubeapi/v1";
-
 const OTHER: SandboxRoute = { kind: "other" };
 
-export function sandboxRoute(method: string, rawPath: string): SandboxRoute {
+/** `strip`: the policy's prefix stripping (PolicyRoutes.strip), so the proxy reads a path as the core decides on it. */
+export function sandboxRoute(method: string, rawPath: string, strip: (path: string) => string): SandboxRoute {
   const m = normalizeMethod(method);
   const p = normalizePath(rawPath);
   if (!m.ok || !p.ok) return OTHER;
-  let path = p.value;
-  if (path === CUBE_PREFIX || path.startsWith(`${CUBE_PREFIX}/`)) path = path.slice(CUBE_PREFIX.length) || "/";
+  const path = strip(p.value);
   const segments = path.split("/").slice(1);
   const collection = segments[0] === "sandboxes" ? 1 : segments[0] === "v2" && segments[1] === "sandboxes" ? 2 : 0;
   if (collection === 0) return OTHER;

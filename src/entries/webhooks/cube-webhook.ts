@@ -1,7 +1,7 @@
 import { createHash, createHmac, timingSafeEqual } from "node:crypto";
 import type { ServerResponse } from "node:http";
 import type { EventRelease, ReleaseEvent } from "../../core/manage/resource-manager.js";
-import type { ResourceRef } from "../../core/resources/resource.js";
+import { SANDBOXES, type ResourceRef } from "../../core/resources/resource.js";
 import { writeJson } from "../../http/decision-answer.js";
 import { headerReader } from "../../http/header-reader.js";
 import type { Handler } from "../../http/listener.js";
@@ -30,7 +30,6 @@ import { errorFields } from "../../telemetry/logger.js";
 export const CUBE_WEBHOOK_PATH = "/webhooks/cube";
 /** Cube's payloads are about 150 bytes; anything near this is not Cube. */
 export const WEBHOOK_BODY_MAX_BYTES = 1024 * 1024;
-export const SANDBOX_KIND = "sandboxes";
 
 type Request = Parameters<Handler>[0];
 type Response = Parameters<Handler>[1];
@@ -113,7 +112,7 @@ export function cubeWebhookHandler({ secret, releaseFromEvent, log, maxBodyBytes
       return;
     }
     const result = await releaseFromEvent(
-      { kind: SANDBOX_KIND, id: payload.sandboxId },
+      { kind: SANDBOXES, id: payload.sandboxId },
       { source: "cube-webhook", eventId, event: payload.event, ...(payload.at && { at: payload.at }) },
     );
     switch (result.outcome) {
