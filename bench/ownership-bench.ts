@@ -52,6 +52,8 @@ const KEY: KeyRecord = {
   rotatedFrom: null,
   rateLimit: null,
   maxSandboxes: null,
+  budgetId: "key_bench",
+  parentBudgets: [],
   createdBy: "local",
 };
 const FOUND = { status: "ok" as const, key: KEY };

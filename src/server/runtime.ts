@@ -1,6 +1,7 @@
 import { canonicalIp, inList } from "../core/request/address.js";
 import { createFailedAuthGuard } from "../core/authorize/failed-auth-guard.js";
 import { createAuthorizer, type Authorize } from "../core/authorize/authorizer.js";
+import { createBudgetConsumer, type ConsumeBudgets } from "../core/authorize/consume-budgets.js";
 import type { AuthorizeInput, Decision } from "../core/authorize/decision.js";
 import type { RuntimeConfig, ServeConfig } from "../config/config.js";
 import { openStore, type Store, type StoreTarget } from "../core/db/connect.js";
@@ -44,6 +45,8 @@ export interface Runtime {
   rateLimiter: RateLimiter;
   /** The allocation of keys without their own; null = unlimited. */
   defaultRateLimit: RateLimit | null;
+  /** Takes a call by a key from its budgets (ManageKey, audit and resource calls count as decisions do). */
+  consumeBudgets: ConsumeBudgets;
   dev: boolean;
   startedAt: Date;
   /** Prometheus metrics (serve, unless KEYGATE_METRICS=false); undefined in the CLI's own process. */
@@ -151,7 +154,7 @@ export async function openRuntime(config: RuntimeConfig & RuntimeTelemetryConfig
       ...(ownership && { ownership: resources }),
     });
     const keys = withKeyUsage(
-      createKeyManager({ db: store.db, policy: currentPolicy, cache, keyPrefix: config.keyPrefix, now, pendingLastUsed: usage.pending }),
+      createKeyManager({ db: store.db, policy: currentPolicy, cache, keyPrefix: config.keyPrefix, now, pendingLastUsed: usage.pending, defaultRateLimit: config.defaultRateLimit }),
       createKeyUsageReader({ db: store.db, now, pendingCounts: usage.pendingCounts }),
     );
     return {
@@ -168,6 +171,7 @@ export async function openRuntime(config: RuntimeConfig & RuntimeTelemetryConfig
       usage,
       rateLimiter,
       defaultRateLimit: config.defaultRateLimit,
+      consumeBudgets: createBudgetConsumer(rateLimiter, config.defaultRateLimit),
       dev: config.dev,
       startedAt: now(),
       ...(metrics && { metrics }),

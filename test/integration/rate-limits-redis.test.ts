@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createRateLimiter, type HealthLog, type RateLimiter } from "../../src/core/ratelimit/rate-limiter.js";
 import { createTestDatabase, type TestDatabase } from "../support/database.js";
 import { startTestRedis, type TestRedis } from "../support/redis-server.js";
-import { check, createCore, createKey, type Core } from "./test-core.js";
+import { asKey, check, createCore, createKey, LOCAL, unwrap, type Core } from "./test-core.js";
 
 /**
  * Shared budgets through Redis, in process: two keygate cores over one
@@ -81,6 +81,34 @@ describe("two instances", () => {
     expect(await get(one, made.plaintext)).toMatchObject({ allowed: true, rateLimit: { remaining: 1 } });
     expect(await get(two, made.plaintext)).toMatchObject({ allowed: true, rateLimit: { remaining: 1 } });
     expect(await one.rateLimiter.health()).toMatchObject({ backend: "memory", shared: false });
+  });
+});
+
+describe("shared budgets (rate-limit-budgets.test.ts) across instances", () => {
+  it("a 10/1m admin that used its budget on one instance gets 0 calls through five children on another (was 50)", async () => {
+    const keyPrefix = `t-${randomBytes(4).toString("hex")}`;
+    const one = await coreWith(createRateLimiter({ redisUrl: redis.url, keyPrefix }));
+    const two = await coreWith(createRateLimiter({ redisUrl: redis.url, keyPrefix }));
+    const admin = await createKey(one, { org: "acme", roles: ["admin"], rateLimit: "10/1m" });
+    for (let i = 0; i < 10; i++) expect(await get(one, admin.plaintext)).toMatchObject({ allowed: true });
+    const children = [];
+    for (let i = 0; i < 5; i++) children.push(unwrap(await one.keys.create(asKey(admin.key), { roles: ["reader"] })));
+    let allowed = 0;
+    for (const child of children) for (let i = 0; i < 10; i++) if ((await get(two, child.plaintext)).allowed) allowed++;
+    expect(allowed).toBe(0);
+  });
+
+  it("a rotated key shares its predecessor's budget; a child over its own limit gives its creator's points back", async () => {
+    const keyPrefix = `t-${randomBytes(4).toString("hex")}`;
+    const one = await coreWith(createRateLimiter({ redisUrl: redis.url, keyPrefix }));
+    const two = await coreWith(createRateLimiter({ redisUrl: redis.url, keyPrefix }));
+    const old = await createKey(one, { org: "acme", roles: ["admin"], rateLimit: "5/1h" });
+    expect(await get(one, old.plaintext)).toMatchObject({ allowed: true, rateLimit: { remaining: 4 } });
+    const rotated = unwrap(await one.keys.rotate(LOCAL, old.key.id, "1h"));
+    expect(await get(two, rotated.plaintext)).toMatchObject({ allowed: true, rateLimit: { remaining: 3 } });
+    const child = unwrap(await one.keys.create(asKey(rotated.key), { roles: ["reader"], rateLimit: "1/1h" }));
+    for (let i = 0; i < 10; i++) await get(two, child.plaintext);
+    expect(await get(one, old.plaintext)).toMatchObject({ allowed: true, rateLimit: { limit: 5, remaining: 1 } });
   });
 });
 

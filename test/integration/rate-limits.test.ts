@@ -61,12 +61,12 @@ describe("a key's own limit", () => {
     expect(await get(core, b.plaintext)).toMatchObject({ allowed: true, rateLimit: { remaining: 0 } });
   });
 
-  it("a rotated key carries the limit over, with a budget of its own", async () => {
-    const old = await createKey(core, { org: "acme", roles: ["reader"], rateLimit: "1/1h" });
+  it("a rotated key carries the limit over and shares its predecessor's budget (rate-limit-budgets.test.ts)", async () => {
+    const old = await createKey(core, { org: "acme", roles: ["reader"], rateLimit: "2/1h" });
     expect(await get(core, old.plaintext)).toMatchObject({ allowed: true });
     const rotated = unwrap(await core.keys.rotate(LOCAL, old.key.id, ""));
-    expect(rotated.key.rateLimit).toEqual({ points: 1, windowSeconds: 3600 });
-    expect(await get(core, rotated.plaintext)).toMatchObject({ allowed: true, rateLimit: { limit: 1, remaining: 0 } });
+    expect(rotated.key.rateLimit).toEqual({ points: 2, windowSeconds: 3600 });
+    expect(await get(core, rotated.plaintext)).toMatchObject({ allowed: true, rateLimit: { limit: 2, remaining: 0 } });
     expect(await get(core, rotated.plaintext)).toMatchObject({ reason: "rate_limited" });
   });
 });
@@ -180,6 +180,7 @@ describe("a limiter that fails", () => {
   it("denies as unavailable (fail closed), never allows", async () => {
     const broken: RateLimiter = {
       consume: () => Promise.reject(new Error("limiter exploded")),
+      consumeAll: () => Promise.reject(new Error("limiter exploded")),
       health: async () => ({ backend: "memory", shared: false, unreachableSince: null, lastError: null }),
       close: async () => {},
     };

@@ -119,7 +119,7 @@ export async function createCore(db: Kysely<Database>, options: CoreOptions = {}
     ...(options.ownership && { ownership: { owner: options.owner ?? resources.owner } }),
   });
   const keys = withKeyUsage(
-    createKeyManager({ db, policy: () => policy, cache, keyPrefix: DEFAULT_KEY_PREFIX, now: clock.now, pendingLastUsed: usage.pending }),
+    createKeyManager({ db, policy: () => policy, cache, keyPrefix: DEFAULT_KEY_PREFIX, now: clock.now, pendingLastUsed: usage.pending, defaultRateLimit: options.defaultRateLimit ?? null }),
     createKeyUsageReader({ db, now: clock.now, pendingCounts: usage.pendingCounts }),
   );
   return {

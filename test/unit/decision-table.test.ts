@@ -226,6 +226,8 @@ function keyFor(c: DecisionCase): KeyRecord {
     rotatedFrom: null,
     rateLimit: null,
     maxSandboxes: null,
+    budgetId: "key_test",
+    parentBudgets: [],
     createdBy: "local",
   };
 }

@@ -42,6 +42,8 @@ function row(id: string, enabled: boolean): ApiKeyRow {
     rate_limit_points: null,
     rate_limit_window_seconds: null,
     max_sandboxes: null,
+    budget_id: null,
+    parent_budgets: [],
   };
 }
 

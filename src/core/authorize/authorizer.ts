@@ -6,6 +6,7 @@ import type { RuleMiss } from "../policy/policy-request.js";
 import type { FailedAuthGuard } from "./failed-auth-guard.js";
 import type { RateLimit } from "../ratelimit/rate-limit.js";
 import type { RateLimiter } from "../ratelimit/rate-limiter.js";
+import { createBudgetConsumer } from "./consume-budgets.js";
 import { mayAccess, PLATFORM_ORG, type Owner, type ResourceRef } from "../resources/resource.js";
 import { deny, forbiddenMessage, MESSAGES, notFoundMessage, type AuthorizeInput, type Decision, type DecisionEntry, type KeyIdentity } from "./decision.js";
 import { KNOWN_METHODS, normalizeMethod, normalizePath, type HttpMethod } from "../request/normalize.js";
@@ -22,7 +23,7 @@ export interface AuthorizerDeps {
   /** Called when a decision could not be made (an outage), before denying. */
   onError?: (error: unknown) => void;
   dev?: boolean;
-  /** Enforces per-key allocations; unset = no rate limits at all. */
+  /** Enforces per-key allocations (each key's budgets: consume-budgets.ts); unset = no rate limits at all. */
   rateLimiter?: RateLimiter;
   /** The allocation of keys without their own; null = unlimited. */
   defaultRateLimit?: RateLimit | null;
@@ -105,6 +106,7 @@ export function createAuthorizer({
   tracer,
   ownership,
 }: AuthorizerDeps): Authorize {
+  const consumeBudgets = rateLimiter ? createBudgetConsumer(rateLimiter, defaultRateLimit) : undefined;
   return async function authorize(input) {
     const started = observe ? performance.now() : 0;
     const span = tracer?.start(input);
@@ -190,17 +192,17 @@ export function createAuthorizer({
       }
     }
     // Only a request the policy allows costs a point: denied requests never drain a budget.
-    const limit = key.rateLimit ?? defaultRateLimit;
-    if (limit && rateLimiter) {
+    // Its own budget and every rate-limited ancestor's (a key and the keys it minted share them).
+    if (consumeBudgets && (key.parentBudgets.length > 0 || (key.rateLimit ?? defaultRateLimit))) {
       let consumed;
       try {
-        consumed = await rateLimiter.consume(key.id, limit);
+        consumed = await consumeBudgets(key);
       } catch (error) {
         onError?.(error);
         return deny("unavailable", "authorization unavailable: the rate limiter failed, request denied", identityOf(key));
       }
-      if (!consumed.allowed) return { ...deny("rate_limited", MESSAGES.rate_limited, identityOf(key)), rateLimit: consumed.status };
-      decision = { ...decision, rateLimit: consumed.status };
+      if (consumed && !consumed.allowed) return { ...deny("rate_limited", MESSAGES.rate_limited, identityOf(key)), rateLimit: consumed.status };
+      if (consumed) decision = { ...decision, rateLimit: consumed.status };
     }
     onUsed?.(key.id, now());
     return decision;

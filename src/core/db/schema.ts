@@ -32,6 +32,16 @@ export interface ApiKeyTable {
   rate_limit_window_seconds: ColumnType<number | null, number | null | undefined, number | null>;
   /** Live sandboxes the key may hold (proxy mode); null = no limit of its own. */
   max_sandboxes: ColumnType<number | null, number | null | undefined, number | null>;
+  /** The rate-limit bucket of the key's own limit; null = its id. A rotated key takes its predecessor's. */
+  budget_id: ColumnType<string | null, string | null | undefined, never>;
+  /** JSON array of {id, points, window_seconds}: every rate-limited budget above the key in its creation chain. */
+  parent_budgets: ColumnType<ParentBudgetJson[] | string, string | undefined, never>;
+}
+
+export interface ParentBudgetJson {
+  id: string;
+  points: number;
+  window_seconds: number;
 }
 
 /** Requests decided per key and UTC day; rows go with their key (ON DELETE CASCADE). */

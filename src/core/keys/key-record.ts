@@ -1,4 +1,4 @@
-import type { RateLimit } from "../ratelimit/rate-limit.js";
+import type { Budget, RateLimit } from "../ratelimit/rate-limit.js";
 
 /** An API key as the core sees it. Never holds the secret or its hash. */
 export interface KeyRecord {
@@ -20,6 +20,14 @@ export interface KeyRecord {
   createdBy: string;
   /** Its own allocation; null = the server default (unlimited when none). */
   rateLimit: RateLimit | null;
+  /** The budget its own allocation counts in: its id, or its predecessor's after a rotation (shared). */
+  budgetId: string;
+  /**
+   * Every rate-limited budget above it in its creation chain, root first,
+   * each with the allocation it had when this key was made: every request
+   * takes a point from each (key-budgets.ts).
+   */
+  parentBudgets: Budget[];
   /** Live sandboxes it may hold at once (proxy mode, counted in the ownership ledger); null = no limit of its own. */
   maxSandboxes: number | null;
   /** Requests decided for it, when asked for (ManageKey get and list). */

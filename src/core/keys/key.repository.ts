@@ -1,7 +1,7 @@
 import type { Kysely, Transaction } from "kysely";
 import type { PageCursor } from "../db/page-token.js";
-import type { ApiKeyRow, Database, NewApiKeyRow } from "../db/schema.js";
-import type { RateLimit } from "../ratelimit/rate-limit.js";
+import type { ApiKeyRow, Database, NewApiKeyRow, ParentBudgetJson } from "../db/schema.js";
+import type { Budget, RateLimit } from "../ratelimit/rate-limit.js";
 import type { KeyRecord } from "./key-record.js";
 
 /** Repository functions take the database (or a transaction) first. */
@@ -28,7 +28,15 @@ export function toRecord(row: ApiKeyRow): KeyRecord {
         ? { points: Number(row.rate_limit_points), windowSeconds: Number(row.rate_limit_window_seconds) }
         : null,
     maxSandboxes: row.max_sandboxes === null || row.max_sandboxes === undefined ? null : Number(row.max_sandboxes),
+    budgetId: row.budget_id ?? row.id,
+    parentBudgets: parentBudgetsOf(row.parent_budgets),
   };
+}
+
+function parentBudgetsOf(value: ParentBudgetJson[] | string | null | undefined): Budget[] {
+  if (value === null || value === undefined) return [];
+  const list = Array.isArray(value) ? value : (JSON.parse(value) as ParentBudgetJson[]);
+  return list.map((b) => ({ id: b.id, limit: { points: Number(b.points), windowSeconds: Number(b.window_seconds) } }));
 }
 
 export interface NewKey {
@@ -45,6 +53,10 @@ export interface NewKey {
   createdBy: string;
   rateLimit: RateLimit | null;
   maxSandboxes: number | null;
+  /** Unset = its own id. */
+  budgetId?: string;
+  /** Unset = none. */
+  parentBudgets?: readonly Budget[];
 }
 
 export async function insertKey(db: Db, key: NewKey): Promise<KeyRecord> {
@@ -65,6 +77,11 @@ export async function insertKey(db: Db, key: NewKey): Promise<KeyRecord> {
     rate_limit_points: key.rateLimit?.points ?? null,
     rate_limit_window_seconds: key.rateLimit?.windowSeconds ?? null,
     max_sandboxes: key.maxSandboxes,
+    ...(key.budgetId !== undefined && key.budgetId !== key.id && { budget_id: key.budgetId }),
+    ...(key.parentBudgets &&
+      key.parentBudgets.length > 0 && {
+        parent_budgets: JSON.stringify(key.parentBudgets.map((b): ParentBudgetJson => ({ id: b.id, points: b.limit.points, window_seconds: b.limit.windowSeconds }))),
+      }),
   };
   return toRecord(await db.insertInto("api_keys").values(row).returningAll().executeTakeFirstOrThrow());
 }

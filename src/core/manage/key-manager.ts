@@ -3,7 +3,8 @@ import type { Kysely } from "kysely";
 import { decodePageToken, encodePageToken, type PageCursor } from "../db/page-token.js";
 import type { Database } from "../db/schema.js";
 import type { Policy } from "../policy/policy.js";
-import { formatRateLimit } from "../ratelimit/rate-limit.js";
+import { formatRateLimit, type RateLimit } from "../ratelimit/rate-limit.js";
+import { limitOf, MAX_PARENT_BUDGETS, parentBudgetsFor } from "../keys/key-budgets.js";
 import { parseDuration, printable } from "../time/duration.js";
 import type { KeyCache } from "../keys/key-cache.js";
 import { displayPrefix, generateKey, generateKeyId, hashKey, KEY_ID_PATTERN } from "../keys/key-format.js";
@@ -69,6 +70,8 @@ export interface KeyManagerDeps {
   now: () => Date;
   /** Last-used times noted in memory and not yet written. */
   pendingLastUsed?: (keyId: string) => Date | undefined;
+  /** The allocation of keys without their own: a key caller held to it passes it on as a shared budget. */
+  defaultRateLimit?: RateLimit | null;
 }
 
 export const DEFAULT_ORG = "default";
@@ -78,7 +81,7 @@ const DEFAULT_PAGE_SIZE = 100;
 
 export type KeyManager = ReturnType<typeof createKeyManager>;
 
-export function createKeyManager({ db, policy, cache, keyPrefix, now, pendingLastUsed }: KeyManagerDeps) {
+export function createKeyManager({ db, policy, cache, keyPrefix, now, pendingLastUsed, defaultRateLimit = null }: KeyManagerDeps) {
   const access = createAccessRules(policy);
   const { audited, recordIn } = createKeyAudit(db, now);
 
@@ -139,6 +142,9 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, pendingLas
         if (maxSandboxes !== null && !isSandboxLimit(maxSandboxes)) return fail("invalid_argument", SANDBOX_LIMIT_RULE);
         const why = await access.escalation(principal, { org, namespace, roles: roles.value, expiresAt, rateLimit, maxSandboxes });
         if (why) return fail("permission_denied", why);
+        // The caller's budgets bound the new key: together they can do no more than the caller alone.
+        const parentBudgets = parentBudgetsFor(caller, defaultRateLimit);
+        if (parentBudgets.length > MAX_PARENT_BUDGETS) return fail("permission_denied", DEPTH_RULE);
 
         const plaintext = generateKey(keyPrefix);
         const id = generateKeyId();
@@ -167,6 +173,7 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, pendingLas
             createdBy: actorOf(principal),
             rateLimit,
             maxSandboxes,
+            parentBudgets,
           });
           await recordIn(trx, principal, n, at);
           return created;
@@ -269,6 +276,10 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, pendingLas
         };
         const why = await access.escalation(principal, after);
         if (why) return fail("permission_denied", why);
+        // A changed allocation counts in a fresh bucket: on its own budget, a key would refill it.
+        if (principal.kind === "key" && found.value.budgetId === principal.key.budgetId && "rateLimit" in changes && !sameLimit(changes.rateLimit!, found.value.rateLimit)) {
+          return fail("permission_denied", `a key may not change the rate limit of a key that shares its budget (itself or a rotation of it): ask the operator or a key above it`);
+        }
         // Field names and new values only; never anything secret.
         n.detail = {
           changed: {
@@ -333,6 +344,11 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, pendingLas
         if (old.expiresAt && old.expiresAt <= at) {
           return fail("invalid_argument", `key ${id} has expired: give it a new expiry with update first, or create a new key`);
         }
+        // The successor shares the old key's budget (same bucket, during the grace period and after), stays
+        // under its ancestors, and under the caller's budgets when a limited key rotates it.
+        const ownLimit = limitOf(old, defaultRateLimit);
+        const parentBudgets = parentBudgetsFor(principal.kind === "key" ? principal.key : undefined, defaultRateLimit, old.parentBudgets, ownLimit ? { id: old.budgetId, limit: ownLimit } : undefined);
+        if (parentBudgets.length > MAX_PARENT_BUDGETS) return fail("permission_denied", DEPTH_RULE);
         const plaintext = generateKey(keyPrefix);
         n.newTarget = generateKeyId();
         const newId = n.newTarget;
@@ -349,9 +365,10 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, pendingLas
             createdAt: at,
             rotatedFrom: old.id,
             createdBy: actorOf(principal),
-            // The allocation moves with the key; the new key starts with a full budget of its own.
             rateLimit: old.rateLimit,
             maxSandboxes: old.maxSandboxes,
+            budgetId: old.budgetId,
+            parentBudgets,
           });
           if (graceMs === 0) {
             await repo.updateKey(trx, old.id, { enabled: false, revokedAt: at }, at);
@@ -413,6 +430,12 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, pendingLas
       });
     },
   };
+}
+
+const DEPTH_RULE = `a key may not mint keys more than ${MAX_PARENT_BUDGETS} rate-limited keys deep (each request of such a key counts against every budget above it): create it from a key higher up the chain`;
+
+function sameLimit(a: RateLimit | null, b: RateLimit | null): boolean {
+  return a === b || (a !== null && b !== null && a.points === b.points && a.windowSeconds === b.windowSeconds);
 }
 
 const MAX_SANDBOX_LIMIT = 1_000_000_000;

@@ -12,6 +12,16 @@ export interface RateLimit {
   windowSeconds: number;
 }
 
+/**
+ * A bucket a request must fit in: a budget id (a key's, shared by its
+ * rotations) counted under an allocation. A key's decision takes one point
+ * from its own budget and from every rate-limited ancestor's (key-budgets.ts).
+ */
+export interface Budget {
+  id: string;
+  limit: RateLimit;
+}
+
 /** What a decision reports about a limited key. */
 export interface RateLimitStatus {
   limit: number;

@@ -1,12 +1,14 @@
 import { Redis } from "ioredis";
 import { RateLimiterMemory, RateLimiterRedis, RateLimiterRes, type RateLimiterAbstract } from "rate-limiter-flexible";
-import type { RateLimit, RateLimitStatus } from "./rate-limit.js";
+import type { Budget, RateLimit, RateLimitStatus } from "./rate-limit.js";
 
 /**
- * Enforces per-key allocations. Each key has its own budget, stored under
- * its id, so keys never share one. One limiter object per distinct
- * (points, window) pair, created on first use and reused; the pair is part
- * of the storage key, so a changed allocation starts a fresh budget at once.
+ * Enforces per-key allocations. Each budget is stored under its id (a key's
+ * budget id: its own, or its predecessor's after a rotation). One limiter
+ * object per distinct (points, window) pair, created on first use and
+ * reused; the pair is part of the storage key, so a changed allocation
+ * starts a fresh budget at once (which is why a key may not change its own
+ * limit: access.ts).
  *
  * In memory for one instance; with a Redis URL, counters live in Redis and
  * every instance sharing it shares each key's budget. When Redis cannot be
@@ -31,6 +33,13 @@ export interface RateLimiterHealth {
 export interface RateLimiter {
   /** Takes one request from the key's budget under `limit`. Never throws for an over-limit key. */
   consume(keyId: string, limit: RateLimit): Promise<ConsumeResult>;
+  /**
+   * Takes one request from every budget at once (in parallel: one round trip
+   * to Redis); allowed only if all allow. When one refuses, the points taken
+   * from the others are given back, so a key over its own limit never drains
+   * its ancestors'. The status is the tightest budget's.
+   */
+  consumeAll(budgets: readonly Budget[]): Promise<ConsumeResult>;
   /** Where counters live and whether Redis is reachable (waits briefly for a first connection). */
   health(): Promise<RateLimiterHealth>;
   close(): Promise<void>;
@@ -75,6 +84,34 @@ async function consumeWith(limiter: RateLimiterAbstract, keyId: string, limit: R
   }
 }
 
+type Consume = (id: string, limit: RateLimit) => Promise<ConsumeResult>;
+type Reward = (id: string, limit: RateLimit) => Promise<unknown>;
+
+async function consumeAllWith(consume: Consume, reward: Reward, budgets: readonly Budget[]): Promise<ConsumeResult> {
+  if (budgets.length === 1) return consume(budgets[0]!.id, budgets[0]!.limit);
+  const results = await Promise.all(budgets.map((budget) => consume(budget.id, budget.limit)));
+  const allowed = results.every((result) => result.allowed);
+  if (!allowed) {
+    // A lost refund only over-counts (stricter, never looser): the deny stands either way.
+    await Promise.all(budgets.map((budget, i) => (results[i]!.allowed ? reward(budget.id, budget.limit).catch(() => undefined) : undefined)));
+  }
+  return { allowed, status: tightest(results) };
+}
+
+/** A refusal's: the one that resets last (the request fits again only then); else the least remaining. */
+function tightest(results: readonly ConsumeResult[]): RateLimitStatus {
+  let best: ConsumeResult | undefined;
+  for (const result of results) {
+    if (!best) best = result;
+    else if (result.allowed !== best.allowed) {
+      if (!result.allowed) best = result;
+    } else if (!result.allowed ? result.status.resetSeconds > best.status.resetSeconds : result.status.remaining < best.status.remaining) {
+      best = result;
+    }
+  }
+  return best!.status;
+}
+
 function statusOf(limit: RateLimit, res: RateLimiterRes): RateLimitStatus {
   const ms = res.msBeforeNext > 0 ? res.msBeforeNext : limit.windowSeconds * 1000;
   return { limit: limit.points, remaining: Math.max(0, res.remainingPoints), resetSeconds: Math.max(1, Math.ceil(ms / 1000)) };
@@ -88,8 +125,11 @@ function createMemoryRateLimiter(base: string): RateLimiter {
     if (!limiter) limiters.set(prefix, (limiter = new RateLimiterMemory({ points: limit.points, duration: limit.windowSeconds, keyPrefix: prefix })));
     return limiter;
   };
+  const consume: Consume = (keyId, limit) => consumeWith(limiterFor(limit), keyId, limit);
+  const reward: Reward = (keyId, limit) => limiterFor(limit).reward(keyId, 1);
   return {
-    consume: (keyId, limit) => consumeWith(limiterFor(limit), keyId, limit),
+    consume,
+    consumeAll: (budgets) => consumeAllWith(consume, reward, budgets),
     health: async () => ({ backend: "memory", shared: false, unreachableSince: null, lastError: null }),
     close: async () => {},
   };
@@ -164,8 +204,11 @@ function createRedisRateLimiter(redisUrl: string, options: RateLimiterOptions): 
     }
     return limiter;
   };
+  const consume: Consume = (keyId, limit) => consumeWith(limiterFor(limit), keyId, limit);
+  const reward: Reward = (keyId, limit) => limiterFor(limit).reward(keyId, 1);
   return {
-    consume: (keyId, limit) => consumeWith(limiterFor(limit), keyId, limit),
+    consume,
+    consumeAll: (budgets) => consumeAllWith(consume, reward, budgets),
     async health() {
       await Promise.race([firstAttempt, new Promise((resolve) => setTimeout(resolve, CONNECT_TIMEOUT_MS + 200).unref())]);
       // A connection that just died may still read "ready" until its close event is handled: ask.

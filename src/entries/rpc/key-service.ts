@@ -21,6 +21,7 @@ import {
 } from "../../../gen/keygate/v1/key_pb.js";
 import { keyToProto } from "./convert.js";
 import { createPrincipalOf } from "./principal.js";
+import type { ConsumeBudgets } from "../../core/authorize/consume-budgets.js";
 import type { AnnounceKeyChange, KeyChange } from "../../core/keys/key-changes.js";
 
 export interface KeyServiceDeps {
@@ -41,6 +42,8 @@ export interface KeyServiceDeps {
    * one process holds the data and its own cache is kept by the key manager.
    */
   announce?: AnnounceKeyChange;
+  /** Each call by a key costs it a point of its budgets (principal.ts); unset = not counted. */
+  consumeBudgets?: ConsumeBudgets;
 }
 
 const CODES = { invalid_argument: Code.InvalidArgument, not_found: Code.NotFound, permission_denied: Code.PermissionDenied, already_exists: Code.AlreadyExists } as const;
@@ -50,8 +53,8 @@ function unwrap<T>(result: ManageResult<T>): T {
   return result.value;
 }
 
-export function createKeyService({ keys, lookupKey, credentialPriority, dev, localOperator, log, announce }: KeyServiceDeps): ServiceImpl<typeof KeyService> {
-  const principalOf = createPrincipalOf({ lookupKey, credentialPriority, dev, localOperator });
+export function createKeyService({ keys, lookupKey, credentialPriority, dev, localOperator, log, announce, consumeBudgets }: KeyServiceDeps): ServiceImpl<typeof KeyService> {
+  const principalOf = createPrincipalOf({ lookupKey, credentialPriority, dev, localOperator, ...(consumeBudgets && { consumeBudgets }) });
 
   async function run(request: ManageKeyRequest, principal: Principal): Promise<ManageKeyResponse> {
     const action = request.action;

@@ -1,4 +1,5 @@
 import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
+import type { ConsumeBudgets } from "../../core/authorize/consume-budgets.js";
 import { MESSAGES } from "../../core/authorize/decision.js";
 import type { CredentialSource } from "../../config/config.js";
 import type { LookupKey } from "../../core/keys/key-lookup.js";
@@ -11,12 +12,21 @@ export interface PrincipalDeps {
   dev: boolean;
   /** Every caller is the local operator (control socket, in-process CLI). */
   localOperator: boolean;
+  /**
+   * Takes each call a key makes from its budgets, as a decision would: a
+   * key over its limit gets RESOURCE_EXHAUSTED. Unset = calls are not counted.
+   */
+  consumeBudgets?: ConsumeBudgets;
 }
 
 export type PrincipalOf = (context: HandlerContext) => Promise<Principal>;
 
-/** Who calls a management RPC: the local operator, or the key in its request headers. */
-export function createPrincipalOf({ lookupKey, credentialPriority, dev, localOperator }: PrincipalDeps): PrincipalOf {
+/**
+ * Who calls a management RPC: the local operator, or the key in its request
+ * headers, whose call then costs it a point of every budget it is held to
+ * (the local operator and dev mode are never limited).
+ */
+export function createPrincipalOf({ lookupKey, credentialPriority, dev, localOperator, consumeBudgets }: PrincipalDeps): PrincipalOf {
   return async (context) => {
     if (localOperator || dev) return { kind: "local" };
     const credential = credentialFromHeaders((name) => context.requestHeader.get(name) ?? undefined, credentialPriority);
@@ -24,7 +34,7 @@ export function createPrincipalOf({ lookupKey, credentialPriority, dev, localOpe
     const found = await lookupKey(credential);
     switch (found.status) {
       case "ok":
-        return { kind: "key", key: found.key };
+        break;
       case "invalid":
         throw new ConnectError(MESSAGES.invalid_key, Code.Unauthenticated);
       case "revoked":
@@ -32,5 +42,24 @@ export function createPrincipalOf({ lookupKey, credentialPriority, dev, localOpe
       case "expired":
         throw new ConnectError(MESSAGES.expired, Code.Unauthenticated);
     }
+    if (consumeBudgets) {
+      let consumed;
+      try {
+        consumed = await consumeBudgets(found.key);
+      } catch (error) {
+        // Fail closed, as a decision does.
+        throw new ConnectError("the rate limiter failed, request refused", Code.Unavailable, undefined, undefined, error);
+      }
+      if (consumed && !consumed.allowed) {
+        const reset = String(consumed.status.resetSeconds);
+        throw new ConnectError(MESSAGES.rate_limited, Code.ResourceExhausted, {
+          "retry-after": reset,
+          "ratelimit-limit": String(consumed.status.limit),
+          "ratelimit-remaining": "0",
+          "ratelimit-reset": reset,
+        });
+      }
+    }
+    return { kind: "key", key: found.key };
   };
 }
