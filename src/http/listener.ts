@@ -166,9 +166,14 @@ export function createListener(handler: Handler, limits: ListenerLimits, onUpgra
     let idleTimer: NodeJS.Timeout | undefined;
     const becameIdle = (ms: number) => {
       clearTimeout(idleTimer);
-      idleTimer = setTimeout(() => goAway(session, state), ms);
+      idleTimer = setTimeout(() => {
+        goAway(session, state);
+        // A client that never reads (nor acknowledges) holds a closed session open: the descriptor must go.
+        setTimeout(() => session.destroy(), ERROR_LINGER_MS).unref();
+      }, ms);
       idleTimer.unref();
-      if (socket) setIdle(socket, () => goAway(session, state));
+      // Evicted at the cap: at once, its descriptor is what the new connection needs.
+      if (socket) setIdle(socket, () => session.destroy());
     };
     becameIdle(firstBytesMs);
     session.on("stream", (stream) => {
