@@ -117,6 +117,7 @@ export async function runServe(args: string[]): Promise<number> {
       policy_version: policy.version,
       policy_rules: policy.rules,
       shim_path: config.shimPath,
+      max_connections: server.maxConnections,
       ...(server.proxy && { proxy: `${server.proxy.host}:${server.proxy.port}`, upstream: server.proxy.upstream }),
       ownership: runtime.ownership,
       cube_webhook: config.cubeWebhookSecret ? "/webhooks/cube" : "off",

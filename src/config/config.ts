@@ -95,6 +95,12 @@ export interface ServeConfig extends RuntimeConfig {
   requestTimeoutMs: number;
   /** Its request line and headers within this (KEYGATE_HEADERS_TIMEOUT), or 408; also a new connection's first bytes. */
   headersTimeoutMs: number;
+  /** An HTTP/2 connection with no open stream, or a streaming call with no message, this long is closed (KEYGATE_HTTP2_IDLE_TIMEOUT). */
+  http2IdleTimeoutMs: number;
+  /** Streams open at once on one HTTP/2 connection (KEYGATE_HTTP2_MAX_STREAMS). */
+  http2MaxStreams: number;
+  /** Connections open at once per listening port (KEYGATE_MAX_CONNECTIONS); undefined = derived from the open-file limit at start. */
+  maxConnections: number | undefined;
   /** Proxy mode (--upstream): a second listener forwarding allowed requests to Cube; undefined = off. */
   proxy: ProxyConfig | undefined;
   /** The secret Cube signs its webhooks with (KEYGATE_CUBE_WEBHOOK_SECRET); unset, /webhooks/cube is off. */
@@ -305,6 +311,9 @@ const SERVE_SETTINGS = [
   "maxHeaderBytes",
   "requestTimeout",
   "headersTimeout",
+  "http2IdleTimeout",
+  "http2MaxStreams",
+  "maxConnections",
   "upstream",
   "proxyPort",
   "proxyHost",
@@ -333,14 +342,23 @@ function proxyConfig(read: Read<"host" | "upstream" | "proxyPort" | "proxyHost" 
   };
 }
 
-function listenerLimits(read: Read<"maxHeaderBytes" | "requestTimeout" | "headersTimeout">, errors: string[]): Pick<ServeConfig, "maxHeaderBytes" | "requestTimeoutMs" | "headersTimeoutMs"> {
-  const { maxHeaderBytes, requestTimeout, headersTimeout } = read.values;
+type ListenerSettings = "maxHeaderBytes" | "requestTimeout" | "headersTimeout" | "http2IdleTimeout" | "http2MaxStreams" | "maxConnections";
+type ListenerLimitsConfig = Pick<ServeConfig, "maxHeaderBytes" | "requestTimeoutMs" | "headersTimeoutMs" | "http2IdleTimeoutMs" | "http2MaxStreams" | "maxConnections">;
+
+function listenerLimits(read: Read<ListenerSettings>, errors: string[]): ListenerLimitsConfig {
+  const { maxHeaderBytes, requestTimeout, headersTimeout, http2IdleTimeout, http2MaxStreams, maxConnections } = read.values;
   // The headers are part of the request: due no later than the whole of it.
-  if (!read.given.has("headersTimeout")) return { maxHeaderBytes, requestTimeoutMs: requestTimeout, headersTimeoutMs: Math.min(headersTimeout, requestTimeout) };
-  if (headersTimeout > requestTimeout) {
+  if (read.given.has("headersTimeout") && headersTimeout > requestTimeout) {
     errors.push(`KEYGATE_HEADERS_TIMEOUT: ${headersTimeout} ms is longer than KEYGATE_REQUEST_TIMEOUT (${requestTimeout} ms), which includes the headers`);
   }
-  return { maxHeaderBytes, requestTimeoutMs: requestTimeout, headersTimeoutMs: Math.min(headersTimeout, requestTimeout) };
+  return {
+    maxHeaderBytes,
+    requestTimeoutMs: requestTimeout,
+    headersTimeoutMs: Math.min(headersTimeout, requestTimeout),
+    http2IdleTimeoutMs: http2IdleTimeout,
+    http2MaxStreams,
+    maxConnections,
+  };
 }
 
 export function readServeConfig(flags: Flags, env: Env, cwd: string): ConfigResult<ServeConfig> {
@@ -385,8 +403,8 @@ export function readShimConfig(flags: Flags, env: Env): ConfigResult<ShimConfig>
 }
 
 /** The request limits of the public port, as keygate starts without KEYGATE_MAX_HEADER_BYTES, _REQUEST_TIMEOUT or _HEADERS_TIMEOUT. */
-export const DEFAULT_LISTENER_LIMITS: Pick<ServeConfig, "maxHeaderBytes" | "requestTimeoutMs" | "headersTimeoutMs"> = listenerLimits(
-  readSettings(["maxHeaderBytes", "requestTimeout", "headersTimeout"], {}, {}, []),
+export const DEFAULT_LISTENER_LIMITS: ListenerLimitsConfig = listenerLimits(
+  readSettings(["maxHeaderBytes", "requestTimeout", "headersTimeout", "http2IdleTimeout", "http2MaxStreams", "maxConnections"], {}, {}, []),
   [],
 );
 

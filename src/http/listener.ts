@@ -22,6 +22,8 @@ export interface Listener {
    * Whatever is still open after timeoutMs is destroyed.
    */
   close(timeoutMs: number): Promise<void>;
+  /** Connections open, refused and evicted at the cap. */
+  connections(): ConnectionCounts;
 }
 
 /** What one client may send, and how slowly (the serve settings KEYGATE_MAX_HEADER_BYTES, KEYGATE_*_TIMEOUT). */
@@ -32,6 +34,37 @@ export interface ListenerLimits {
   requestTimeoutMs: number;
   /** The request line and headers must have arrived this long after they began, or 408. */
   headersTimeoutMs: number;
+  /**
+   * HTTP/2: a session with no open stream this long is closed (GOAWAY), and
+   * so is a streaming call (`streamingPaths`) that has carried nothing either
+   * way this long (RST_STREAM CANCEL). A new session must open its first
+   * stream within the first-bytes timeout.
+   */
+  http2IdleTimeoutMs: number;
+  /** HTTP/2: streams open at once on one connection (SETTINGS_MAX_CONCURRENT_STREAMS); a stream beyond it is refused (REFUSED_STREAM). */
+  http2MaxStreams: number;
+  /**
+   * Connections open at once. At the cap a new connection closes the one
+   * idle longest (no request or stream in flight), or, with none idle, is
+   * closed itself. Unset: no cap (serve always sets one).
+   */
+  maxConnections?: number;
+  /**
+   * Request paths of client- and bidi-streaming RPCs (AuthorizeStream,
+   * reflection): their requests are open-ended, so they get the idle timeout
+   * between messages instead of KEYGATE_REQUEST_TIMEOUT for the whole.
+   */
+  streamingPaths?: ReadonlySet<string>;
+}
+
+/** What a listener has refused so far (for metrics and the log). */
+export interface ConnectionCounts {
+  /** Open now. */
+  open: number;
+  /** Closed at once on arrival: the cap was reached and no connection was idle. */
+  refused: number;
+  /** Idle connections closed to make room for a new one at the cap. */
+  evicted: number;
 }
 
 /** A request URL's path: the query string dropped (routing ignores it). */
@@ -59,11 +92,33 @@ export type UpgradeHandler = (req: http.IncomingMessage, socket: Duplex, head: B
 
 export function createListener(handler: Handler, limits: ListenerLimits, onUpgrade?: UpgradeHandler): Listener {
   let draining = false;
+  const firstBytesMs = Math.min(FIRST_BYTES_TIMEOUT_MS, limits.headersTimeoutMs);
+  /**
+   * Connections with nothing in flight, longest idle first (a Map keeps
+   * insertion order): each with how to close it. At the cap the first one
+   * makes room for a new connection.
+   */
+  const idle = new Map<net.Socket, () => void>();
+  const setIdle = (socket: net.Socket, close: () => void) => {
+    idle.delete(socket);
+    if (!socket.destroyed) idle.set(socket, close);
+  };
+  const counts = { refused: 0, evicted: 0 };
+
   const onRequest: Handler = (req, res) => {
-    if (req.httpVersionMajor === 2 && headerListBytes(req.rawHeaders) > limits.maxHeaderBytes) {
-      // Node enforces only its own ~64 KiB on an HTTP/2 header list, whatever the settings say; this is ours.
-      refuseHeaderList(req as http2.Http2ServerRequest, res as http2.Http2ServerResponse, limits);
-      return;
+    if (req.httpVersionMajor === 2) {
+      const stream = (req as http2.Http2ServerRequest).stream;
+      guardStream(req as http2.Http2ServerRequest, res as http2.Http2ServerResponse, limits.streamingPaths?.has(urlPath(req.url)) === true, limits);
+      if (headerListBytes(req.rawHeaders) > limits.maxHeaderBytes) {
+        // Node enforces only its own ~64 KiB on an HTTP/2 header list, whatever the settings say; this is ours.
+        refuseHeaderList(req as http2.Http2ServerRequest, res as http2.Http2ServerResponse, limits);
+        return;
+      }
+      if (stream.destroyed) return;
+    } else {
+      const socket = req.socket;
+      idle.delete(socket);
+      res.once("close", () => setIdle(socket, () => socket.destroy()));
     }
     handler(req, res);
   };
@@ -90,19 +145,53 @@ export function createListener(handler: Handler, limits: ListenerLimits, onUpgra
   h1.on("clientError", (error: NodeJS.ErrnoException, socket: net.Socket) => answerClientError(error, socket, limits));
   if (onUpgrade) h1.on("upgrade", onUpgrade);
   // The setting tells clients the limit; onRequest enforces it.
-  const h2 = http2.createServer({ maxSessionMemory: 64, settings: { maxHeaderListSize: limits.maxHeaderBytes } }, onRequest);
+  const h2 = http2.createServer(
+    {
+      // nghttp2's own accounting (header tables, queued frames): a bound per connection, far above what
+      // http2MaxStreams streams of KEYGATE_MAX_HEADER_BYTES headers and one flow-control window each need.
+      maxSessionMemory: 16,
+      // Node's default is 2^32 − 1 streams at once: one connection held 30,000 unfinished ones.
+      settings: { maxHeaderListSize: limits.maxHeaderBytes, maxConcurrentStreams: limits.http2MaxStreams },
+    },
+    onRequest,
+  );
   const sessions = new Map<http2.ServerHttp2Session, SessionState>();
+  /** The socket whose session h2 is creating now ("session" is emitted within h2.emit("connection")). */
+  let sessionSocket: net.Socket | undefined;
   h2.on("session", (session) => {
+    const socket = sessionSocket;
     const state: SessionState = { lastStreamId: 0, open: 0, onIdle: undefined };
     sessions.set(session, state);
+    // No stream open: closed after the idle timeout (the first stream is due within the first-bytes timeout).
+    let idleTimer: NodeJS.Timeout | undefined;
+    const becameIdle = (ms: number) => {
+      clearTimeout(idleTimer);
+      idleTimer = setTimeout(() => {
+        goAway(session, state);
+        // A client that never reads (nor acknowledges) holds a closed session open: the descriptor must go.
+        setTimeout(() => session.destroy(), ERROR_LINGER_MS).unref();
+      }, ms);
+      idleTimer.unref();
+      // Evicted at the cap: at once, its descriptor is what the new connection needs.
+      if (socket) setIdle(socket, () => session.destroy());
+    };
+    becameIdle(firstBytesMs);
     session.on("stream", (stream) => {
       state.lastStreamId = Math.max(state.lastStreamId, stream.id ?? 0);
-      state.open++;
+      if (state.open++ === 0) {
+        clearTimeout(idleTimer);
+        if (socket) idle.delete(socket);
+      }
       stream.once("close", () => {
-        if (--state.open === 0) state.onIdle?.();
+        if (--state.open > 0) return;
+        state.onIdle?.();
+        if (!session.closed && !session.destroyed) becameIdle(limits.http2IdleTimeoutMs);
       });
     });
-    session.on("close", () => sessions.delete(session));
+    session.on("close", () => {
+      clearTimeout(idleTimer);
+      sessions.delete(session);
+    });
     if (draining) goAway(session, state);
   });
   const sockets = new Set<net.Socket>();
@@ -110,13 +199,28 @@ export function createListener(handler: Handler, limits: ListenerLimits, onUpgra
   const unsniffed = new Set<net.Socket>();
 
   const server = net.createServer((socket) => {
+    if (limits.maxConnections !== undefined && sockets.size >= limits.maxConnections) {
+      // Closing the longest-idle connection keeps a flood of idle ones (HTTP/2 sessions, silent
+      // sockets, keep-alives) from locking out a client that has something to ask.
+      const oldest = idle.entries().next();
+      if (oldest.done) {
+        counts.refused++;
+        socket.destroy();
+        return;
+      }
+      counts.evicted++;
+      idle.delete(oldest.value[0]);
+      oldest.value[1]();
+    }
     sockets.add(socket);
     unsniffed.add(socket);
+    setIdle(socket, () => socket.destroy());
     socket.on("close", () => {
       sockets.delete(socket);
       unsniffed.delete(socket);
+      idle.delete(socket);
     });
-    socket.setTimeout(Math.min(FIRST_BYTES_TIMEOUT_MS, limits.headersTimeoutMs), () => socket.destroy());
+    socket.setTimeout(firstBytesMs, () => socket.destroy());
     let seen = Buffer.alloc(0);
     const onData = (chunk: Buffer) => {
       seen = Buffer.concat([seen, chunk]);
@@ -125,13 +229,17 @@ export function createListener(handler: Handler, limits: ListenerLimits, onUpgra
       if (isH2 && seen.length < PREFACE.length) return; // wait for the rest of the preface
       socket.off("data", onData);
       unsniffed.delete(socket);
+      idle.delete(socket);
       socket.pause();
       socket.setTimeout(0);
       socket.unshift(seen);
       // The http2 session reads the unshifted bytes from the socket's buffer
       // and then takes the handle over; resuming the JS stream would lose data.
-      if (isH2) h2.emit("connection", socket);
-      else {
+      if (isH2) {
+        sessionSocket = socket;
+        h2.emit("connection", socket);
+        sessionSocket = undefined;
+      } else {
         h1.emit("connection", socket);
         socket.resume();
       }
@@ -141,6 +249,7 @@ export function createListener(handler: Handler, limits: ListenerLimits, onUpgra
   });
 
   return {
+    connections: () => ({ open: sockets.size, ...counts }),
     listen(port, host) {
       return new Promise((resolve, reject) => {
         server.once("error", reject);
@@ -269,6 +378,75 @@ function refuseHeaderList(req: http2.Http2ServerRequest, res: http2.Http2ServerR
 
 /** gRPC's status code (the listener writes it before any RPC library is involved). */
 const RESOURCE_EXHAUSTED = 8;
+
+/**
+ * Time limits on one HTTP/2 stream, as HTTP/1.1 has them per request: the
+ * client must have sent its whole request (headers and body: END_STREAM)
+ * within KEYGATE_REQUEST_TIMEOUT, or it is answered in its protocol
+ * (requestTimedOut) and reset. A streaming call (AuthorizeStream) has no end
+ * to wait for: it is reset once it has carried nothing either way for the
+ * idle timeout, so a stream that keeps sending is never cut. A client that
+ * has finished sending is waiting for keygate: its RPC deadline governs.
+ */
+function guardStream(req: http2.Http2ServerRequest, res: http2.Http2ServerResponse, streaming: boolean, limits: ListenerLimits): void {
+  const stream = req.stream;
+  const sending = () => !stream.destroyed && stream.state.remoteClose !== 1;
+  if (streaming) {
+    // Http2Stream's timeout restarts on every frame read or written on the stream.
+    stream.setTimeout(limits.http2IdleTimeoutMs, () => {
+      if (sending()) stream.close(http2.constants.NGHTTP2_CANCEL);
+    });
+    return;
+  }
+  const timer = setTimeout(() => {
+    if (sending()) requestTimedOut(req, res, limits);
+  }, limits.requestTimeoutMs);
+  timer.unref();
+  stream.once("close", () => clearTimeout(timer));
+}
+
+/**
+ * The HTTP/2 answer to a request not received in time, in the caller's
+ * protocol (as refuseHeaderList): gRPC and gRPC-Web DEADLINE_EXCEEDED
+ * (trailers-only), anything else (Connect, the shim) 408 with the JSON body
+ * HTTP/1.1 gets; then RST_STREAM, so the client stops sending the rest. A
+ * response already begun is only reset (CANCEL). Whatever the handler writes
+ * afterwards goes nowhere.
+ */
+function requestTimedOut(req: http2.Http2ServerRequest, res: http2.Http2ServerResponse, limits: ListenerLimits): void {
+  const stream = req.stream;
+  if (res.headersSent) {
+    stream.close(http2.constants.NGHTTP2_CANCEL);
+    return;
+  }
+  const message = `request not received in time (headers within ${limits.headersTimeoutMs} ms, the whole request within ${limits.requestTimeoutMs} ms)`;
+  const contentType = req.headers["content-type"] ?? "";
+  if (contentType.startsWith("application/grpc")) {
+    res.writeHead(200, { "content-type": contentType, "grpc-status": String(DEADLINE_EXCEEDED), "grpc-message": encodeURIComponent(message) });
+    res.end();
+  } else {
+    const connect = /^application\/(json|proto)(;|$)/.test(contentType);
+    const body = JSON.stringify(connect ? { code: "deadline_exceeded", message } : { code: 408, message });
+    res.writeHead(408, { "content-type": "application/json", "content-length": String(Buffer.byteLength(body)), "cache-control": "no-store" });
+    res.end(body);
+  }
+  // The handler still holds res: from now on its writes are dropped, never thrown.
+  res.writeHead = () => res;
+  res.write = (...args: unknown[]) => {
+    const callback = args.findLast((arg) => typeof arg === "function") as (() => void) | undefined;
+    if (callback) process.nextTick(callback);
+    return false;
+  };
+  res.end = (...args: unknown[]) => {
+    const callback = args.findLast((arg) => typeof arg === "function") as (() => void) | undefined;
+    if (callback) process.nextTick(callback);
+    return res;
+  };
+  stream.close(http2.constants.NGHTTP2_NO_ERROR);
+}
+
+/** gRPC's status code for a call that ran out of time. */
+const DEADLINE_EXCEEDED = 4;
 
 /** The answer to an HTTP/1.1 request that could not be parsed or did not arrive in time. */
 function clientErrorAnswer(error: NodeJS.ErrnoException, limits: ListenerLimits): { status: number; title: string; message: string } {

@@ -20,13 +20,14 @@ import { forwardAuthEndpoints } from "../entries/gateway/forward-auth.js";
 import { listenForKeyChanges, type KeyChangeListener } from "./key-change-listener.js";
 import { operationsEndpoints } from "../entries/operations/operations-endpoints.js";
 import { createReadinessCheck } from "../core/authorize/readiness.js";
-import { createListener, urlPath, type Handler } from "../http/listener.js";
+import { createListener, urlPath, type Handler, type ListenerLimits } from "../http/listener.js";
+import { defaultMaxConnections, openFileLimit } from "../http/connection-cap.js";
 import { serverApplicationName, type ServerEntry } from "./server-registry.js";
 import { requestSource } from "../http/client-ip.js";
 import { sourceContextValues } from "../http/rpc-context.js";
 import { createAuthorizeCall } from "../entries/rpc/authorize-call.js";
 import { createDirectAuthorize } from "../entries/rpc/direct-authorize.js";
-import { createRoutes, webhookEndpoints } from "./routes.js";
+import { createRoutes, SERVED_SERVICES, webhookEndpoints } from "./routes.js";
 import { createSandboxProxy, type SandboxProxy } from "../entries/proxy/sandbox-proxy.js";
 import type { Listener } from "../http/listener.js";
 
@@ -45,6 +46,8 @@ export interface RunningServer {
   proxy: { port: number; host: string; upstream: string } | undefined;
   /** The local control socket (PGlite only), for the CLI on this machine. */
   controlSocket: string | undefined;
+  /** Connections open at once per listening port (KEYGATE_MAX_CONNECTIONS, or derived from the open-file limit). */
+  maxConnections: number;
   /** Reloads the policy now (SIGHUP), logging the outcome as a file change would. */
   reloadPolicy(trigger: string): Promise<ReloadOutcome>;
   stop(): Promise<void>;
@@ -146,6 +149,25 @@ function refuseBody(req: Parameters<Handler>[0], res: Parameters<Handler>[1]): v
   req.resume();
 }
 
+/** Client- and bidi-streaming RPCs of every served service: the listener gives them an idle timeout, not a request deadline. */
+const STREAMING_PATHS: ReadonlySet<string> = new Set(
+  SERVED_SERVICES.flatMap((service) => service.methods.filter((m) => m.methodKind === "client_streaming" || m.methodKind === "bidi_streaming").map((m) => `/${service.typeName}/${m.name}`)),
+);
+
+/** The public port's limits; the connection cap derived from the open-file limit unless KEYGATE_MAX_CONNECTIONS is given. */
+export function listenerLimits(config: ServeConfig): ListenerLimits & { maxConnections: number } {
+  return {
+    maxHeaderBytes: config.maxHeaderBytes,
+    requestTimeoutMs: config.requestTimeoutMs,
+    headersTimeoutMs: config.headersTimeoutMs,
+    http2IdleTimeoutMs: config.http2IdleTimeoutMs,
+    http2MaxStreams: config.http2MaxStreams,
+    maxConnections:
+      config.maxConnections ?? defaultMaxConnections({ fdLimit: openFileLimit(), dbPoolSize: config.databaseUrl ? config.dbPoolSize : undefined, proxy: config.proxy !== undefined }),
+    streamingPaths: STREAMING_PATHS,
+  };
+}
+
 /**
  * Serves Authorize and ManageKey (gRPC, Connect, gRPC-Web) and the Cube
  * callback on one address; on PGlite, also a local control socket that the
@@ -167,7 +189,7 @@ export async function startServer(config: ServeConfig, runtime: Runtime, log: Lo
     onOutcome: (outcome) => logReload(log, outcome),
     onWatchError: (error) => log.warn("policy directory not watched", { dir: config.policyDir, ...errorFields(error) }),
   });
-  const limits = { maxHeaderBytes: config.maxHeaderBytes, requestTimeoutMs: config.requestTimeoutMs, headersTimeoutMs: config.headersTimeoutMs };
+  const limits = listenerLimits(config);
   const listener = createListener(handler, limits);
   const address = await listener.listen(config.port, config.host).catch(async (error: unknown) => {
     policyWatcher.close();
@@ -217,6 +239,7 @@ export async function startServer(config: ServeConfig, runtime: Runtime, log: Lo
     host: address.host,
     proxy: proxy && { ...proxy.address, upstream: config.proxy!.upstream },
     controlSocket: control?.path,
+    maxConnections: limits.maxConnections,
     reloadPolicy: (trigger) => policyWatcher.reloadNow(trigger),
     async stop() {
       shutdown.abort();

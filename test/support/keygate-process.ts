@@ -29,6 +29,8 @@ export interface ProcessOptions {
   env?: Record<string, string>;
   /** The keygate to run: this repository's bin/keygate.js by default, or an installed package's. */
   bin?: string;
+  /** Start the process with this open-file limit (`ulimit -n`, through sh). */
+  fdLimit?: number;
 }
 
 export interface CliOptions extends ProcessOptions {
@@ -123,9 +125,11 @@ export type ShimProcess = KeygateProcess;
  * Spawns `keygate ARGS…` and waits for the JSON log line `{"msg": READY, "address": "HOST:PORT"}`.
  * A process that exits first, or does not get there in time, rejects with its output.
  */
-export function startKeygateProcess(args: string[], ready: string, { cwd, env, bin = BIN }: ProcessOptions, timeoutMs = 20_000): Promise<KeygateProcess> {
+export function startKeygateProcess(args: string[], ready: string, { cwd, env, bin = BIN, fdLimit }: ProcessOptions, timeoutMs = 20_000): Promise<KeygateProcess> {
   return new Promise((done, fail) => {
-    const child = spawn(process.execPath, [bin, ...args], { cwd, env: childEnv(env), stdio: ["ignore", "pipe", "pipe"] });
+    const [command, argv] =
+      fdLimit === undefined ? [process.execPath, [bin, ...args]] : ["sh", ["-c", `ulimit -n ${fdLimit} && exec "$0" "$@"`, process.execPath, bin, ...args]];
+    const child = spawn(command, argv, { cwd, env: childEnv(env), stdio: ["ignore", "pipe", "pipe"] });
     let output = "";
     let started = false;
     // "close", not "exit": by then every byte the process wrote has been read.

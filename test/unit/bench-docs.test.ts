@@ -5,7 +5,7 @@ import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { writeDocSection, writesDocs } from "../../bench/support/docs.js";
 
 /** The sections the benches write (bench/*-bench.ts call writeDocSection with these names). */
-const SECTIONS = ["hot-path", "node", "instances", "ownership", "proxy", "policy"];
+const SECTIONS = ["hot-path", "node", "instances", "ownership", "proxy", "policy", "h2-connections"];
 
 describe("docs/performance.md, the file the benches write", () => {
   it.each(SECTIONS)("has the %s markers, once each, start before end", async (name) => {

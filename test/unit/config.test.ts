@@ -75,6 +75,9 @@ const VIEW: Record<SettingName, (config: ServeConfig & ShimConfig & CliKeys) => 
   maxHeaderBytes: (c) => c.maxHeaderBytes,
   headersTimeout: (c) => c.headersTimeoutMs,
   requestTimeout: (c) => c.requestTimeoutMs,
+  http2IdleTimeout: (c) => c.http2IdleTimeoutMs,
+  http2MaxStreams: (c) => c.http2MaxStreams,
+  maxConnections: (c) => c.maxConnections,
   directAuthorize: (c) => c.directAuthorize,
   cubeWebhookSecret: (c) => c.cubeWebhookSecret,
   apiKey: (c) => c.apiKey,
@@ -155,6 +158,9 @@ const DEFAULTS: [SettingName, unknown][] = [
   ["maxHeaderBytes", 16_384],
   ["headersTimeout", 15_000],
   ["requestTimeout", 30_000],
+  ["http2IdleTimeout", 65_000],
+  ["http2MaxStreams", 100],
+  ["maxConnections", undefined],
   ["directAuthorize", true],
   ["proxyPort", 8090],
   ["proxyHost", "127.0.0.1"],
@@ -215,6 +221,10 @@ const VALID: [SettingName, string, unknown][] = [
   ["maxHeaderBytes", "1024", 1_024],
   ["headersTimeout", "100ms", 100],
   ["requestTimeout", "1h", 3_600_000],
+  ["http2IdleTimeout", "200ms", 200],
+  ["http2IdleTimeout", "5m", 300_000],
+  ["http2MaxStreams", "1", 1],
+  ["maxConnections", "4096", 4_096],
   ["directAuthorize", "0", false],
   ["proxyPort", "0", 0],
   ["proxyHost", "0.0.0.0", "0.0.0.0"],
@@ -264,6 +274,9 @@ const INVALID: [SettingName, string, string][] = [
   ["maxHeaderBytes", "100", '"100" is not a whole number from 1024 to 1048576'],
   ["headersTimeout", "10ms", '"10ms" is not a duration from 100ms to 1h (e.g. 500ms, 30s)'],
   ["requestTimeout", "soon", '"soon" is not a duration from 100ms to 1h (e.g. 500ms, 30s)'],
+  ["http2IdleTimeout", "0s", '"0s" is not a duration from 100ms to 1h (e.g. 500ms, 65s)'],
+  ["http2MaxStreams", "0", '"0" is not a whole number from 1 to 10000'],
+  ["maxConnections", "unlimited", '"unlimited" is not a whole number from 1 to 1000000'],
   ["directAuthorize", "2", '"2" is not a boolean (use true or false)'],
   ["proxyPort", "80a", '"80a" is not a whole number from 0 to 65535'],
   ["proxyHost", "a host", '"a host" is not a host name or IP address'],
@@ -444,7 +457,7 @@ describe("the rules between settings", () => {
   });
 
   it("DEFAULT_LISTENER_LIMITS are the listener settings' defaults", () => {
-    expect(DEFAULT_LISTENER_LIMITS).toEqual({ maxHeaderBytes: 16_384, requestTimeoutMs: 30_000, headersTimeoutMs: 15_000 });
+    expect(DEFAULT_LISTENER_LIMITS).toEqual({ maxHeaderBytes: 16_384, requestTimeoutMs: 30_000, headersTimeoutMs: 15_000, http2IdleTimeoutMs: 65_000, http2MaxStreams: 100, maxConnections: undefined });
   });
 
   it.each([
