@@ -51,7 +51,14 @@ export function createRoutes(runtime: Runtime, credentialPriority: readonly Cred
   // Over Postgres other processes may cache the same keys: tell them about every change.
   const announce = runtime.store.kind === "postgres" ? createKeyChangeAnnouncer(runtime.store.db) : undefined;
   const reflection = createReflectionIndex(SERVED_SERVICES);
-  const principalOf = createPrincipalOf({ lookupKey: runtime.lookupKey, credentialPriority, dev: runtime.dev, localOperator });
+  const principalOf = createPrincipalOf({
+    lookupKey: runtime.lookupKey,
+    knownKey: runtime.knownKey,
+    ...(runtime.guard && { guard: runtime.guard }),
+    credentialPriority,
+    dev: runtime.dev,
+    localOperator,
+  });
   return (router: ConnectRouter) => {
     router.service(
       AuthorizeService,
@@ -63,7 +70,7 @@ export function createRoutes(runtime: Runtime, credentialPriority: readonly Cred
     );
     router.service(
       KeyService,
-      createKeyService({ keys: runtime.keys, lookupKey: runtime.lookupKey, credentialPriority, dev: runtime.dev, localOperator, log, ...(announce && { announce }) }),
+      createKeyService({ keys: runtime.keys, principalOf, log, ...(announce && { announce }) }),
     );
     router.service(
       AuditService,

@@ -180,6 +180,7 @@ describe("a limiter that fails", () => {
   it("denies as unavailable (fail closed), never allows", async () => {
     const broken: RateLimiter = {
       consume: () => Promise.reject(new Error("limiter exploded")),
+      peek: () => Promise.reject(new Error("limiter exploded")),
       health: async () => ({ backend: "memory", shared: false, unreachableSince: null, lastError: null }),
       close: async () => {},
     };

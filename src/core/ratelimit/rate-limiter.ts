@@ -31,6 +31,8 @@ export interface RateLimiterHealth {
 export interface RateLimiter {
   /** Takes one request from the key's budget under `limit`. Never throws for an over-limit key. */
   consume(keyId: string, limit: RateLimit): Promise<ConsumeResult>;
+  /** The key's budget under `limit` as it stands, without taking from it; null when nothing was taken this window. */
+  peek(keyId: string, limit: RateLimit): Promise<RateLimitStatus | null>;
   /** Where counters live and whether Redis is reachable (waits briefly for a first connection). */
   health(): Promise<RateLimiterHealth>;
   close(): Promise<void>;
@@ -75,6 +77,11 @@ async function consumeWith(limiter: RateLimiterAbstract, keyId: string, limit: R
   }
 }
 
+async function peekWith(limiter: RateLimiterAbstract, keyId: string, limit: RateLimit): Promise<RateLimitStatus | null> {
+  const res = await limiter.get(keyId);
+  return res ? { ...statusOf(limit, res), remaining: Math.max(0, limit.points - res.consumedPoints) } : null;
+}
+
 function statusOf(limit: RateLimit, res: RateLimiterRes): RateLimitStatus {
   const ms = res.msBeforeNext > 0 ? res.msBeforeNext : limit.windowSeconds * 1000;
   return { limit: limit.points, remaining: Math.max(0, res.remainingPoints), resetSeconds: Math.max(1, Math.ceil(ms / 1000)) };
@@ -90,6 +97,7 @@ function createMemoryRateLimiter(base: string): RateLimiter {
   };
   return {
     consume: (keyId, limit) => consumeWith(limiterFor(limit), keyId, limit),
+    peek: (keyId, limit) => peekWith(limiterFor(limit), keyId, limit),
     health: async () => ({ backend: "memory", shared: false, unreachableSince: null, lastError: null }),
     close: async () => {},
   };
@@ -166,6 +174,7 @@ function createRedisRateLimiter(redisUrl: string, options: RateLimiterOptions): 
   };
   return {
     consume: (keyId, limit) => consumeWith(limiterFor(limit), keyId, limit),
+    peek: (keyId, limit) => peekWith(limiterFor(limit), keyId, limit),
     async health() {
       await Promise.race([firstAttempt, new Promise((resolve) => setTimeout(resolve, CONNECT_TIMEOUT_MS + 200).unref())]);
       // A connection that just died may still read "ready" until its close event is handled: ask.
