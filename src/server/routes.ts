@@ -51,8 +51,16 @@ export function createRoutes(runtime: Runtime, credentialPriority: readonly Cred
   // Over Postgres other processes may cache the same keys: tell them about every change.
   const announce = runtime.store.kind === "postgres" ? createKeyChangeAnnouncer(runtime.store.db) : undefined;
   const reflection = createReflectionIndex(SERVED_SERVICES);
-  // ManageKey, AuditService and ResourceService calls by a key count against its budgets, as decisions do.
-  const principalOf = createPrincipalOf({ lookupKey: runtime.lookupKey, credentialPriority, dev: runtime.dev, localOperator, consumeBudgets: runtime.consumeBudgets });
+  // ManageKey, AuditService and ResourceService calls by a key go through the failed-auth guard and count against its budgets, as decisions do.
+  const principalOf = createPrincipalOf({
+    lookupKey: runtime.lookupKey,
+    knownKey: runtime.knownKey,
+    ...(runtime.guard && { guard: runtime.guard }),
+    credentialPriority,
+    dev: runtime.dev,
+    localOperator,
+    consumeBudgets: runtime.consumeBudgets,
+  });
   return (router: ConnectRouter) => {
     router.service(
       AuthorizeService,
@@ -64,16 +72,7 @@ export function createRoutes(runtime: Runtime, credentialPriority: readonly Cred
     );
     router.service(
       KeyService,
-      createKeyService({
-        keys: runtime.keys,
-        lookupKey: runtime.lookupKey,
-        credentialPriority,
-        dev: runtime.dev,
-        localOperator,
-        log,
-        consumeBudgets: runtime.consumeBudgets,
-        ...(announce && { announce }),
-      }),
+      createKeyService({ keys: runtime.keys, principalOf, log, ...(announce && { announce }) }),
     );
     router.service(
       AuditService,

@@ -1,5 +1,5 @@
 import { canonicalIp, inList } from "../core/request/address.js";
-import { createFailedAuthGuard } from "../core/authorize/failed-auth-guard.js";
+import { createFailedAuthGuard, type FailedAuthGuard } from "../core/authorize/failed-auth-guard.js";
 import { createAuthorizer, type Authorize } from "../core/authorize/authorizer.js";
 import { createBudgetConsumer, type ConsumeBudgets } from "../core/authorize/consume-budgets.js";
 import type { AuthorizeInput, Decision } from "../core/authorize/decision.js";
@@ -7,7 +7,7 @@ import type { RuntimeConfig, ServeConfig } from "../config/config.js";
 import { openStore, type Store, type StoreTarget } from "../core/db/connect.js";
 import { migrateToLatest, type MigrateOutcome } from "../core/db/migrate.js";
 import { createKeyCache, type KeyCache } from "../core/keys/key-cache.js";
-import { createKeyLookup, type LookupKey } from "../core/keys/key-lookup.js";
+import { createKeyLookup, createKnownKey, type KnownKey, type LookupKey } from "../core/keys/key-lookup.js";
 import { createKeyManager, type KeyManager } from "../core/manage/key-manager.js";
 import { createKeyUsageReader, withKeyUsage } from "../core/manage/key-usage.js";
 import { createUsageRecorder, type UsageRecorder } from "../core/keys/usage-recorder.js";
@@ -34,6 +34,10 @@ export interface Runtime {
   policyHolder: PolicyHolder;
   authorize: Authorize;
   lookupKey: LookupKey;
+  /** The lookup's answer when it needs no database: what the failed-auth guard lets through from a blocked address. */
+  knownKey: KnownKey;
+  /** The failed-auth guard (unset: KEYGATE_AUTH_FAIL_LIMIT=off), for every entry that takes a credential. */
+  guard?: FailedAuthGuard;
   keys: KeyManager;
   cache: KeyCache;
   /** The ownership ledger: who owns each sandbox (filled by the proxy, the ResourceService, webhooks). */
@@ -125,11 +129,23 @@ export async function openRuntime(config: RuntimeConfig & RuntimeTelemetryConfig
       options.log?.info("tracing on", { endpoint, protocol, service: serviceName, sampler, ...(sampler.endsWith("traceidratio") && { ratio: samplerRatio }) });
     }
     const lookupKey = createKeyLookup({ db: store.db, cache, keyPrefix: config.keyPrefix, now, ...(metrics && { metrics: metrics.lookup }) });
+    const knownKey = createKnownKey({ cache, keyPrefix: config.keyPrefix, now, ...(metrics && { metrics: metrics.lookup }) });
+    // Counted in the same limiter (memory or Redis) as key budgets, under "authfail:<address>".
+    const guard = config.authFailLimit
+      ? createFailedAuthGuard({
+          rateLimiter,
+          limit: config.authFailLimit,
+          onError,
+          exempt: (source) => inList(config.authGuardExempt, canonicalIp(source)),
+          ...(options.sleep && { sleep: options.sleep }),
+        })
+      : undefined;
     // Give Redis its first connection attempt (about a second at most), so counting starts there;
     // unreachable, decisions use per-instance limits meanwhile and it is logged.
     if (config.redisUrl) await rateLimiter.health();
     const authorize = createAuthorizer({
       lookupKey,
+      knownKey,
       policy: currentPolicy,
       now,
       onUsed: usage.touch,
@@ -138,16 +154,7 @@ export async function openRuntime(config: RuntimeConfig & RuntimeTelemetryConfig
       dev: config.dev,
       rateLimiter,
       defaultRateLimit: config.defaultRateLimit,
-      // Counted in the same limiter (memory or Redis) as key budgets, under "authfail:<address>".
-      ...(config.authFailLimit && {
-        guard: createFailedAuthGuard({
-          rateLimiter,
-          limit: config.authFailLimit,
-          onError,
-          exempt: (source) => inList(config.authGuardExempt, canonicalIp(source)),
-          ...(options.sleep && { sleep: options.sleep }),
-        }),
-      }),
+      ...(guard && { guard }),
       ...(options.onDecision && { onDecision: options.onDecision }),
       ...(metrics && { observe: metrics.observeDecision }),
       ...(tracing && { tracer: tracing.tracer }),
@@ -164,6 +171,8 @@ export async function openRuntime(config: RuntimeConfig & RuntimeTelemetryConfig
       policyHolder,
       authorize,
       lookupKey,
+      knownKey,
+      ...(guard && { guard }),
       keys,
       cache,
       resources,

@@ -18,7 +18,10 @@ import { createKey, startServerProcess, type CreatedKeyJson, type ServerProcess 
  * loopback too) with a limit of 5 per minute: 5 invalid keys from one
  * address are answered at once, the next 5 after 25, 50, 100, 200 and 400 ms
  * (README, "Failed-auth guard"), every one after that is refused. A valid
- * key from that address is still decided as usual.
+ * key the cache knows from that address is still decided as usual; one it
+ * does not know is refused before any lookup (failed-auth-guard.ts: the
+ * guard decides before the database). The cache holds keys for an hour here
+ * (KEYGATE_KEY_CACHE_TTL), so the warm key stays warm on a slow machine.
  *
  * It also believes X-Forwarded-For from loopback (the default trusted
  * proxies), which gives each client its own address; without the header,
@@ -36,16 +39,21 @@ const TIMER_SLACK_MS = 3;
 let data: TestDataDir;
 let server: ServerProcess;
 let reader: CreatedKeyJson;
+/** A valid key never decided: not in the cache. */
+let unseen: CreatedKeyJson;
 let h2: Http2SessionManager;
 let grpcJs: GrpcAuthorizeClient;
 
 beforeAll(async () => {
   data = await createTestDataDir();
-  const env = { ...data.env, KEYGATE_AUTH_FAIL_LIMIT: `${SOFT}/1m`, KEYGATE_AUTH_GUARD_EXEMPT: "none" };
+  const env = { ...data.env, KEYGATE_AUTH_FAIL_LIMIT: `${SOFT}/1m`, KEYGATE_AUTH_GUARD_EXEMPT: "none", KEYGATE_KEY_CACHE_TTL: "1h" };
   server = await startServerProcess(["--trusted-proxy-header", "X-Forwarded-For"], { cwd: data.dir, env });
   reader = await createKey(["--org", "acme", "--role", "reader", "--name", "guarded-reader"], { cwd: data.dir, env });
+  unseen = await createKey(["--org", "acme", "--role", "reader", "--name", "unseen-reader"], { cwd: data.dir, env });
   h2 = new Http2SessionManager(server.url);
   grpcJs = createGrpcJsClient(server.port);
+  // The reader's key is decided once, from an address that never guesses: the cache knows it.
+  expect((await connectH1(reader.key, "GET", "203.0.113.250")).allowed).toBe(true);
 });
 
 afterAll(async () => {
@@ -180,8 +188,9 @@ describe.each(CLIENTS)("guessing keys over %s, from a client address forwarded b
     expectAnsweredSlowedRefused(answers);
   });
 
-  it("a valid key from the same address is still looked up and decided as usual", async () => {
+  it("a valid key the cache knows is still decided as usual from the same address; one it does not know is refused", async () => {
     const call = client();
+    expect(await call(unseen.key, "GET", address)).toEqual(refused());
     expect(await call(reader.key, "GET", address)).toEqual({ allowed: true, reason: "REASON_ALLOWED", message: "", keyId: reader.id, rateLimit: null });
     expect(await call(reader.key, "DELETE", address)).toEqual({
       allowed: false,
@@ -209,6 +218,7 @@ describe("guessing keys without a proxy header: the address is the TCP peer, wha
     expectAnsweredSlowedRefused(answers);
     for (const call of [connectH1, grpcConnect, viaGrpcJs]) {
       expect(await call(generateKey(), "GET", undefined)).toEqual(refused());
+      expect(await call(unseen.key, "GET", undefined)).toEqual(refused());
       expect(await call(reader.key, "GET", undefined)).toMatchObject({ allowed: true, reason: "REASON_ALLOWED", keyId: reader.id });
     }
   });

@@ -288,6 +288,44 @@ describe("reset-all by a key", () => {
     expect((await check(core, alphaAdmin.plaintext, "GET", "/sandboxes")).reason).toBe("revoked");
     for (const survivor of [beta, all, alphaElsewhere]) expect(await works(survivor)).toBe(true);
   });
+
+  // Issue 14, item 5: single-key actions refuse a key with roles the caller lacks; reset-all did not.
+  it("is refused, revoking nothing, when a key in scope holds a role the caller does not hold", async () => {
+    const admin = await createKey(core, { org: "reset-roles", roles: ["admin"] });
+    const writer = await createKey(core, { org: "reset-roles", roles: ["writer"] });
+    const billing = await createKey(core, { org: "reset-roles", roles: ["billing"] });
+    const owner = await createKey(core, { org: "reset-roles", roles: ["owner", "reader"] });
+    // A single-key action already refuses such a key.
+    expect(refused(await core.keys.revoke(asKey(admin.key), billing.key.id))).toEqual({ code: "permission_denied", message: `key ${billing.key.id} has roles this key does not hold: billing` });
+
+    expect(refused(await core.keys.resetAll(asKey(admin.key), ""))).toEqual({
+      code: "permission_denied",
+      message: "reset-all would revoke 2 keys with roles this key does not hold: billing, owner; nothing was revoked",
+    });
+    for (const key of [admin, writer, billing, owner]) expect(unwrap(await core.keys.get(LOCAL, key.key.id)).enabled).toBe(true);
+    expect(await works(writer)).toBe(true);
+
+    // Once those keys are gone (or revoked), the caller's reset-all goes through.
+    unwrap(await core.keys.revoke(LOCAL, billing.key.id));
+    unwrap(await core.keys.delete(LOCAL, owner.key.id));
+    expect(unwrap(await core.keys.resetAll(asKey(admin.key), ""))).toBe(2);
+    expect((await check(core, writer.plaintext, "GET", "/sandboxes")).reason).toBe("revoked");
+  });
+
+  it("counts only the caller's scope: a stronger key in another namespace does not block it", async () => {
+    const alphaAdmin = await createKey(core, { org: "reset-roles-ns", namespace: "team-alpha", roles: ["admin"] });
+    const alpha = await createKey(core, { org: "reset-roles-ns", namespace: "team-alpha" });
+    const betaBilling = await createKey(core, { org: "reset-roles-ns", namespace: "team-beta", roles: ["billing"] });
+    expect(unwrap(await core.keys.resetAll(asKey(alphaAdmin.key), ""))).toBe(2);
+    expect((await check(core, alpha.plaintext, "GET", "/sandboxes")).reason).toBe("revoked");
+    expect(unwrap(await core.keys.get(LOCAL, betaBilling.key.id)).enabled).toBe(true);
+  });
+
+  it("the operator's reset-all is not limited by roles", async () => {
+    await createKey(core, { org: "reset-roles-op", roles: ["billing"] });
+    await createKey(core, { org: "reset-roles-op", roles: ["admin"] });
+    expect(unwrap(await core.keys.resetAll(LOCAL, "reset-roles-op"))).toBe(2);
+  });
 });
 
 /**

@@ -166,7 +166,7 @@ describe("ManageKey, AuditService and ResourceService calls count against the ca
     const consumeBudgets = createBudgetConsumer(c.rateLimiter, null);
     const principalOf = createPrincipalOf({ lookupKey: c.lookupKey, credentialPriority: ["authorization", "x-api-key"], dev: false, localOperator: false, consumeBudgets });
     const transport = createRouterTransport((router) => {
-      router.service(KeyService, createKeyService({ keys: c.keys, lookupKey: c.lookupKey, credentialPriority: ["authorization", "x-api-key"], dev: false, localOperator: false, log: silent, consumeBudgets }));
+      router.service(KeyService, createKeyService({ keys: c.keys, principalOf, log: silent }));
       router.service(AuditService, createAuditService({ audit: createAuditLog({ db: c.db, policy: () => c.policy, now: c.clock.now }), principalOf, log: silent }));
       router.service(ResourceService, createResourceService({ resources: createResourceManager({ ledger: c.resources, db: c.db, policy: () => c.policy, now: c.clock.now }), principalOf, log: silent }));
     });

@@ -181,6 +181,7 @@ describe("a limiter that fails", () => {
     const broken: RateLimiter = {
       consume: () => Promise.reject(new Error("limiter exploded")),
       consumeAll: () => Promise.reject(new Error("limiter exploded")),
+      peek: () => Promise.reject(new Error("limiter exploded")),
       health: async () => ({ backend: "memory", shared: false, unreachableSince: null, lastError: null }),
       close: async () => {},
     };

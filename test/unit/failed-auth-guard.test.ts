@@ -20,6 +20,8 @@ const POLICY = { decide: () => ({ allowed: true, rule: "policy.csv:1" }), explai
 function setup(limit = { points: 3, windowSeconds: 60 }, exempt?: (source: string) => boolean) {
   const delays: number[] = [];
   const lookups: string[] = [];
+  /** Credentials the key cache holds (answered without a lookup). */
+  const cached = new Set<string>();
   const guard = createFailedAuthGuard({
     rateLimiter: createRateLimiter({ keyPrefix: `t${Math.random()}` }),
     limit,
@@ -31,13 +33,14 @@ function setup(limit = { points: 3, windowSeconds: 60 }, exempt?: (source: strin
       lookups.push(credential);
       return credential === VALID ? { status: "ok", key: KEY } : { status: "invalid" };
     },
+    knownKey: (credential) => (cached.has(credential) ? (credential === VALID ? { status: "ok", key: KEY } : { status: "invalid" }) : undefined),
     policy: () => POLICY,
     now: () => new Date(),
     guard,
   });
   const ask = (credential: string, source: string | null = "203.0.113.7") =>
     authorize({ credential, path: "/sandboxes", method: "GET", namespace: "", org: "", ...(source && { source }) } satisfies AuthorizeInput);
-  return { ask, delays, lookups };
+  return { ask, delays, lookups, cached };
 }
 
 describe("failed-auth guard", () => {
@@ -73,15 +76,31 @@ describe("failed-auth guard", () => {
     expect(refused.key).toBeUndefined();
   });
 
-  it("a blocked source: invalid credentials are refused at once; a valid key is still allowed", async () => {
-    const { ask, delays } = setup({ points: 1, windowSeconds: 60 });
-    for (let i = 0; i < 3; i++) await ask(`bad-${i}`);
+  it("a blocked source: refused before any lookup; a valid key the cache knows is still allowed", async () => {
+    const { ask, delays, lookups, cached } = setup({ points: 1, windowSeconds: 60 });
+    for (let i = 0; i < 2; i++) await ask(`bad-${i}`);
+    lookups.length = 0;
     delays.length = 0;
     expect((await ask("bad-again")).reason).toBe("rate_limited");
+    // Not in the cache: refused with the guesses, and no lookup was made for either.
+    expect((await ask(VALID)).reason).toBe("rate_limited");
+    expect(lookups).toEqual([]);
+    cached.add(VALID);
     const valid = await ask(VALID);
     expect(valid).toMatchObject({ allowed: true, reason: "allowed", key: { id: "key_1" } });
     expect((await ask("unknown-1")).reason).toBe("rate_limited");
+    expect(lookups).toEqual([]);
     expect(delays).toEqual([]);
+  });
+
+  it("a credential known invalid without a lookup (malformed, remembered unknown) is counted without one", async () => {
+    const { ask, delays, lookups, cached } = setup({ points: 1, windowSeconds: 60 });
+    cached.add("bad-cached");
+    const reasons: string[] = [];
+    for (let i = 0; i < 3; i++) reasons.push((await ask("bad-cached")).reason);
+    expect(reasons).toEqual(["invalid_key", "invalid_key", "rate_limited"]);
+    expect(delays).toEqual([25]);
+    expect(lookups).toEqual([]);
   });
 
   it("counts per source: another address is not affected", async () => {

@@ -1,6 +1,6 @@
 import type { KeyRecord } from "../keys/key-record.js";
 import { ALL_NAMESPACES, isValidName, isValidNamespace } from "../keys/key-record.js";
-import type { KeyLookup, LookupKey } from "../keys/key-lookup.js";
+import type { KeyLookup, KnownKey, LookupKey } from "../keys/key-lookup.js";
 import type { Policy } from "../policy/policy.js";
 import type { RuleMiss } from "../policy/policy-request.js";
 import type { FailedAuthGuard } from "./failed-auth-guard.js";
@@ -13,6 +13,8 @@ import { KNOWN_METHODS, normalizeMethod, normalizePath, type HttpMethod } from "
 
 export interface AuthorizerDeps {
   lookupKey: LookupKey;
+  /** The lookup's answer when it needs no database (cache, malformed); unset = every credential counts as needing one. */
+  knownKey?: KnownKey;
   /** The policy in force now (it may be swapped by a reload). */
   policy: () => Policy;
   now: () => Date;
@@ -92,6 +94,7 @@ const DEV_DECISION: Decision = {
  */
 export function createAuthorizer({
   lookupKey,
+  knownKey,
   policy,
   now,
   onUsed,
@@ -140,12 +143,17 @@ export function createAuthorizer({
     if ("reason" in request) return request;
     span?.request(request);
 
-    // A credential known invalid without the database (malformed, or in the negative
-    // cache) costs no query here, so a blocked source's guesses reach no database.
-    let found;
+    // Counted only for requests whose source is known (the shim, the RPC service) and not exempt.
+    const guarded = guard && input.source && guard.applies(input.source) ? { guard, source: input.source } : undefined;
+    let found = knownKey?.(input.credential);
+    if (found === undefined && guarded) {
+      // Before any database work: a blocked source's guesses never reach it (failed-auth-guard.ts).
+      const refused = await guarded.guard.blocked(guarded.source);
+      if (refused) return refused;
+    }
     span?.lookupStarted();
     try {
-      found = await lookupKey(input.credential);
+      found ??= await lookupKey(input.credential);
     } catch (error) {
       span?.lookupEnded(undefined, error);
       onError?.(error);
@@ -154,8 +162,7 @@ export function createAuthorizer({
     span?.lookupEnded(found);
     switch (found.status) {
       case "invalid":
-        // Counted only for requests whose source is known (the shim, the RPC service) and not exempt.
-        return guard && input.source && guard.applies(input.source) ? guard.failed(input.source) : deny("invalid_key", MESSAGES.invalid_key);
+        return guarded ? guarded.guard.failed(guarded.source) : deny("invalid_key", MESSAGES.invalid_key);
       case "revoked":
         return deny("revoked", MESSAGES.revoked, identityOf(found.key));
       case "expired":

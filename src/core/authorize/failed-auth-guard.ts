@@ -8,9 +8,18 @@ import type { RateLimiter } from "../ratelimit/rate-limiter.js";
  * checksum) are counted per source address. Up to `limit.points` per window
  * nothing changes; past that, each further invalid credential is answered
  * after a growing delay (capped at MAX_DELAY_MS); past twice that, refused at
- * once as rate_limited. Only invalid credentials are ever affected: a valid
- * key from the same address is decided as usual, so an attacker's failures
- * never lock a legitimate client out.
+ * once as rate_limited.
+ *
+ * The guard decides before any database work: from a source past twice the
+ * threshold, a credential the key cache cannot answer (not a key recently
+ * seen) is refused without a lookup, so guesses cost the database nothing.
+ * The trade-off: such a source's valid keys still work if the cache knows
+ * them (any key decided in the last KEYGATE_KEY_CACHE_TTL); a valid key not
+ * in the cache is refused with the guesses until the window passes. Guesses
+ * already in flight when the limit is reached finish their lookups.
+ * Credentials known invalid without the database (malformed, or remembered
+ * as unknown) are counted and delayed without a lookup too.
+ * test/integration/auth-guard-before-lookup.test.ts shows it on every entry.
  *
  * Counters live in the rate limiter (memory, or Redis shared by instances).
  */
@@ -25,6 +34,12 @@ const ID_PREFIX = "authfail:";
 export interface FailedAuthGuard {
   /** False for exempt sources (by default loopback: a gateway or tool on this host). */
   applies(source: string): boolean;
+  /**
+   * The refusal for a source past the hard limit, else undefined; takes
+   * nothing from the count. Asked before a lookup that would reach the
+   * database. A limiter outage answers undefined (the lookup goes on).
+   */
+  blocked(source: string): Promise<Decision | undefined>;
   /** Counts one invalid credential from `source`; resolves (after any delay) with the decision to give. */
   failed(source: string): Promise<Decision>;
 }
@@ -55,6 +70,16 @@ export function createFailedAuthGuard({ rateLimiter, limit, sleep = (ms) => slee
   const invalid = () => deny("invalid_key", MESSAGES.invalid_key);
   return {
     applies: (source) => !exempt(source),
+    async blocked(source) {
+      let status;
+      try {
+        status = await rateLimiter.peek(ID_PREFIX + source, hard);
+      } catch (error) {
+        onError?.(error);
+        return undefined;
+      }
+      return status && status.remaining === 0 ? refusal(status.resetSeconds, hard.points) : undefined;
+    },
     async failed(source) {
       let consumed;
       try {

@@ -76,11 +76,34 @@ export function createKeyLookup({ db, cache, keyPrefix, now, metrics, timeoutMs 
       if (record === null) metrics.cacheNegativeHit();
       else metrics.cacheHit();
     }
-    if (!record) return { status: "invalid" };
-    if (!record.enabled) return { status: "revoked", key: record };
-    if (record.expiresAt && record.expiresAt.getTime() <= now().getTime()) return { status: "expired", key: record };
-    return { status: "ok", key: record };
+    return stateOf(record, now);
   };
 }
 
 export type LookupKey = ReturnType<typeof createKeyLookup>;
+
+/** What a lookup would answer without the database, or undefined when it would have to ask. */
+export type KnownKey = (credential: string) => KeyLookup | undefined;
+
+/**
+ * The lookup's answer when it costs no query: a malformed credential, or a
+ * hash the cache holds (as a key or as unknown). The failed-auth guard asks
+ * this first and consults its counter only for what it cannot answer.
+ */
+export function createKnownKey({ cache, keyPrefix, now, metrics }: Pick<KeyLookupDeps, "cache" | "keyPrefix" | "now" | "metrics">): KnownKey {
+  return (credential) => {
+    if (credential.length > MAX_CREDENTIAL_LENGTH || !isWellFormedKey(credential, keyPrefix)) return { status: "invalid" };
+    const record = cache.get(hashKey(credential));
+    if (record === undefined) return undefined;
+    if (record === null) metrics?.cacheNegativeHit();
+    else metrics?.cacheHit();
+    return stateOf(record, now);
+  };
+}
+
+function stateOf(record: KeyRecord | null, now: () => Date): KeyLookup {
+  if (!record) return { status: "invalid" };
+  if (!record.enabled) return { status: "revoked", key: record };
+  if (record.expiresAt && record.expiresAt.getTime() <= now().getTime()) return { status: "expired", key: record };
+  return { status: "ok", key: record };
+}

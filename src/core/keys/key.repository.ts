@@ -164,6 +164,19 @@ export async function revokeAll(db: Db, scope: { org?: string; namespace?: strin
   return Number(result.numUpdatedRows);
 }
 
+/**
+ * Revokes every enabled key in scope and returns the roles each revoked key
+ * held (one entry per key), so the caller can check them and roll back in
+ * the same transaction: the check covers exactly the keys revoked.
+ */
+export async function revokeAllReturningRoles(db: Db, scope: { org?: string; namespace?: string }, now: Date): Promise<string[][]> {
+  let query = db.updateTable("api_keys").set({ enabled: false, revoked_at: now, updated_at: now }).where("enabled", "=", true);
+  if (scope.org !== undefined) query = query.where("org", "=", scope.org);
+  if (scope.namespace !== undefined) query = query.where("namespace", "=", scope.namespace);
+  const rows = await query.returning("roles").execute();
+  return rows.map((row) => (Array.isArray(row.roles) ? row.roles : (JSON.parse(String(row.roles)) as string[])));
+}
+
 export async function countKeys(db: Db): Promise<{ total: number; enabled: number }> {
   const row = await db
     .selectFrom("api_keys")

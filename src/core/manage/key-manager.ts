@@ -419,14 +419,34 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, pendingLas
           n.org = org === "" ? null : org;
         }
         const at = now();
-        const count = await db.transaction().execute(async (trx) => {
-          const revoked = await repo.revokeAll(trx, scope, at);
-          n.detail = { count: revoked, scope: { org: scope.org ?? "*", namespace: scope.namespace ?? ALL_NAMESPACES } };
-          await recordIn(trx, principal, n, at);
-          return revoked;
-        });
-        cache.clear();
-        return ok(count);
+        n.detail = { scope: { org: scope.org ?? "*", namespace: scope.namespace ?? ALL_NAMESPACES } };
+        // A key caller may revoke only keys it could revoke one by one (no roles beyond its own):
+        // the revoke and the check are one transaction, so a key created meanwhile is never missed.
+        const mine = principal.kind === "key" ? await policy().inheritedRoles(principal.key.roles, principal.key.org) : undefined;
+        const outcome = await db
+          .transaction()
+          .execute(async (trx) => {
+            if (!mine) {
+              const revoked = await repo.revokeAll(trx, scope, at);
+              n.detail = { ...n.detail, count: revoked };
+              await recordIn(trx, principal, n, at);
+              return ok(revoked);
+            }
+            const revoked = await repo.revokeAllReturningRoles(trx, scope, at);
+            const beyond = revoked.filter((roles) => roles.some((role) => !mine.has(role)));
+            if (beyond.length > 0) throw new ResetRefused(beyond.length, [...new Set(beyond.flat().filter((role) => !mine.has(role)))].sort());
+            n.detail = { ...n.detail, count: revoked.length };
+            await recordIn(trx, principal, n, at);
+            return ok(revoked.length);
+          })
+          .catch((error: unknown) => {
+            if (!(error instanceof ResetRefused)) throw error;
+            n.detail = { ...n.detail, refused_keys: error.keys, roles: error.roles };
+            const keys = error.keys === 1 ? "1 key" : `${error.keys} keys`;
+            return fail("permission_denied", `reset-all would revoke ${keys} with roles this key does not hold: ${error.roles.join(", ")}; nothing was revoked`);
+          });
+        if (outcome.ok) cache.clear();
+        return outcome;
       });
     },
   };
@@ -436,6 +456,17 @@ const DEPTH_RULE = `a key may not mint keys more than ${MAX_PARENT_BUDGETS} rate
 
 function sameLimit(a: RateLimit | null, b: RateLimit | null): boolean {
   return a === b || (a !== null && b !== null && a.points === b.points && a.windowSeconds === b.windowSeconds);
+}
+
+/** Rolls back a reset-all that would revoke keys the caller may not manage (caught in resetAll). */
+class ResetRefused extends Error {
+  constructor(
+    readonly keys: number,
+    readonly roles: string[],
+  ) {
+    super(`reset-all refused: ${keys} keys with roles beyond the caller's`);
+    this.name = "ResetRefused";
+  }
 }
 
 const MAX_SANDBOX_LIMIT = 1_000_000_000;

@@ -40,6 +40,8 @@ export interface RateLimiter {
    * its ancestors'. The status is the tightest budget's.
    */
   consumeAll(budgets: readonly Budget[]): Promise<ConsumeResult>;
+  /** The key's budget under `limit` as it stands, without taking from it; null when nothing was taken this window. */
+  peek(keyId: string, limit: RateLimit): Promise<RateLimitStatus | null>;
   /** Where counters live and whether Redis is reachable (waits briefly for a first connection). */
   health(): Promise<RateLimiterHealth>;
   close(): Promise<void>;
@@ -112,6 +114,11 @@ function tightest(results: readonly ConsumeResult[]): RateLimitStatus {
   return best!.status;
 }
 
+async function peekWith(limiter: RateLimiterAbstract, keyId: string, limit: RateLimit): Promise<RateLimitStatus | null> {
+  const res = await limiter.get(keyId);
+  return res ? { ...statusOf(limit, res), remaining: Math.max(0, limit.points - res.consumedPoints) } : null;
+}
+
 function statusOf(limit: RateLimit, res: RateLimiterRes): RateLimitStatus {
   const ms = res.msBeforeNext > 0 ? res.msBeforeNext : limit.windowSeconds * 1000;
   return { limit: limit.points, remaining: Math.max(0, res.remainingPoints), resetSeconds: Math.max(1, Math.ceil(ms / 1000)) };
@@ -130,6 +137,7 @@ function createMemoryRateLimiter(base: string): RateLimiter {
   return {
     consume,
     consumeAll: (budgets) => consumeAllWith(consume, reward, budgets),
+    peek: (keyId, limit) => peekWith(limiterFor(limit), keyId, limit),
     health: async () => ({ backend: "memory", shared: false, unreachableSince: null, lastError: null }),
     close: async () => {},
   };
@@ -209,6 +217,7 @@ function createRedisRateLimiter(redisUrl: string, options: RateLimiterOptions): 
   return {
     consume,
     consumeAll: (budgets) => consumeAllWith(consume, reward, budgets),
+    peek: (keyId, limit) => peekWith(limiterFor(limit), keyId, limit),
     async health() {
       await Promise.race([firstAttempt, new Promise((resolve) => setTimeout(resolve, CONNECT_TIMEOUT_MS + 200).unref())]);
       // A connection that just died may still read "ready" until its close event is handled: ask.

@@ -1,8 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
-import type { CredentialSource } from "../../config/config.js";
-import type { LookupKey } from "../../core/keys/key-lookup.js";
 import type { Expiry } from "../../core/manage/key-input.js";
 import type { KeyManager } from "../../core/manage/key-manager.js";
 import type { ManageResult, Principal } from "../../core/manage/access.js";
@@ -20,21 +18,17 @@ import {
   type ManageKeyResponse,
 } from "../../../gen/keygate/v1/key_pb.js";
 import { keyToProto } from "./convert.js";
-import { createPrincipalOf } from "./principal.js";
-import type { ConsumeBudgets } from "../../core/authorize/consume-budgets.js";
+import type { PrincipalOf } from "./principal.js";
 import type { AnnounceKeyChange, KeyChange } from "../../core/keys/key-changes.js";
 
 export interface KeyServiceDeps {
   keys: KeyManager;
-  lookupKey: LookupKey;
-  credentialPriority: readonly CredentialSource[];
-  dev: boolean;
   /**
-   * Every caller is the local operator: set for the server's control socket
-   * (a Unix socket in the 0700 data dir, reachable only by the OS user who
-   * owns the data) and for the CLI's in-process mode, as `msb server keygen`.
+   * Who calls (principal.ts): the local operator on the server's control
+   * socket (a Unix socket in the 0700 data dir) and in the CLI's in-process
+   * mode, as `msb server keygen`; else the key in the request headers.
    */
-  localOperator: boolean;
+  principalOf: PrincipalOf;
   log: Logger;
   /**
    * Tells the other keygate processes on the same database what changed, so
@@ -42,8 +36,6 @@ export interface KeyServiceDeps {
    * one process holds the data and its own cache is kept by the key manager.
    */
   announce?: AnnounceKeyChange;
-  /** Each call by a key costs it a point of its budgets (principal.ts); unset = not counted. */
-  consumeBudgets?: ConsumeBudgets;
 }
 
 const CODES = { invalid_argument: Code.InvalidArgument, not_found: Code.NotFound, permission_denied: Code.PermissionDenied, already_exists: Code.AlreadyExists } as const;
@@ -53,8 +45,7 @@ function unwrap<T>(result: ManageResult<T>): T {
   return result.value;
 }
 
-export function createKeyService({ keys, lookupKey, credentialPriority, dev, localOperator, log, announce, consumeBudgets }: KeyServiceDeps): ServiceImpl<typeof KeyService> {
-  const principalOf = createPrincipalOf({ lookupKey, credentialPriority, dev, localOperator, ...(consumeBudgets && { consumeBudgets }) });
+export function createKeyService({ keys, principalOf, log, announce }: KeyServiceDeps): ServiceImpl<typeof KeyService> {
 
   async function run(request: ManageKeyRequest, principal: Principal): Promise<ManageKeyResponse> {
     const action = request.action;
