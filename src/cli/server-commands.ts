@@ -13,6 +13,7 @@ import { formatRateLimit } from "../core/ratelimit/rate-limit.js";
 import { startServer, type ServerStatus } from "../server/serve.js";
 import { createCubeCallbackHandler, isCallbackUrl } from "../entries/cube/cube-callback.js";
 import { createRemoteAuthorizer } from "../server/remote-authorizer.js";
+import { SharedDatabaseError } from "../server/server-registry.js";
 import { openDecisionLog, type DecisionLog } from "../telemetry/decision-log.js";
 import { CliError, configOrThrow, help, parse } from "./args.js";
 import { connectLocal, openError } from "./connect.js";
@@ -97,6 +98,7 @@ export async function runServe(args: string[]): Promise<number> {
     });
     const server = await startServer(config, runtime, log, lock).catch(async (error: unknown) => {
       await runtime.close();
+      if (error instanceof SharedDatabaseError) throw new CliError(error.message, { cause: error });
       throw new CliError(`cannot listen on ${config.host}:${config.port}: ${(error as Error).message}`, { cause: error });
     });
     // SIGHUP reloads the policy now (the outcome is logged); without a handler it would end the process.
