@@ -6,6 +6,7 @@ import { readCliKeys, readRuntimeConfig, type RuntimeConfig } from "../config/co
 import { CliError, configOrThrow, type Parsed } from "./args.js";
 import { redactUrl } from "../core/db/connect.js";
 import { acquireLock, type DataDirLock } from "../core/db/data-dir-lock.js";
+import { checkServerSocket, DataDirAccessError, securePrivateDir } from "../core/db/data-dir-access.js";
 import { PolicyLoadError } from "../core/policy/policy.js";
 import { createLogger } from "../telemetry/logger.js";
 import { openRuntime, type Runtime } from "../server/runtime.js";
@@ -53,6 +54,7 @@ export async function connectRemote(server: string, apiKey: string): Promise<Con
 
 export async function connectLocal(config: RuntimeConfig, command: string): Promise<Connection> {
   if (config.databaseUrl) return inProcess(config, undefined);
+  await securedDataDir(config.dataDir, (message) => process.stderr.write(`keygate: ${message}\n`));
   const deadline = Date.now() + LOCK_WAIT_MS;
   for (;;) {
     const result = await acquireLock(config.dataDir, `cli ${command}`);
@@ -65,7 +67,11 @@ export async function connectLocal(config: RuntimeConfig, command: string): Prom
       }
     }
     const { owner } = result;
-    if (owner.socket) return viaSocket(owner.socket);
+    if (owner.socket) {
+      // The lock names the socket the CLI will send keys to: only this user's own is believed.
+      await checkServerSocket(config.dataDir, owner.socket).catch(asCliError);
+      return viaSocket(owner.socket);
+    }
     if (Date.now() > deadline) {
       throw new CliError(
         `data dir ${config.dataDir} is in use by pid ${owner.pid} (${owner.role}, since ${owner.since}); try again when it has finished`,
@@ -100,6 +106,21 @@ async function inProcess(config: RuntimeConfig, lock: DataDirLock | undefined): 
       await lock?.release();
     },
   };
+}
+
+/**
+ * The data dir, private to this user (core/db/data-dir-access.ts): made 0700
+ * if others could only read it (said through `note`); refused, as a CliError
+ * naming the path and the fix, if another user owns it or may write into it.
+ */
+export async function securedDataDir(dataDir: string, note: (message: string) => void): Promise<void> {
+  const { tightenedFrom } = await securePrivateDir(dataDir).catch(asCliError);
+  if (tightenedFrom) note(`data dir ${dataDir} was mode ${tightenedFrom}, open to other users; made it private (0700)`);
+}
+
+function asCliError(error: unknown): never {
+  if (error instanceof DataDirAccessError) throw new CliError(error.message, { cause: error });
+  throw error;
 }
 
 /**

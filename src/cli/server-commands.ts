@@ -6,16 +6,17 @@ import { flagOptions } from "../config/settings.js";
 import { openStore } from "../core/db/connect.js";
 import { acquireLock, type DataDirLock } from "../core/db/data-dir-lock.js";
 import { migrateToLatest } from "../core/db/migrate.js";
-import { createLogger, errorFields } from "../telemetry/logger.js";
+import { createLogger, errorFields, type Logger } from "../telemetry/logger.js";
 import { currentRequestId, noteDecision, withRequestIds } from "../http/request-id.js";
 import { openRuntime, storeTargetFor, type RuntimeOptions } from "../server/runtime.js";
 import { formatRateLimit } from "../core/ratelimit/rate-limit.js";
 import { startServer, type ServerStatus } from "../server/serve.js";
 import { createCubeCallbackHandler, isCallbackUrl } from "../entries/cube/cube-callback.js";
 import { createRemoteAuthorizer } from "../server/remote-authorizer.js";
+import { SharedDatabaseError } from "../server/server-registry.js";
 import { openDecisionLog, type DecisionLog } from "../telemetry/decision-log.js";
 import { CliError, configOrThrow, help, parse } from "./args.js";
-import { connectLocal, openError } from "./connect.js";
+import { connectLocal, openError, securedDataDir } from "./connect.js";
 import { createOut } from "./output.js";
 
 const DEV_WARNING = [
@@ -44,8 +45,8 @@ function waitForSignal(): Promise<NodeJS.Signals> {
   });
 }
 
-async function lockDataDir(dataDir: string, role: string): Promise<DataDirLock> {
-  await mkdir(dataDir, { recursive: true, mode: 0o700 });
+async function lockDataDir(dataDir: string, role: string, log: Logger): Promise<DataDirLock> {
+  await securedDataDir(dataDir, (message) => log.warn(message));
   const result = await acquireLock(dataDir, role);
   if (result.ok) return result.lock;
   const { owner } = result;
@@ -64,7 +65,7 @@ export async function runServe(args: string[]): Promise<number> {
   const log = createLogger(config.logLevel, undefined, { keyPrefix: config.keyPrefix });
   const debug = config.logLevel === "debug";
   const started = performance.now();
-  const lock = config.databaseUrl ? undefined : await lockDataDir(config.dataDir, "server");
+  const lock = config.databaseUrl ? undefined : await lockDataDir(config.dataDir, "server", log);
   let decisionLog: DecisionLog | undefined;
   try {
     const { target, mode, sample } = config.decisionLog;
@@ -97,6 +98,7 @@ export async function runServe(args: string[]): Promise<number> {
     });
     const server = await startServer(config, runtime, log, lock).catch(async (error: unknown) => {
       await runtime.close();
+      if (error instanceof SharedDatabaseError) throw new CliError(error.message, { cause: error });
       throw new CliError(`cannot listen on ${config.host}:${config.port}: ${(error as Error).message}`, { cause: error });
     });
     // SIGHUP reloads the policy now (the outcome is logged); without a handler it would end the process.
@@ -198,7 +200,7 @@ export async function runMigrate(args: string[]): Promise<number> {
   const config = configOrThrow(readStorageConfig(flags, process.env, process.cwd()));
   let lock: DataDirLock | undefined;
   if (!config.databaseUrl) {
-    await mkdir(config.dataDir, { recursive: true, mode: 0o700 });
+    await securedDataDir(config.dataDir, (message) => process.stderr.write(`keygate: ${message}\n`));
     const result = await acquireLock(config.dataDir, "cli migrate");
     if (!result.ok) {
       const message = `a keygate server (pid ${result.owner.pid}) holds ${config.dataDir}; it applied every migration when it started`;

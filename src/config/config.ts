@@ -1,13 +1,13 @@
 import { existsSync } from "node:fs";
 import { isAbsolute, resolve } from "node:path";
-import type { BlockList } from "node:net";
+import { BlockList, isIP } from "node:net";
 import { fileURLToPath } from "node:url";
 import type { z } from "zod";
 import type { RateLimit } from "../core/ratelimit/rate-limit.js";
 import type { DecisionLogMode } from "../telemetry/decision-log.js";
 import type { LogLevel } from "../telemetry/logger.js";
 import { readTracingConfig, type TracingConfig } from "../telemetry/tracing-config.js";
-import { OWNERSHIP_MODES, SETTINGS, type Command, type CredentialSource, type SettingName, type SettingSpec } from "./settings.js";
+import { DEV_ALLOW_PUBLIC_PHRASE, OWNERSHIP_MODES, SETTINGS, type Command, type CredentialSource, type SettingName, type SettingSpec } from "./settings.js";
 
 export { DEFAULT_TRUSTED_PROXIES, type CredentialSource } from "./settings.js";
 
@@ -69,6 +69,8 @@ export interface DecisionLogConfig {
 
 export interface ServeConfig extends RuntimeConfig {
   host: string;
+  /** Dev mode may listen on a non-loopback address (--dev-allow-public with its exact phrase). */
+  devAllowPublic: boolean;
   port: number;
   credentialPriority: CredentialSource[];
   shimPath: string;
@@ -320,6 +322,7 @@ const SERVE_SETTINGS = [
   "proxyTimeout",
   "orgMaxSandboxes",
   "cubeWebhookSecret",
+  "devAllowPublic",
 ] as const;
 
 /**
@@ -361,11 +364,44 @@ function listenerLimits(read: Read<ListenerSettings>, errors: string[]): Listene
   };
 }
 
+const LOOPBACK = new BlockList();
+LOOPBACK.addSubnet("127.0.0.0", 8, "ipv4");
+LOOPBACK.addAddress("::1", "ipv6");
+LOOPBACK.addSubnet("::ffff:127.0.0.0", 104, "ipv6");
+
+/** 127.0.0.0/8, ::1 (bracketed or not) and `localhost`; any other name or address may be reachable from elsewhere. */
+export function isLoopbackHost(host: string): boolean {
+  const bare = host.startsWith("[") && host.endsWith("]") ? host.slice(1, -1) : host;
+  if (bare.toLowerCase() === "localhost") return true;
+  const family = isIP(bare);
+  return family !== 0 && LOOPBACK.check(bare, family === 4 ? "ipv4" : "ipv6");
+}
+
+/**
+ * Dev mode allows every request: on an address others can reach it is an
+ * open door, and KEYGATE_HOST=0.0.0.0 (the Dockerfile's) makes it one with a
+ * single variable. So it takes a second, deliberately awkward setting.
+ */
+function devListenRule(dev: boolean, listens: [string, string][], allowPublic: boolean, errors: string[]): void {
+  if (!dev || allowPublic) return;
+  for (const [host, setting] of listens) {
+    if (isLoopbackHost(host)) continue;
+    errors.push(
+      `--dev/KEYGATE_DEV: refused on ${host} (${setting}), which is not a loopback address: dev mode allows every request from anyone who can reach it. ` +
+        `Listen on 127.0.0.1, or, if you mean it, add --dev-allow-public=${DEV_ALLOW_PUBLIC_PHRASE} (KEYGATE_DEV_ALLOW_PUBLIC)`,
+    );
+  }
+}
+
 export function readServeConfig(flags: Flags, env: Env, cwd: string): ConfigResult<ServeConfig> {
   const errors: string[] = [];
   const runtimeConfig = runtime(flags, env, cwd, errors);
   const read = readSettings(SERVE_SETTINGS, flags, env, errors, "serve");
   const { values } = read;
+  const proxy = proxyConfig(read, errors);
+  const listens: [string, string][] = [[values.host, "--host/KEYGATE_HOST"]];
+  if (proxy && proxy.host !== values.host) listens.push([proxy.host, "--proxy-host/KEYGATE_PROXY_HOST"]);
+  devListenRule(runtimeConfig.dev, listens, values.devAllowPublic ?? false, errors);
   return result(errors, {
     ...runtimeConfig,
     host: values.host,
@@ -382,7 +418,8 @@ export function readServeConfig(flags: Flags, env: Env, cwd: string): ConfigResu
     tracing: readTracingConfig(env, errors),
     cubeWebhookSecret: values.cubeWebhookSecret,
     ...listenerLimits(read, errors),
-    proxy: proxyConfig(read, errors),
+    proxy,
+    devAllowPublic: values.devAllowPublic ?? false,
   });
 }
 

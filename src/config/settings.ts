@@ -29,6 +29,9 @@ const STORAGE = [...RUNTIME, "migrate"] as const satisfies readonly Command[];
 
 export type CredentialSource = "authorization" | "x-api-key";
 
+/** The value --dev-allow-public must have: awkward on purpose, so that nobody sets it by accident. */
+export const DEV_ALLOW_PUBLIC_PHRASE = "i-understand-every-request-is-allowed";
+
 /** Loopback: a gateway or an Envoy on this host. */
 export const DEFAULT_TRUSTED_PROXIES = "127.0.0.0/8,::1/128";
 
@@ -308,6 +311,16 @@ export const SETTINGS = {
     description: "allow every request, with a loud warning at start and in `status` (never in production)",
     commands: RUNTIME,
     type: toggle(),
+  },
+  devAllowPublic: {
+    flag: "dev-allow-public",
+    arg: "PHRASE",
+    env: "KEYGATE_DEV_ALLOW_PUBLIC",
+    unset: "dev mode listens on loopback only",
+    description: `dev mode on an address other than loopback (\`127.0.0.0/8\`, \`::1\`, \`localhost\`): exactly \`${DEV_ALLOW_PUBLIC_PHRASE}\``,
+    details: "without it, `--dev` with `--host 0.0.0.0` (as the Dockerfile sets) or any other non-loopback address or proxy host is refused",
+    commands: ["serve"],
+    type: z.string().refine((text) => text === DEV_ALLOW_PUBLIC_PHRASE, { error: `must be exactly "${DEV_ALLOW_PUBLIC_PHRASE}" (dev mode allows every request from anyone who can reach it)` }).transform(() => true),
   },
   ownership: {
     flag: "ownership",

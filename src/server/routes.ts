@@ -15,7 +15,8 @@ import { Health } from "../../gen/grpc/health/v1/health_pb.js";
 import { ServerReflection } from "../../gen/grpc/reflection/v1/reflection_pb.js";
 import { ServerReflection as ServerReflectionV1alpha } from "../../gen/grpc/reflection/v1alpha/reflection_pb.js";
 import { createAuditLog } from "../core/manage/audit-log.js";
-import { createResourceManager } from "../core/manage/resource-manager.js";
+import { createResourceManager, type ResourceManager } from "../core/manage/resource-manager.js";
+import { withoutResourceChanges } from "../core/manage/dev-mode.js";
 import { createResourceService } from "../entries/rpc/resource-service.js";
 import { createExtAuthzService } from "../entries/extauthz/ext-authz.js";
 import { createAuditService } from "../entries/rpc/audit-service.js";
@@ -85,7 +86,7 @@ export function createRoutes(runtime: Runtime, credentialPriority: readonly Cred
     router.service(
       ResourceService,
       createResourceService({
-        resources: createResourceManager({ ledger: runtime.resources, db: runtime.store.db, policy: runtime.policy, now: () => new Date() }),
+        resources: devGuarded(runtime, createResourceManager({ ledger: runtime.resources, db: runtime.store.db, policy: runtime.policy, now: () => new Date() })),
         principalOf,
         log,
       }),
@@ -110,6 +111,11 @@ export function createRoutes(runtime: Runtime, credentialPriority: readonly Cred
     router.service(ServerReflection, createReflectionService(reflection, options.shutdown));
     router.service(ServerReflectionV1alpha, createReflectionServiceV1alpha(reflection, options.shutdown));
   };
+}
+
+/** In dev mode every caller is the operator: ResourceService reads, but claims and releases nothing. */
+function devGuarded(runtime: Runtime, resources: ResourceManager): ResourceManager {
+  return runtime.dev ? withoutResourceChanges(resources) : resources;
 }
 
 /**

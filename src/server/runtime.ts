@@ -10,6 +10,7 @@ import { createKeyCache, type KeyCache } from "../core/keys/key-cache.js";
 import { createKeyLookup, createKnownKey, type KnownKey, type LookupKey } from "../core/keys/key-lookup.js";
 import { createKeyManager, type KeyManager } from "../core/manage/key-manager.js";
 import { createKeyUsageReader, withKeyUsage } from "../core/manage/key-usage.js";
+import { withoutKeyChanges } from "../core/manage/dev-mode.js";
 import { createUsageRecorder, type UsageRecorder } from "../core/keys/usage-recorder.js";
 import { createMetrics, type Metrics } from "../telemetry/metrics.js";
 import { createResourceCache } from "../core/resources/resource-cache.js";
@@ -160,10 +161,12 @@ export async function openRuntime(config: RuntimeConfig & RuntimeTelemetryConfig
       ...(tracing && { tracer: tracing.tracer }),
       ...(ownership && { ownership: resources }),
     });
-    const keys = withKeyUsage(
+    const managed = withKeyUsage(
       createKeyManager({ db: store.db, policy: currentPolicy, cache, keyPrefix: config.keyPrefix, now, pendingLastUsed: usage.pending, defaultRateLimit: config.defaultRateLimit }),
       createKeyUsageReader({ db: store.db, now, pendingCounts: usage.pendingCounts }),
     );
+    // Dev mode changes no key, through any door of this process (core/manage/dev-mode.ts).
+    const keys = config.dev ? withoutKeyChanges(managed) : managed;
     return {
       store,
       migration,

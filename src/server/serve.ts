@@ -22,7 +22,7 @@ import { operationsEndpoints } from "../entries/operations/operations-endpoints.
 import { createReadinessCheck } from "../core/authorize/readiness.js";
 import { createListener, urlPath, type Handler, type ListenerLimits } from "../http/listener.js";
 import { defaultMaxConnections, openFileLimit } from "../http/connection-cap.js";
-import { serverApplicationName, type ServerEntry } from "./server-registry.js";
+import { refuseSharedDev, serverApplicationName, type ServerEntry } from "./server-registry.js";
 import { requestSource } from "../http/client-ip.js";
 import { sourceContextValues } from "../http/rpc-context.js";
 import { createAuthorizeCall } from "../entries/rpc/authorize-call.js";
@@ -181,6 +181,15 @@ export async function startServer(config: ServeConfig, runtime: Runtime, log: Lo
   let keyChanges: KeyChangeListener | undefined;
   if (config.databaseUrl) {
     keyChanges = await listenForKeyChanges({ url: config.databaseUrl, defaultUser: config.defaultDbUser, cache: runtime.cache, resourceCache: runtime.resources.cache, log });
+    // Named before it looks for others (and before it listens): dev mode never shares a database.
+    const self = { pid: process.pid, dev: runtime.dev, listen: `${config.host}:${config.port}` };
+    await keyChanges.identify(serverApplicationName(self));
+    try {
+      await refuseSharedDev(runtime.store.db, self);
+    } catch (error) {
+      await keyChanges.close();
+      throw error;
+    }
   }
   const policyWatcher = await watchPolicy({
     dir: config.policyDir,

@@ -41,3 +41,37 @@ export async function findServers(db: Kysely<Database>): Promise<ServerEntry[]> 
     return parsed ? [{ ...parsed, since: new Date(row.backend_start).toISOString() }] : [];
   });
 }
+
+/** A server that may not start on this database beside the ones already on it (dev mode and a shared database). */
+export class SharedDatabaseError extends Error {
+  override readonly name = "SharedDatabaseError";
+}
+
+const describe = (servers: ServerEntry[]) => servers.map((s) => `pid ${s.pid} on ${s.listen}${s.dev ? ", DEV MODE" : ""}`).join("; ");
+
+/**
+ * Dev mode allows every request and shows every key to its callers: over a
+ * database that other servers use it would do that to their keys. So a dev
+ * server starts only when no other server is on the database, and no server
+ * starts beside a dev one. Each names its own connection before it looks
+ * (serve.ts), so of two starting at once at least one sees the other.
+ */
+export async function refuseSharedDev(db: Kysely<Database>, self: Omit<ServerEntry, "since">): Promise<void> {
+  const servers = await findServers(db);
+  // This server's own connection, as Postgres keeps its (possibly cut) name.
+  const mine = parseServerApplicationName(serverApplicationName(self));
+  const index = servers.findIndex((s) => s.pid === mine?.pid && s.dev === mine.dev && s.listen === mine.listen);
+  if (index >= 0) servers.splice(index, 1);
+  if (self.dev && servers.length > 0) {
+    throw new SharedDatabaseError(
+      `dev mode refused: other keygate servers use this database (${describe(servers)}). ` +
+        "Dev mode allows every request and shows every key, so it needs a database of its own: another DATABASE_URL, or none (the embedded database)",
+    );
+  }
+  const devs = servers.filter((s) => s.dev);
+  if (devs.length > 0) {
+    throw new SharedDatabaseError(
+      `refused: a dev-mode keygate server uses this database (${describe(devs)}). Stop it, or give it a database of its own, then start this server again`,
+    );
+  }
+}

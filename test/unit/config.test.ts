@@ -20,7 +20,7 @@ import {
   type ShimConfig,
 } from "../../src/config/config.js";
 import { FORWARD_AUTH_PATHS, OPERATIONS_PATHS } from "../../src/config/public-paths.js";
-import { KEY_COMMANDS, SETTINGS, SETTING_NAMES, type Command, type SettingName, type SettingSpec } from "../../src/config/settings.js";
+import { DEV_ALLOW_PUBLIC_PHRASE, KEY_COMMANDS, SETTINGS, SETTING_NAMES, type Command, type SettingName, type SettingSpec } from "../../src/config/settings.js";
 
 /**
  * Every setting as a decision table: a valid value (from the flag and from the
@@ -53,6 +53,7 @@ const VIEW: Record<SettingName, (config: ServeConfig & ShimConfig & CliKeys) => 
   pgUser: (c) => c.defaultDbUser,
   policyDir: (c) => c.policyDir,
   dev: (c) => c.dev,
+  devAllowPublic: (c) => c.devAllowPublic,
   ownership: (c) => c.ownership,
   keyPrefix: (c) => c.keyPrefix,
   keyCacheTtl: (c) => c.keyCacheTtlMs,
@@ -136,6 +137,7 @@ const DEFAULTS: [SettingName, unknown][] = [
   ["pgUser", "postgres"],
   ["policyDir", SHIPPED_POLICY_DIR],
   ["dev", false],
+  ["devAllowPublic", false],
   ["ownership", "auto"],
   ["keyPrefix", "sk-sb-"],
   ["keyCacheTtl", 5_000],
@@ -192,6 +194,7 @@ const VALID: [SettingName, string, unknown][] = [
   ["dev", "true", true],
   ["dev", "YES", true],
   ["dev", "off", false],
+  ["devAllowPublic", DEV_ALLOW_PUBLIC_PHRASE, true],
   ["ownership", "ON", "on"],
   ["ownership", "off", "off"],
   ["keyPrefix", "sk_live-", "sk_live-"],
@@ -250,6 +253,7 @@ const INVALID: [SettingName, string, string][] = [
   ["databaseUrl", "mysql://db/keygate", "not a postgres:// or postgresql:// URL"],
   ["dbPoolSize", "0", '"0" is not a whole number from 1 to 200'],
   ["dev", "maybe", '"maybe" is not a boolean (use true or false)'],
+  ["devAllowPublic", "yes", `must be exactly "${DEV_ALLOW_PUBLIC_PHRASE}" (dev mode allows every request from anyone who can reach it)`],
   ["ownership", "enforce", '"enforce" must be one of auto, on, off'],
   ["keyPrefix", "sk live", '"sk live" must be 1-16 letters, digits, _ or -'],
   ["keyCacheTtl", "5pc", `invalid duration "5pc": ${DURATION_HELP}`],
@@ -454,6 +458,35 @@ describe("the rules between settings", () => {
     } else {
       expect(result).toMatchObject({ ok: true, config: expected });
     }
+  });
+
+  // Issue 14, item 4: KEYGATE_DEV=yes with the Dockerfile's KEYGATE_HOST=0.0.0.0 served an allow-all port to the world.
+  const devRefused = (host: string, setting = "--host/KEYGATE_HOST") =>
+    `--dev/KEYGATE_DEV: refused on ${host} (${setting}), which is not a loopback address: dev mode allows every request from anyone who can reach it. ` +
+    `Listen on 127.0.0.1, or, if you mean it, add --dev-allow-public=${DEV_ALLOW_PUBLIC_PHRASE} (KEYGATE_DEV_ALLOW_PUBLIC)`;
+  it.each<[string, Flags, Env, string[]]>([
+    ["dev on the default host", { dev: true }, {}, []],
+    ["dev on 127.1.2.3", {}, { KEYGATE_DEV: "yes", KEYGATE_HOST: "127.1.2.3" }, []],
+    ["dev on ::1", {}, { KEYGATE_DEV: "yes", KEYGATE_HOST: "::1" }, []],
+    ["dev on [::1]", {}, { KEYGATE_DEV: "yes", KEYGATE_HOST: "[::1]" }, []],
+    ["dev on localhost", {}, { KEYGATE_DEV: "yes", KEYGATE_HOST: "LocalHost" }, []],
+    ["dev on ::ffff:127.0.0.1", {}, { KEYGATE_DEV: "yes", KEYGATE_HOST: "::ffff:127.0.0.1" }, []],
+    ["KEYGATE_DEV=yes with KEYGATE_HOST=0.0.0.0", {}, { KEYGATE_DEV: "yes", KEYGATE_HOST: "0.0.0.0" }, [devRefused("0.0.0.0")]],
+    ["--dev --host ::", { dev: true, host: "::" }, {}, [devRefused("::")]],
+    ["dev on a LAN address", { dev: true }, { KEYGATE_HOST: "10.0.0.5" }, [devRefused("10.0.0.5")]],
+    ["dev on a host name", { dev: true }, { KEYGATE_HOST: "keygate.internal" }, [devRefused("keygate.internal")]],
+    ["dev with a public proxy host", { dev: true }, { KEYGATE_UPSTREAM: CUBE, KEYGATE_PROXY_HOST: "0.0.0.0" }, [devRefused("0.0.0.0", "--proxy-host/KEYGATE_PROXY_HOST")]],
+    ["dev on 0.0.0.0 with the phrase", { dev: true, host: "0.0.0.0", "dev-allow-public": DEV_ALLOW_PUBLIC_PHRASE }, {}, []],
+    ["dev on 0.0.0.0 with the phrase in the variable", {}, { KEYGATE_DEV: "1", KEYGATE_HOST: "0.0.0.0", KEYGATE_DEV_ALLOW_PUBLIC: DEV_ALLOW_PUBLIC_PHRASE }, []],
+    [
+      "dev on 0.0.0.0 with anything but the phrase",
+      {},
+      { KEYGATE_DEV: "1", KEYGATE_HOST: "0.0.0.0", KEYGATE_DEV_ALLOW_PUBLIC: "true" },
+      [`KEYGATE_DEV_ALLOW_PUBLIC: must be exactly "${DEV_ALLOW_PUBLIC_PHRASE}" (dev mode allows every request from anyone who can reach it)`, devRefused("0.0.0.0")],
+    ],
+    ["no dev on 0.0.0.0", {}, { KEYGATE_HOST: "0.0.0.0" }, []],
+  ])("dev mode listens on loopback unless the awkward phrase is given: %s", (_, flags, env, expected) => {
+    expect(serveErrors(env, flags)).toEqual(expected);
   });
 
   it("DEFAULT_LISTENER_LIMITS are the listener settings' defaults", () => {

@@ -4,6 +4,7 @@ import { PGlite } from "@electric-sql/pglite";
 import { Kysely, PGliteDialect, PostgresDialect } from "kysely";
 import pg from "pg";
 import type { Database } from "./schema.js";
+import { restrictTree } from "./data-dir-access.js";
 
 export type DatabaseKind = "pglite" | "postgres";
 
@@ -61,8 +62,10 @@ export async function openStore(target: StoreTarget): Promise<Store> {
     }
     case "pglite": {
       const dir = join(target.dataDir, PGDATA_DIR);
-      await mkdir(target.dataDir, { recursive: true });
+      await mkdir(target.dataDir, { recursive: true, mode: 0o700 });
       const pglite = await PGlite.create(dir);
+      // PGlite writes its files 0666: none of them is for other users (issue 14, item 9).
+      await restrictTree(dir);
       const db = new Kysely<Database>({ dialect: new PGliteDialect({ pglite }) });
       return { db, kind: "pglite", location: dir, close: () => db.destroy() };
     }
