@@ -26,7 +26,7 @@ useCoreDatabase((c) => {
 
 beforeAll(async () => {
   ledger = core.resources;
-  resources = createResourceManager({ ledger, db: core.db, policy: () => core.policy, now: core.clock.now });
+  resources = createResourceManager({ ledger, db: core.db, policy: () => core.policy, now: core.clock.now, recorder: core.auditRecorder });
   const make = async (org: string, roles: string[], namespace = "*") => asKey((await createKey(core, { org, roles, namespace })).key);
   who.acme = await make("acme", ["admin"]);
   who.acmeAlpha = await make("acme", ["admin"], "team-alpha");
@@ -41,6 +41,7 @@ function refused<T>(result: ManageResult<T>): string {
 }
 
 async function lastAudit(): Promise<AuditEvent> {
+  await core.auditRecorder.flush();
   const [event] = await listAuditEvents(core.db, {}, 1);
   return event!;
 }
