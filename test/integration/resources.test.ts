@@ -1,4 +1,4 @@
-import { beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, beforeEach, describe, expect, it } from "vitest";
 import type { ManageResult, Principal } from "../../src/core/manage/access.js";
 import { createResourceManager, type ResourceManager } from "../../src/core/manage/resource-manager.js";
 import type { ResourceLedger } from "../../src/core/resources/resource-ledger.js";
@@ -34,6 +34,10 @@ beforeAll(async () => {
   who.globex = await make("globex", ["admin"]);
   who.platform = await make("*", ["admin"]);
 });
+
+// Refusals are written in the background: each test starts with the earlier ones written,
+// so a row it reads is one it caused.
+beforeEach(() => core.auditRecorder.flush());
 
 function refused<T>(result: ManageResult<T>): string {
   if (result.ok) return expect.fail(`expected a refusal, got ${JSON.stringify(result.value)}`);
