@@ -27,6 +27,7 @@ function eventJson(event: AuditEvent): Record<string, unknown> {
     target: event.target || null,
     new_target: event.newTarget || null,
     org: event.org || null,
+    namespace: event.namespace || null,
     outcome: event.outcome,
     detail: event.detail ?? {},
   };
@@ -48,7 +49,7 @@ function eventTable(events: AuditEvent[]): string {
 
 /** `keygate audit`: the audit log, newest first, in every CLI mode (AuditService/ListAuditEvents). */
 export async function runAudit(args: string[]): Promise<number> {
-  const parsed = parse(args, { org: { type: "string" }, key: { type: "string" }, since: { type: "string" }, limit: { type: "string" } });
+  const parsed = parse(args, { org: { type: "string" }, namespace: { type: "string" }, key: { type: "string" }, since: { type: "string" }, limit: { type: "string" } });
   if (parsed.flags.help) return help();
   if (parsed.positionals.length > 0) throw new CliError(`audit takes no arguments, got "${parsed.positionals[0]}"`);
   const out = createOut(Boolean(parsed.flags.json));
@@ -64,6 +65,7 @@ export async function runAudit(args: string[]): Promise<number> {
       const response = await c.audit.listAuditEvents(
         create(ListAuditEventsRequestSchema, {
           org: (parsed.flags.org as string | undefined) ?? "",
+          namespace: (parsed.flags.namespace as string | undefined) ?? "",
           keyId: (parsed.flags.key as string | undefined) ?? "",
           ...(since && { since: timestampFromDate(since) }),
           pageSize: Math.min(limit - events.length, MAX_PAGE),

@@ -264,10 +264,17 @@ export async function runStatus(args: string[]): Promise<number> {
       out.print(`ownership: ${status.ownership.enforced ? "on" : "off"}${live ? ` (${live} in the ledger)` : " (routes.yaml declares nothing owned)"}`);
     }
     out.print(`rate limits: ${rateLimitLine(status.rateLimits)}`);
+    if (status.audit) out.print(`audit:     ${auditLine(status.audit)}`);
     return 0;
   } finally {
     await connection.close();
   }
+}
+
+function auditLine(audit: ServerStatus["audit"]): string {
+  const kept = audit.retention ? `rows kept ${audit.retention}, older ones pruned hourly by serve` : "rows kept forever (KEYGATE_AUDIT_RETENTION=off)";
+  const lost = audit.dropped + audit.sampledOut;
+  return lost > 0 ? `${kept}; ${lost} refused attempts not written since start (${audit.dropped} dropped, ${audit.sampledOut} sampled away)` : kept;
 }
 
 function rateLimitLine(limits: ServerStatus["rateLimits"]): string {

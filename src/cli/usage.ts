@@ -25,7 +25,7 @@ Keys
   check --key K --path P [--method M] [--namespace NS] [--org ORG] [--explain]
                         explain one decision (exit 0 allowed, 1 denied); --explain lists the
                         closest rules that did not match and why
-  audit [--org ORG] [--key KEY_ID] [--since DUR|ISO] [--limit N]
+  audit [--org ORG] [--namespace NS] [--key KEY_ID] [--since DUR|ISO] [--limit N]
                         who changed keys, and refused attempts, newest first (--since 24h =
                         the last 24 hours; default --limit 100)
 

@@ -49,6 +49,8 @@ export interface RuntimeConfig extends StorageConfig {
   negativeCacheTtlMs: number;
   keyCacheMaxEntries: number;
   usageFlushMs: number;
+  /** Audit rows older than this are pruned by serve; null = kept forever. */
+  auditRetentionMs: number | null;
   /** The allocation of keys without their own; null = unlimited. */
   defaultRateLimit: RateLimit | null;
   /** Set: rate-limit counters in this Redis, shared by every instance using it. Unset: per instance, in memory. */
@@ -267,6 +269,7 @@ const RUNTIME_SETTINGS = [
   "negativeCacheTtl",
   "keyCacheSize",
   "usageFlushInterval",
+  "auditRetention",
   "defaultRateLimit",
   "redisUrl",
   "authFailLimit",
@@ -287,6 +290,7 @@ function runtime(flags: Flags, env: Env, cwd: string, errors: string[]): Runtime
     negativeCacheTtlMs: values.negativeCacheTtl,
     keyCacheMaxEntries: values.keyCacheSize,
     usageFlushMs: values.usageFlushInterval,
+    auditRetentionMs: values.auditRetention,
     defaultRateLimit: values.defaultRateLimit ?? null,
     redisUrl: values.redisUrl,
     authFailLimit: values.authFailLimit,

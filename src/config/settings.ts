@@ -377,6 +377,19 @@ export const SETTINGS = {
     // A floor, so that "0s" cannot turn the flush into a busy loop.
     type: duration().transform((ms) => Math.max(ms, 100)),
   },
+  auditRetention: {
+    env: "KEYGATE_AUDIT_RETENTION",
+    default: "90d",
+    description: "how long audit rows are kept (`off` or `0s`: forever)",
+    details: "older rows are deleted by `serve` in the background, at start and every hour, 1,000 at a time",
+    commands: RUNTIME,
+    // null: keep forever.
+    type: parsedBy<number | null>((text) => {
+      if (text === "off" || text === "0") return { ok: true, value: null };
+      const result = parseDuration(text);
+      return result.ok ? { ok: true, value: result.ms === 0 ? null : result.ms } : result;
+    }),
+  },
   defaultRateLimit: {
     flag: "default-rate-limit",
     arg: "N/WINDOW",

@@ -78,7 +78,7 @@ export function createRoutes(runtime: Runtime, credentialPriority: readonly Cred
     router.service(
       AuditService,
       createAuditService({
-        audit: createAuditLog({ db: runtime.store.db, policy: runtime.policy, now: () => new Date() }),
+        audit: createAuditLog({ db: runtime.store.db, policy: runtime.policy, now: () => new Date(), recorder: runtime.auditRecorder }),
         principalOf,
         log,
       }),
@@ -86,7 +86,7 @@ export function createRoutes(runtime: Runtime, credentialPriority: readonly Cred
     router.service(
       ResourceService,
       createResourceService({
-        resources: devGuarded(runtime, createResourceManager({ ledger: runtime.resources, db: runtime.store.db, policy: runtime.policy, now: () => new Date() })),
+        resources: devGuarded(runtime, createResourceManager({ ledger: runtime.resources, db: runtime.store.db, policy: runtime.policy, now: () => new Date(), recorder: runtime.auditRecorder })),
         principalOf,
         log,
       }),
@@ -124,6 +124,6 @@ function devGuarded(runtime: Runtime, resources: ResourceManager): ResourceManag
  * a body, so serve.ts leaves their size to them.
  */
 export function webhookEndpoints(runtime: Runtime, config: Partial<Pick<ServeConfig, "cubeWebhookSecret">>, log: Logger): [string, Handler][] {
-  const resources = createResourceManager({ ledger: runtime.resources, db: runtime.store.db, policy: runtime.policy, now: () => new Date() });
+  const resources = createResourceManager({ ledger: runtime.resources, db: runtime.store.db, policy: runtime.policy, now: () => new Date(), recorder: runtime.auditRecorder });
   return [[CUBE_WEBHOOK_PATH, cubeWebhookHandler({ secret: config.cubeWebhookSecret, releaseFromEvent: resources.releaseFromEvent, log })]];
 }

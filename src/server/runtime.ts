@@ -20,6 +20,8 @@ import { createPolicyHolder, type PolicyHolder, type ReloadOutcome } from "../co
 import type { RateLimit } from "../core/ratelimit/rate-limit.js";
 import { createRateLimiter, type HealthLog, type RateLimiter } from "../core/ratelimit/rate-limiter.js";
 import { startTracing, type Tracing } from "../telemetry/tracing.js";
+import { createAuditRecorder, type AuditRecorder } from "../core/audit/audit-recorder.js";
+import { createAuditPruner, type AuditPruner } from "../core/audit/audit-retention.js";
 
 /**
  * keygate's core wired together: store, policy, key cache, lookup,
@@ -46,6 +48,12 @@ export interface Runtime {
   /** True when decisions on owned paths consult the ledger. */
   ownership: boolean;
   usage: UsageRecorder;
+  /** Refused management attempts: written in the background, repeats collapsed. */
+  auditRecorder: AuditRecorder;
+  /** Audit retention; serve starts it (a CLI command's runtime never prunes). */
+  auditPruner: AuditPruner;
+  /** null: audit rows are kept forever. */
+  auditRetentionMs: number | null;
   /** Per-key rate limits: in memory, or in Redis shared by every instance. */
   rateLimiter: RateLimiter;
   /** The allocation of keys without their own; null = unlimited. */
@@ -97,6 +105,19 @@ export async function openRuntime(config: RuntimeConfig & RuntimeTelemetryConfig
       now: () => now().getTime(),
     });
     const usage = createUsageRecorder(store.db, config.usageFlushMs, onError);
+    const auditRecorder = createAuditRecorder({
+      db: store.db,
+      now,
+      onError,
+      onDropped: ({ dropped, sampledOut }) => options.log?.warn("refused attempts not written to the audit log", { dropped, sampled_out: sampledOut }),
+    });
+    const auditPruner = createAuditPruner({
+      db: store.db,
+      retentionMs: config.auditRetentionMs,
+      now,
+      onError,
+      onPruned: (count, cutoff) => options.log?.info("audit rows pruned", { count, before: cutoff.toISOString() }),
+    });
     const resources = createResourceLedger({
       db: store.db,
       cache: createResourceCache({
@@ -162,7 +183,7 @@ export async function openRuntime(config: RuntimeConfig & RuntimeTelemetryConfig
       ...(ownership && { ownership: resources }),
     });
     const managed = withKeyUsage(
-      createKeyManager({ db: store.db, policy: currentPolicy, cache, keyPrefix: config.keyPrefix, now, pendingLastUsed: usage.pending, defaultRateLimit: config.defaultRateLimit }),
+      createKeyManager({ db: store.db, policy: currentPolicy, cache, keyPrefix: config.keyPrefix, now, recorder: auditRecorder, pendingLastUsed: usage.pending, defaultRateLimit: config.defaultRateLimit }),
       createKeyUsageReader({ db: store.db, now, pendingCounts: usage.pendingCounts }),
     );
     // Dev mode changes no key, through any door of this process (core/manage/dev-mode.ts).
@@ -181,6 +202,9 @@ export async function openRuntime(config: RuntimeConfig & RuntimeTelemetryConfig
       resources,
       ownership,
       usage,
+      auditRecorder,
+      auditPruner,
+      auditRetentionMs: config.auditRetentionMs,
       rateLimiter,
       defaultRateLimit: config.defaultRateLimit,
       consumeBudgets: createBudgetConsumer(rateLimiter, config.defaultRateLimit),
@@ -189,6 +213,8 @@ export async function openRuntime(config: RuntimeConfig & RuntimeTelemetryConfig
       ...(metrics && { metrics }),
       async close() {
         await usage.stop();
+        await auditPruner.stop();
+        await auditRecorder.stop();
         await rateLimiter.close();
         await store.close();
         // Last: the spans of the final decisions are exported before the process ends.

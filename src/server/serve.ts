@@ -13,6 +13,7 @@ import { errorFields } from "../telemetry/logger.js";
 import { requestIdOf, setRequestIdHeader, withRequestIdValue, withRequestIds } from "../http/request-id.js";
 import type { Runtime } from "./runtime.js";
 import { formatRateLimit } from "../core/ratelimit/rate-limit.js";
+import { formatDuration } from "../core/time/duration.js";
 import type { RateLimiterHealth } from "../core/ratelimit/rate-limiter.js";
 import { createCubeCallbackHandler } from "../entries/cube/cube-callback.js";
 import { headerReader } from "../http/header-reader.js";
@@ -243,6 +244,9 @@ export async function startServer(config: ServeConfig, runtime: Runtime, log: Lo
     await lock?.update({ socket: control.path, role: "server" });
   }
 
+  // Audit retention: once now, then hourly, in small batches (KEYGATE_AUDIT_RETENTION).
+  runtime.auditPruner.start();
+
   return {
     port: address.port,
     host: address.host,
@@ -260,6 +264,9 @@ export async function startServer(config: ServeConfig, runtime: Runtime, log: Lo
       await Promise.all(closing);
       await keyChanges?.close();
       await control?.cleanup();
+      // Refusals still queued are written before the store closes.
+      await runtime.auditPruner.stop();
+      await runtime.auditRecorder.flush();
     },
   };
 }
@@ -343,6 +350,8 @@ export interface ServerStatus {
   keys: { total: number; enabled: number };
   /** Where rate-limit counters live, whether Redis is reachable, and the default allocation. */
   rateLimits: RateLimiterHealth & { default: string | null };
+  /** Audit retention ("90d", null: forever) and refused attempts not written (dropped with the queue full, or sampled away). */
+  audit: { retention: string | null; queued: number; dropped: number; sampledOut: number };
   /** Whether owned paths consult the ledger, and the live resources it holds by kind. */
   ownership: { enforced: boolean; owned: string[]; live: Record<string, number> };
   listen: string;
@@ -358,6 +367,11 @@ export interface PolicyReloadReport {
   lastCheckedAt: string | null;
   /** The latest failed reload, until one succeeds; the policy above is still in force. */
   lastError: { message: string; at: string; trigger: string } | null;
+}
+
+function auditStatus(runtime: Runtime): ServerStatus["audit"] {
+  const { queued, dropped, sampledOut } = runtime.auditRecorder.stats();
+  return { retention: runtime.auditRetentionMs === null ? null : formatDuration(runtime.auditRetentionMs), queued, dropped, sampledOut };
 }
 
 export async function localStatus(runtime: Runtime, listen: string, watcher?: PolicyWatcher): Promise<ServerStatus> {
@@ -387,6 +401,7 @@ export async function localStatus(runtime: Runtime, listen: string, watcher?: Po
     keys: await countKeys(runtime.store.db),
     rateLimits: { ...(await runtime.rateLimiter.health()), default: runtime.defaultRateLimit ? formatRateLimit(runtime.defaultRateLimit) : null },
     ownership: await ownershipStatus(runtime),
+    audit: auditStatus(runtime),
     listen,
   };
 }

@@ -17,7 +17,7 @@ const plaintexts: string[] = [];
 beforeAll(async () => {
   database = await createTestDatabase();
   core = await createCore(database.store.db);
-  audit = createAuditLog({ db: core.db, policy: () => core.policy, now: core.clock.now });
+  audit = createAuditLog({ db: core.db, policy: () => core.policy, now: core.clock.now, recorder: core.auditRecorder });
 });
 
 afterAll(async () => {
@@ -30,6 +30,7 @@ beforeEach(async () => {
 });
 
 async function rows(): Promise<AuditEvent[]> {
+  await core.auditRecorder.flush();
   return listAuditEvents(core.db, {}, 1000);
 }
 

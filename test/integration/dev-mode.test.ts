@@ -30,7 +30,7 @@ beforeAll(async () => {
   drop = created.drop;
   runtime = await openRuntime(read.config, { storeTarget: created.target });
   // A key from before dev mode, made by an unguarded manager on the same database.
-  const manager = createKeyManager({ db: runtime.store.db, policy: runtime.policy, cache: runtime.cache, keyPrefix: "sk-sb-", now: () => new Date() });
+  const manager = createKeyManager({ db: runtime.store.db, policy: runtime.policy, cache: runtime.cache, keyPrefix: "sk-sb-", now: () => new Date(), recorder: runtime.auditRecorder });
   const made = unwrap(await manager.create(LOCAL, { org: "acme", roles: ["reader"], name: "before-dev" }));
   existing = { id: made.key.id, plaintext: made.plaintext };
 });

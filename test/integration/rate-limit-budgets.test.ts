@@ -167,8 +167,8 @@ describe("ManageKey, AuditService and ResourceService calls count against the ca
     const principalOf = createPrincipalOf({ lookupKey: c.lookupKey, credentialPriority: ["authorization", "x-api-key"], dev: false, localOperator: false, consumeBudgets });
     const transport = createRouterTransport((router) => {
       router.service(KeyService, createKeyService({ keys: c.keys, principalOf, log: silent }));
-      router.service(AuditService, createAuditService({ audit: createAuditLog({ db: c.db, policy: () => c.policy, now: c.clock.now }), principalOf, log: silent }));
-      router.service(ResourceService, createResourceService({ resources: createResourceManager({ ledger: c.resources, db: c.db, policy: () => c.policy, now: c.clock.now }), principalOf, log: silent }));
+      router.service(AuditService, createAuditService({ audit: createAuditLog({ db: c.db, policy: () => c.policy, now: c.clock.now, recorder: c.auditRecorder }), principalOf, log: silent }));
+      router.service(ResourceService, createResourceService({ resources: createResourceManager({ ledger: c.resources, db: c.db, policy: () => c.policy, now: c.clock.now, recorder: c.auditRecorder }), principalOf, log: silent }));
     });
     return { keys: createClient(KeyService, transport), audit: createClient(AuditService, transport), resources: createClient(ResourceService, transport) };
   }

@@ -1,4 +1,4 @@
-import { beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, beforeEach, describe, expect, it } from "vitest";
 import type { ManageResult, Principal } from "../../src/core/manage/access.js";
 import { createResourceManager, type ResourceManager } from "../../src/core/manage/resource-manager.js";
 import type { ResourceLedger } from "../../src/core/resources/resource-ledger.js";
@@ -26,7 +26,7 @@ useCoreDatabase((c) => {
 
 beforeAll(async () => {
   ledger = core.resources;
-  resources = createResourceManager({ ledger, db: core.db, policy: () => core.policy, now: core.clock.now });
+  resources = createResourceManager({ ledger, db: core.db, policy: () => core.policy, now: core.clock.now, recorder: core.auditRecorder });
   const make = async (org: string, roles: string[], namespace = "*") => asKey((await createKey(core, { org, roles, namespace })).key);
   who.acme = await make("acme", ["admin"]);
   who.acmeAlpha = await make("acme", ["admin"], "team-alpha");
@@ -35,12 +35,17 @@ beforeAll(async () => {
   who.platform = await make("*", ["admin"]);
 });
 
+// Refusals are written in the background: each test starts with the earlier ones written,
+// so a row it reads is one it caused.
+beforeEach(() => core.auditRecorder.flush());
+
 function refused<T>(result: ManageResult<T>): string {
   if (result.ok) return expect.fail(`expected a refusal, got ${JSON.stringify(result.value)}`);
   return `${result.code}: ${result.message}`;
 }
 
 async function lastAudit(): Promise<AuditEvent> {
+  await core.auditRecorder.flush();
   const [event] = await listAuditEvents(core.db, {}, 1);
   return event!;
 }

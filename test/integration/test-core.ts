@@ -19,6 +19,7 @@ import type { RateLimit } from "../../src/core/ratelimit/rate-limit.js";
 import { createRateLimiter, type RateLimiter } from "../../src/core/ratelimit/rate-limiter.js";
 import { createResourceCache } from "../../src/core/resources/resource-cache.js";
 import { createResourceLedger, type ResourceLedger } from "../../src/core/resources/resource-ledger.js";
+import { createAuditRecorder, type AuditRecorder } from "../../src/core/audit/audit-recorder.js";
 
 /**
  * keygate's core wired as `openRuntime` wires it, over a test database, with
@@ -61,6 +62,8 @@ export interface Core {
   authorize: Authorize;
   keys: KeyManager;
   usage: UsageRecorder;
+  /** Refused attempts: written only by an explicit `flush()` (no timer), windows by the fake clock. */
+  auditRecorder: AuditRecorder;
   rateLimiter: RateLimiter;
   /** The ownership ledger (consulted by decisions only with `ownership: true`). */
   resources: ResourceLedger;
@@ -99,6 +102,7 @@ export async function createCore(db: Kysely<Database>, options: CoreOptions = {}
   const onError = (error: unknown) => void errors.push(error);
   const cache = createKeyCache({ ttlMs: 60_000, negativeTtlMs: 5_000, maxEntries: 10_000, now: () => clock.now().getTime() });
   const usage = createUsageRecorder(db, HOUR, onError);
+  const auditRecorder = createAuditRecorder({ db, now: clock.now, flushEveryMs: 0, onError });
   const lookupKey = options.lookupKey ?? createKeyLookup({ db, cache, keyPrefix: DEFAULT_KEY_PREFIX, now: clock.now });
   const rateLimiter = options.rateLimiter ?? createRateLimiter();
   const resources = createResourceLedger({
@@ -119,7 +123,7 @@ export async function createCore(db: Kysely<Database>, options: CoreOptions = {}
     ...(options.ownership && { ownership: { owner: options.owner ?? resources.owner } }),
   });
   const keys = withKeyUsage(
-    createKeyManager({ db, policy: () => policy, cache, keyPrefix: DEFAULT_KEY_PREFIX, now: clock.now, pendingLastUsed: usage.pending, defaultRateLimit: options.defaultRateLimit ?? null }),
+    createKeyManager({ db, policy: () => policy, cache, keyPrefix: DEFAULT_KEY_PREFIX, now: clock.now, recorder: auditRecorder, pendingLastUsed: usage.pending, defaultRateLimit: options.defaultRateLimit ?? null }),
     createKeyUsageReader({ db, now: clock.now, pendingCounts: usage.pendingCounts }),
   );
   return {
@@ -131,11 +135,13 @@ export async function createCore(db: Kysely<Database>, options: CoreOptions = {}
     authorize,
     keys,
     usage,
+    auditRecorder,
     rateLimiter,
     resources,
     errors,
     async close() {
       await usage.stop();
+      await auditRecorder.stop();
       await rateLimiter.close();
     },
   };

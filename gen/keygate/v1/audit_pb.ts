@@ -12,7 +12,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file keygate/v1/audit.proto.
  */
 export const file_keygate_v1_audit: GenFile = /*@__PURE__*/
-  fileDesc("ChZrZXlnYXRlL3YxL2F1ZGl0LnByb3RvEgprZXlnYXRlLnYxIocBChZMaXN0QXVkaXRFdmVudHNSZXF1ZXN0EgsKA29yZxgBIAEoCRIOCgZrZXlfaWQYAiABKAkSKQoFc2luY2UYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXBhZ2Vfc2l6ZRgEIAEoDRISCgpwYWdlX3Rva2VuGAUgASgJIloKF0xpc3RBdWRpdEV2ZW50c1Jlc3BvbnNlEiYKBmV2ZW50cxgBIAMoCzIWLmtleWdhdGUudjEuQXVkaXRFdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiygEKCkF1ZGl0RXZlbnQSCgoCaWQYASABKAkSJgoCYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWFjdG9yGAMgASgJEg4KBmFjdGlvbhgEIAEoCRIOCgZ0YXJnZXQYBSABKAkSEgoKbmV3X3RhcmdldBgGIAEoCRILCgNvcmcYByABKAkSDwoHb3V0Y29tZRgIIAEoCRInCgZkZXRhaWwYCSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0MmwKDEF1ZGl0U2VydmljZRJcCg9MaXN0QXVkaXRFdmVudHMSIi5rZXlnYXRlLnYxLkxpc3RBdWRpdEV2ZW50c1JlcXVlc3QaIy5rZXlnYXRlLnYxLkxpc3RBdWRpdEV2ZW50c1Jlc3BvbnNlIgBiBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("ChZrZXlnYXRlL3YxL2F1ZGl0LnByb3RvEgprZXlnYXRlLnYxIpoBChZMaXN0QXVkaXRFdmVudHNSZXF1ZXN0EgsKA29yZxgBIAEoCRIOCgZrZXlfaWQYAiABKAkSKQoFc2luY2UYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXBhZ2Vfc2l6ZRgEIAEoDRISCgpwYWdlX3Rva2VuGAUgASgJEhEKCW5hbWVzcGFjZRgGIAEoCSJaChdMaXN0QXVkaXRFdmVudHNSZXNwb25zZRImCgZldmVudHMYASADKAsyFi5rZXlnYXRlLnYxLkF1ZGl0RXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIt0BCgpBdWRpdEV2ZW50EgoKAmlkGAEgASgJEiYKAmF0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVhY3RvchgDIAEoCRIOCgZhY3Rpb24YBCABKAkSDgoGdGFyZ2V0GAUgASgJEhIKCm5ld190YXJnZXQYBiABKAkSCwoDb3JnGAcgASgJEg8KB291dGNvbWUYCCABKAkSJwoGZGV0YWlsGAkgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIRCgluYW1lc3BhY2UYCiABKAkybAoMQXVkaXRTZXJ2aWNlElwKD0xpc3RBdWRpdEV2ZW50cxIiLmtleWdhdGUudjEuTGlzdEF1ZGl0RXZlbnRzUmVxdWVzdBojLmtleWdhdGUudjEuTGlzdEF1ZGl0RXZlbnRzUmVzcG9uc2UiAGIGcHJvdG8z", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * @generated from message keygate.v1.ListAuditEventsRequest
@@ -52,6 +52,14 @@ export type ListAuditEventsRequest = Message<"keygate.v1.ListAuditEventsRequest"
    * @generated from field: string page_token = 5;
    */
   pageToken: string;
+
+  /**
+   * Only this namespace's events. A key scoped to one namespace sees only its
+   * own (and may name only it); org-wide events have no namespace.
+   *
+   * @generated from field: string namespace = 6;
+   */
+  namespace: string;
 };
 
 /**
@@ -150,11 +158,20 @@ export type AuditEvent = Message<"keygate.v1.AuditEvent"> & {
 
   /**
    * What changed: field names and new values (update), grace (rotate),
-   * count (reset_all), the new key's attributes (create).
+   * count (reset_all), the new key's attributes (create). A refused attempt
+   * repeated within a minute is one more row with "repeated": N.
    *
    * @generated from field: google.protobuf.Struct detail = 9;
    */
   detail?: JsonObject | undefined;
+
+  /**
+   * The namespace of the key or resource acted on (a scoped caller's own for
+   * its refused attempts); empty: org-wide or unknown.
+   *
+   * @generated from field: string namespace = 10;
+   */
+  namespace: string;
 };
 
 /**

@@ -32,12 +32,21 @@ export interface AuditEvent {
   newTarget: string | null;
   /** null: unknown, or every org. */
   org: string | null;
+  /**
+   * The namespace of the key or resource acted on (a scoped caller's own for
+   * its refused attempts); null: org-wide or unknown. A namespace-scoped
+   * reader sees only rows of its namespace.
+   */
+  namespace: string | null;
   /** "ok", "denied: <code>: <message>" or "invalid: <message>". */
   outcome: string;
   detail: Record<string, unknown>;
 }
 
 export type NewAuditEvent = Omit<AuditEvent, "id">;
+
+/** A refused attempt's row says how many identical refusals it stands for (audit-recorder.ts). */
+export const REPEATED = "repeated";
 
 export const OUTCOME_OK = "ok";
 

@@ -6,6 +6,7 @@ import * as createKeyUsage from "./migrations/2026-11-25T01-01_create-key-usage.
 import * as createAuditLog from "./migrations/2026-11-25T01-00_create-audit-log.js";
 import * as createOwnedResources from "./migrations/2026-12-07T00-00_create-owned-resources.js";
 import * as addKeyMaxSandboxes from "./migrations/2026-12-07T00-02_add-key-max-sandboxes.js";
+import * as addAuditNamespace from "./migrations/2026-12-08T00-01_add-audit-namespace.js";
 import * as addKeyBudgets from "./migrations/2026-12-08T00-02_add-key-budgets.js";
 
 /**
@@ -19,6 +20,7 @@ const MIGRATIONS: Record<string, Migration> = {
   "2026-11-25T01-00_create-audit-log": createAuditLog,
   "2026-12-07T00-00_create-owned-resources": createOwnedResources,
   "2026-12-07T00-02_add-key-max-sandboxes": addKeyMaxSandboxes,
+  "2026-12-08T00-01_add-audit-namespace": addAuditNamespace,
   "2026-12-08T00-02_add-key-budgets": addKeyBudgets,
 };
 

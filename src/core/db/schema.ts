@@ -71,6 +71,8 @@ export interface AuditLogTable {
   new_target: string | null;
   /** null: unknown, or every org. */
   org: string | null;
+  /** The namespace of the key or resource acted on; null: org-wide or unknown. */
+  namespace: ColumnType<string | null, string | null | undefined, never>;
   /** "ok", "denied: <code>: <message>" or "invalid: <message>". */
   outcome: string;
   detail: ColumnType<Record<string, unknown>, string, never>;

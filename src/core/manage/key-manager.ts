@@ -11,6 +11,7 @@ import { displayPrefix, generateKey, generateKeyId, hashKey, KEY_ID_PATTERN } fr
 import { ALL_NAMESPACES, isValidName, isValidNamespace, NAME_RULE, type KeyRecord } from "../keys/key-record.js";
 import * as repo from "../keys/key.repository.js";
 import { actorOf, createAccessRules, fail, ok, type ManageResult, type Principal } from "./access.js";
+import type { AuditRecorder } from "../audit/audit-recorder.js";
 import { createKeyAudit } from "./key-audit.js";
 import { checkName, checkRateLimit, checkRoles, resolveExpiry, type Expiry } from "./key-input.js";
 
@@ -68,6 +69,8 @@ export interface KeyManagerDeps {
   cache: KeyCache;
   keyPrefix: string;
   now: () => Date;
+  /** Where refused attempts go (written in the background, repeats collapsed). */
+  recorder: AuditRecorder;
   /** Last-used times noted in memory and not yet written. */
   pendingLastUsed?: (keyId: string) => Date | undefined;
   /** The allocation of keys without their own: a key caller held to it passes it on as a shared budget. */
@@ -78,15 +81,23 @@ export const DEFAULT_ORG = "default";
 export const DEFAULT_ROLES = ["writer"];
 const MAX_PAGE_SIZE = 1000;
 const DEFAULT_PAGE_SIZE = 100;
+/** A grace is a duration ("1h", "7d"): anything longer is not one. */
+const MAX_GRACE_LENGTH = 16;
+
+/** Checked before anything else, so a refused attempt never records a malformed id. */
+function invalidKeyId(id: string): ManageResult<never> | undefined {
+  return KEY_ID_PATTERN.test(id) ? undefined : fail("invalid_argument", `invalid key id "${printable(id)}" (expected key_ and 20 letters or digits)`);
+}
 
 export type KeyManager = ReturnType<typeof createKeyManager>;
 
-export function createKeyManager({ db, policy, cache, keyPrefix, now, pendingLastUsed, defaultRateLimit = null }: KeyManagerDeps) {
+export function createKeyManager({ db, policy, cache, keyPrefix, now, recorder, pendingLastUsed, defaultRateLimit = null }: KeyManagerDeps) {
   const access = createAccessRules(policy);
-  const { audited, recordIn } = createKeyAudit(db, now);
+  const { audited, recordIn } = createKeyAudit(recorder, now);
 
   async function findVisible(principal: Principal, id: string): Promise<ManageResult<KeyRecord>> {
-    if (!KEY_ID_PATTERN.test(id)) return fail("invalid_argument", `invalid key id "${printable(id)}" (expected key_ and 20 letters or digits)`);
+    const invalid = invalidKeyId(id);
+    if (invalid) return invalid;
     const target = await repo.findKeyById(db, id);
     if (!target || !access.visible(principal, target)) return fail("not_found", `key ${id} not found`);
     return ok(withPendingUsage(target));
@@ -149,6 +160,7 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, pendingLas
         const plaintext = generateKey(keyPrefix);
         const id = generateKeyId();
         n.target = id;
+        n.namespace = namespace;
         n.detail = {
           name: name.value,
           org,
@@ -186,6 +198,8 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, pendingLas
     get(principal: Principal, id: string): Promise<ManageResult<KeyRecord>> {
       // A read changes nothing: only a refused one is recorded.
       return audited(principal, "get", id, async () => {
+        const invalid = invalidKeyId(id);
+        if (invalid) return invalid;
         const allowed = access.allowedByPolicy(principal, "GET", `keys/${id}`);
         if (!allowed.ok) return allowed;
         return findVisible(principal, id);
@@ -194,6 +208,9 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, pendingLas
 
     list(principal: Principal, input: ListKeysInput): Promise<ManageResult<KeyPage>> {
       return audited(principal, "list", null, async (n) => {
+        // Checked before the row is built: a refused list records only names that follow the rules.
+        if (input.org && !isValidName(input.org)) return fail("invalid_argument", `invalid org "${printable(input.org)}": ${NAME_RULE}`);
+        if (input.namespace && !isValidNamespace(input.namespace)) return fail("invalid_argument", `invalid namespace "${printable(input.namespace)}": ${NAME_RULE}, or * for all`);
         if (principal.kind === "local" && input.org) n.org = input.org;
         n.detail = { ...(input.org && { org: input.org }), ...(input.namespace && { namespace: input.namespace }) };
         const allowed = access.allowedByPolicy(principal, "GET", "keys");
@@ -231,11 +248,14 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, pendingLas
       // `keys enable` is an update of `enabled` alone: recorded as what it is.
       const onlyEnable = input.enabled === true && input.name === undefined && input.roles === undefined && input.expiry === undefined && input.rateLimit === undefined && input.maxSandboxes === undefined;
       return audited(principal, onlyEnable ? "enable" : "update", input.id, async (n) => {
+        const invalid = invalidKeyId(input.id);
+        if (invalid) return invalid;
         const allowed = access.allowedByPolicy(principal, "PATCH", `keys/${input.id}`);
         if (!allowed.ok) return allowed;
         const found = await findManageable(principal, input.id);
         if (!found.ok) return found;
         n.org = found.value.org;
+        n.namespace = found.value.namespace;
         const at = now();
         const changes: repo.KeyChanges = {};
         if (input.name !== undefined) {
@@ -303,11 +323,14 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, pendingLas
 
     revoke(principal: Principal, id: string): Promise<ManageResult<KeyRecord>> {
       return audited(principal, "revoke", id, async (n) => {
+        const invalid = invalidKeyId(id);
+        if (invalid) return invalid;
         const allowed = access.allowedByPolicy(principal, "POST", `keys/${id}/revoke`);
         if (!allowed.ok) return allowed;
         const found = await findManageable(principal, id);
         if (!found.ok) return found;
         n.org = found.value.org;
+        n.namespace = found.value.namespace;
         n.detail = { was_enabled: found.value.enabled };
         const at = now();
         const updated = await db.transaction().execute(async (trx) => {
@@ -322,19 +345,23 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, pendingLas
 
     rotate(principal: Principal, id: string, grace: string): Promise<ManageResult<CreatedKey>> {
       return audited(principal, "rotate", id, async (n) => {
-        n.detail = { grace: grace === "" ? null : grace };
-        const allowed = access.allowedByPolicy(principal, "POST", `keys/${id}/rotate`);
-        if (!allowed.ok) return allowed;
+        const invalid = invalidKeyId(id);
+        if (invalid) return invalid;
         let graceMs: number | undefined;
         if (grace !== "") {
+          if (grace.length > MAX_GRACE_LENGTH) return fail("invalid_argument", `grace: longer than ${MAX_GRACE_LENGTH} characters (a duration such as 1h or 7d)`);
           const parsed = parseDuration(grace);
           if (!parsed.ok) return fail("invalid_argument", `grace: ${parsed.error}`);
           graceMs = parsed.ms;
         }
+        n.detail = { grace: grace === "" ? null : grace };
+        const allowed = access.allowedByPolicy(principal, "POST", `keys/${id}/rotate`);
+        if (!allowed.ok) return allowed;
         const found = await findManageable(principal, id);
         if (!found.ok) return found;
         const old = found.value;
         n.org = old.org;
+        n.namespace = old.namespace;
         const why = await access.escalation(principal, old);
         if (why) return fail("permission_denied", why);
         // A revoked key stays revoked: rotating it must not hand out an enabled successor.
@@ -387,11 +414,14 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, pendingLas
 
     delete(principal: Principal, id: string): Promise<ManageResult<string>> {
       return audited(principal, "delete", id, async (n) => {
+        const invalid = invalidKeyId(id);
+        if (invalid) return invalid;
         const allowed = access.allowedByPolicy(principal, "DELETE", `keys/${id}`);
         if (!allowed.ok) return allowed;
         const found = await findManageable(principal, id);
         if (!found.ok) return found;
         n.org = found.value.org;
+        n.namespace = found.value.namespace;
         n.detail = { name: found.value.name };
         const at = now();
         const deleted = await db.transaction().execute(async (trx) => {
@@ -411,6 +441,7 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, pendingLas
         let scope: { org?: string; namespace?: string };
         if (principal.kind === "key") {
           const { key } = principal;
+          if (org !== "" && !isValidName(org)) return fail("invalid_argument", `invalid org "${printable(org)}": ${NAME_RULE}`);
           if (org !== "" && org !== key.org) return fail("permission_denied", "a key may reset only its own org's keys");
           scope = { org: key.org, ...(key.namespace !== ALL_NAMESPACES && { namespace: key.namespace }) };
         } else {
@@ -420,6 +451,7 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, pendingLas
         }
         const at = now();
         n.detail = { scope: { org: scope.org ?? "*", namespace: scope.namespace ?? ALL_NAMESPACES } };
+        n.namespace = scope.namespace ?? null;
         // A key caller may revoke only keys it could revoke one by one (no roles beyond its own):
         // the revoke and the check are one transaction, so a key created meanwhile is never missed.
         const mine = principal.kind === "key" ? await policy().inheritedRoles(principal.key.roles, principal.key.org) : undefined;

@@ -1,6 +1,7 @@
 import type { Kysely } from "kysely";
 import { OUTCOME_OK, refusedOutcome, type AuditAction } from "../audit/audit-event.js";
 import { insertAuditEvent } from "../audit/audit.repository.js";
+import type { AuditRecorder } from "../audit/audit-recorder.js";
 import type { Database } from "../db/schema.js";
 import { ALL_NAMESPACES, isValidName, NAME_RULE } from "../keys/key-record.js";
 import type { Policy } from "../policy/policy.js";
@@ -9,6 +10,7 @@ import type { ResourceLedger } from "../resources/resource-ledger.js";
 import { findLatest } from "../resources/resource.repository.js";
 import { printable } from "../time/duration.js";
 import { actorOf, createAccessRules, fail, ok, type ManageResult, type Principal } from "./access.js";
+import { namespaceOf } from "./key-audit.js";
 
 /**
  * ResourceService's rules, ManageKey's in spirit: a key caller is checked by
@@ -17,7 +19,9 @@ import { actorOf, createAccessRules, fail, ok, type ManageResult, type Principal
  * when scoped); a platform key (org "*") and the local operator see all. A
  * resource out of scope is "not found", as a missing one is. Every change and
  * every refusal is in the audit log (actions resource.claim, resource.release;
- * a refused get or list as resource.get, resource.list).
+ * a refused get or list as resource.get, resource.list), refusals through the
+ * recorder (written in the background, repeats collapsed). A refusal's detail
+ * quotes only names that follow their rules.
  *
  * The ledger commits the change itself, so its audit row follows it rather
  * than sharing its transaction: a failed audit write surfaces as an outage
@@ -26,6 +30,8 @@ import { actorOf, createAccessRules, fail, ok, type ManageResult, type Principal
 
 export const DEFAULT_RESOURCE_KIND = SANDBOXES;
 const MAX_PAGE_SIZE = 1000;
+/** Who claimed a resource: a key id, or "local" (the operator). */
+const OWNER_KEY_ID = /^(local|key_[0-9A-Za-z]{20})$/;
 const DEFAULT_PAGE_SIZE = 100;
 /**
  * An event is stale only when dated this long before the entry was claimed:
@@ -74,25 +80,37 @@ export interface ResourceManagerDeps {
   db: Kysely<Database>;
   policy: () => Policy;
   now: () => Date;
+  recorder: AuditRecorder;
 }
 
 export type ResourceManager = ReturnType<typeof createResourceManager>;
 
-export function createResourceManager({ ledger, db, policy, now }: ResourceManagerDeps) {
+/** The names a caller gave that follow their rules, for a refusal's row. */
+function namesIn(input: { kind?: string; org?: string; namespace?: string }): Record<string, string> {
+  return {
+    ...(input.kind && isValidResourceKind(input.kind) && { kind: input.kind }),
+    ...(input.org && isValidName(input.org) && { org: input.org }),
+    ...(input.namespace && isValidName(input.namespace) && { namespace: input.namespace }),
+  };
+}
+
+export function createResourceManager({ ledger, db, policy, now, recorder }: ResourceManagerDeps) {
   const access = createAccessRules(policy);
 
   /** The caller's scope as the ownership check sees it: the operator is a platform. */
   const subjectOf = (principal: Principal) => (principal.kind === "local" ? { org: PLATFORM_ORG, namespace: ALL_NAMESPACES } : { org: principal.key.org, namespace: principal.key.namespace || ALL_NAMESPACES });
 
-  async function record(principal: Principal | string, action: AuditAction, ref: ResourceRef | null, org: string | null, outcome: string, detail: Record<string, unknown>) {
+  /** A change's row, written before the caller is answered. */
+  async function record(principal: Principal | string, action: AuditAction, ref: ResourceRef, org: string, namespace: string, detail: Record<string, unknown>) {
     await insertAuditEvent(db, {
       at: now(),
       actor: typeof principal === "string" ? principal : actorOf(principal),
       action,
-      target: ref ? resourceName(ref) : null,
+      target: resourceName(ref),
       newTarget: null,
       org,
-      outcome,
+      namespace,
+      outcome: OUTCOME_OK,
       detail,
     });
   }
@@ -100,7 +118,19 @@ export function createResourceManager({ ledger, db, policy, now }: ResourceManag
   /** Runs an action; a refusal is recorded with what it was about (the caller's org unless an owner is known). */
   async function audited<T>(principal: Principal, action: AuditAction, ref: ResourceRef | null, detail: Record<string, unknown>, run: () => Promise<ManageResult<T>>): Promise<ManageResult<T>> {
     const result = await run();
-    if (!result.ok) await record(principal, action, ref, principal.kind === "key" ? principal.key.org : null, refusedOutcome(result.code, result.message), detail);
+    if (!result.ok) {
+      recorder.refused({
+        at: now(),
+        actor: actorOf(principal),
+        action,
+        target: ref ? resourceName(ref) : null,
+        newTarget: null,
+        org: principal.kind === "key" ? principal.key.org : null,
+        namespace: namespaceOf(principal),
+        outcome: refusedOutcome(result.code, result.message),
+        detail,
+      });
+    }
     return result;
   }
 
@@ -123,7 +153,7 @@ export function createResourceManager({ ledger, db, policy, now }: ResourceManag
 
   return {
     claim(principal: Principal, input: ClaimInput): Promise<ManageResult<{ resource: OwnedResource; created: boolean }>> {
-      const detail = { ...(input.org && { org: input.org }), ...(input.namespace && { namespace: input.namespace }) };
+      const detail = namesIn({ org: input.org, namespace: input.namespace });
       const asked = checkRef(input.kind, input.id);
       return audited(principal, "resource.claim", asked.ok ? asked.value : null, detail, async () => {
         const allowed = access.allowedByPolicy(principal, "POST", "resources");
@@ -146,7 +176,7 @@ export function createResourceManager({ ledger, db, policy, now }: ResourceManag
         // Another org's or another namespace's: the caller learns only that the id is taken, not whose it is.
         if (!claimed.ok) return fail("already_exists", `${ref.kind} ${ref.id} is already claimed`);
         const { created } = claimed;
-        if (created) await record(principal, "resource.claim", ref, org, OUTCOME_OK, { kind: ref.kind, id: ref.id, org, namespace });
+        if (created) await record(principal, "resource.claim", ref, org, namespace, { kind: ref.kind, id: ref.id, org, namespace });
         return ok({ resource: claimed.resource, created });
       });
     },
@@ -162,7 +192,7 @@ export function createResourceManager({ ledger, db, policy, now }: ResourceManag
         if (!found.ok) return found;
         if (found.value.releasedAt !== null) return ok({ resource: found.value, released: false });
         const released = await ledger.release(ref);
-        if (released) await record(principal, "resource.release", ref, found.value.org, OUTCOME_OK, { kind: ref.kind, id: ref.id, namespace: found.value.namespace });
+        if (released) await record(principal, "resource.release", ref, found.value.org, found.value.namespace, { kind: ref.kind, id: ref.id, namespace: found.value.namespace });
         return ok({ resource: (await findLatest(db, ref)) ?? found.value, released });
       });
     },
@@ -179,11 +209,14 @@ export function createResourceManager({ ledger, db, policy, now }: ResourceManag
     },
 
     list(principal: Principal, input: ListResourcesInput): Promise<ManageResult<ResourcePage>> {
-      const detail = { ...(input.kind && { kind: input.kind }), ...(input.org && { org: input.org }), ...(input.namespace && { namespace: input.namespace }) };
+      const detail = namesIn(input);
       return audited(principal, "resource.list", null, detail, async () => {
+        if (input.kind && !isValidResourceKind(input.kind)) return fail("invalid_argument", `invalid resource kind "${printable(input.kind)}"`);
+        if (input.org && !isValidName(input.org)) return fail("invalid_argument", `invalid org "${printable(input.org)}": ${NAME_RULE}`);
+        if (input.namespace && !isValidName(input.namespace)) return fail("invalid_argument", `invalid namespace "${printable(input.namespace)}": ${NAME_RULE}`);
+        if (input.keyId && !OWNER_KEY_ID.test(input.keyId)) return fail("invalid_argument", `invalid key_id "${printable(input.keyId)}" (expected key_ and 20 letters or digits, or local)`);
         const allowed = access.allowedByPolicy(principal, "GET", "resources");
         if (!allowed.ok) return allowed;
-        if (input.kind && !isValidResourceKind(input.kind)) return fail("invalid_argument", `invalid resource kind "${printable(input.kind)}"`);
         const subject = subjectOf(principal);
         let org = input.org || undefined;
         let namespace = input.namespace || undefined;
@@ -223,7 +256,7 @@ export function createResourceManager({ ledger, db, policy, now }: ResourceManag
       if (event.at && event.at.getTime() < found.createdAt.getTime() - STALE_EVENT_TOLERANCE_MS) return { outcome: "stale", resource: found };
       const released = await ledger.release(ref);
       if (!released) return { outcome: "already_released" };
-      await record(event.source, "resource.release", ref, found.org, OUTCOME_OK, {
+      await record(event.source, "resource.release", ref, found.org, found.namespace, {
         kind: ref.kind,
         id: ref.id,
         namespace: found.namespace,

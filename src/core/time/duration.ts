@@ -50,3 +50,12 @@ export function printable(text: string, max = 64): string {
   const clean = text.replace(/[\u0000-\u001f\u007f-\u009f]/g, "?");
   return clean.length > max ? `${clean.slice(0, max)}…` : clean;
 }
+
+/** A duration as a user would write it, in the largest unit that divides it ("90d", "36h"); whole seconds. */
+export function formatDuration(ms: number): string {
+  for (const unit of ["y", "mo", "w", "d", "h", "m"]) {
+    const size = UNIT_MS[unit]!;
+    if (ms >= size && ms % size === 0) return `${ms / size}${unit}`;
+  }
+  return `${Math.round(ms / 1000)}s`;
+}

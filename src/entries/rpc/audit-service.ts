@@ -24,6 +24,7 @@ export function createAuditService({ audit, principalOf, log }: AuditServiceDeps
       try {
         const result = await audit.list(principal, {
           org: request.org,
+          namespace: request.namespace,
           keyId: request.keyId,
           ...(request.since && { since: timestampDate(request.since) }),
           pageSize: request.pageSize,
@@ -49,6 +50,7 @@ export function auditEventToProto(event: AuditEvent): AuditEventProto {
     target: event.target ?? "",
     newTarget: event.newTarget ?? "",
     org: event.org ?? "",
+    namespace: event.namespace ?? "",
     outcome: event.outcome,
     detail: event.detail as AuditEventProto["detail"],
   });
