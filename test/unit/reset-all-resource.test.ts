@@ -2,7 +2,7 @@ import { cp, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { managementDecision, resetAllReach } from "../../src/core/manage/management.js";
+import { managementDecision, paramRuleHint, resetAllReach } from "../../src/core/manage/management.js";
 import { loadPolicy, type Policy } from "../../src/core/policy/policy.js";
 import { decideCase, type DecisionCase } from "../../src/policy-tools/decision-table.js";
 import { replayDiff, replayOne } from "../../src/policy-tools/replay-diff.js";
@@ -83,7 +83,7 @@ describe.each([
     const policy = await policyWith([line], { customModel });
     expect(managementDecision(policy, CALLER, "POST", "keys/key_abc").allowed).toBe(true);
     const decision = managementDecision(policy, CALLER, "POST", "keys/reset-all");
-    expect(decision).toEqual({ allowed: false, rule: "", paramRule: lineOf(policy, line) });
+    expect(decision).toEqual({ allowed: false, rule: "", paramRule: lineOf(policy, line), ...(customModel && { firstRuleOnly: true }) });
   });
 
   it.each(["keys/*", "*", "keys/reset-all"])("a rule %s still grants it", async (path) => {
@@ -110,7 +110,9 @@ describe("a keys/:id rule before a literal one", () => {
 
   it("Casbin reports only the first allowing rule, so a custom model refuses (docs/policy.md says so)", async () => {
     const policy = await policyWith(lines, { customModel: true });
-    expect(managementDecision(policy, CALLER, "POST", "keys/reset-all")).toMatchObject({ allowed: false, paramRule: lineOf(policy, lines[0]!) });
+    const decision = managementDecision(policy, CALLER, "POST", "keys/reset-all");
+    expect(decision).toEqual({ allowed: false, rule: "", paramRule: lineOf(policy, lines[0]!), firstRuleOnly: true });
+    expect(paramRuleHint(decision)).toContain("with a custom model come before that line");
   });
 });
 

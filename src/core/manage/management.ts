@@ -32,6 +32,8 @@ export const RESET_ALL_RESOURCE = "keys/reset-all";
 /** A management decision; `paramRule` names the rule a refused reset-all was allowed by only through a ":param". */
 export interface ManagementDecision extends PolicyDecision {
   paramRule?: string;
+  /** A custom model: Casbin names only the first allowing rule, so a later keys/reset-all line did not count. */
+  firstRuleOnly?: true;
 }
 
 /**
@@ -54,7 +56,7 @@ export function managementDecision(
   const rule = resetAllCache(policy).byWhere.get(decision.rule);
   if (!rule || resetAllReach(rule.path) !== "param") return decision;
   // Casbin decides a custom model and reports only the first allowing rule: refuse rather than guess what a later rule would say.
-  if (policy.info.engine !== "compiled") return { allowed: false, rule: "", paramRule: decision.rule };
+  if (policy.info.engine !== "compiled") return { allowed: false, rule: "", paramRule: decision.rule, firstRuleOnly: true };
   const again = resetAllCache(policy).withoutParamGrants().decide(request);
   return again.allowed ? again : { allowed: false, rule: "", paramRule: decision.rule };
 }
@@ -62,7 +64,7 @@ export function managementDecision(
 /** Why a reset-all a rule reached only through a ":param" is refused (appended to the refusal). */
 export function paramRuleHint(decision: ManagementDecision): string {
   return decision.paramRule
-    ? ` (${decision.paramRule} reaches keys/reset-all only through a ":param", and a ":param" never matches reset-all; a rule must name keys/reset-all)`
+    ? ` (${decision.paramRule} reaches keys/reset-all only through a ":param", and a ":param" never matches reset-all; a rule must name keys/reset-all${decision.firstRuleOnly ? ", and with a custom model come before that line" : ""})`
     : "";
 }
 
