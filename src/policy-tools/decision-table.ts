@@ -5,7 +5,7 @@ import { DEFAULT_RESOURCE_NAMESPACE, PLATFORM_ORG } from "../core/resources/reso
 import { deny, forbiddenMessage, type Decision } from "../core/authorize/decision.js";
 import { normalizeMethod } from "../core/request/normalize.js";
 import { isValidName, isValidNamespace, NAME_RULE } from "../core/keys/key-record.js";
-import { isManagementResource, managementDecision } from "../core/manage/management.js";
+import { isManagementResource, managementDecision, paramRuleHint } from "../core/manage/management.js";
 import type { Policy } from "../core/policy/policy.js";
 
 /**
@@ -368,7 +368,7 @@ export function decideCase(policy: Policy, c: DecisionCase, explain = false): De
     const decided = managementDecision(policy, subject, upper, c.path);
     const asked = { roles: c.roles, org: c.org, namespace: c.keyNamespace, path: c.path, method: upper };
     if (decided.allowed) return { allowed: true, reason: "allowed", message: "", matchedRule: decided.rule };
-    return { ...deny("forbidden", forbiddenMessage(upper, c.path)), ...(explain && { explanation: policy.explain(asked) }) };
+    return { ...deny("forbidden", forbiddenMessage(upper, c.path) + paramRuleHint(decided)), ...(explain && { explanation: policy.explain(asked) }) };
   }
   const request = normalizeRequest({ path: c.path, method: c.method, namespace: c.namespace, org: c.requestOrg });
   if ("reason" in request) return request;

@@ -1,7 +1,7 @@
 import { newModelFromString, type Model } from "casbin";
 import { KNOWN_METHODS } from "../core/request/normalize.js";
 import { isValidName, NAME_RULE } from "../core/keys/key-record.js";
-import { MANAGEMENT_RESOURCES } from "../core/manage/management.js";
+import { MANAGEMENT_RESOURCES, RESET_ALL_RESOURCE, resetAllReach } from "../core/manage/management.js";
 import { compileKeyMatch2, compileMethodPattern, keyMatch2Source, methodsMatched } from "../core/policy/patterns.js";
 import { isStandardModel, unknownModelField } from "../core/policy/policy.js";
 import { MODEL_FILE, type Diagnostic, type PolicyRule, type PolicySource, type RoleLink } from "../core/policy/policy-source.js";
@@ -37,6 +37,7 @@ export function lintPolicy(source: PolicySource): Diagnostic[] {
     ...checkDuplicateLinks(source.links),
     ...checkShadowed(rules),
     ...rules.flatMap(checkPath),
+    ...rules.flatMap(checkResetAllParam),
     ...rules.flatMap(checkMethod),
   ];
   return sortDiagnostics(diagnostics);
@@ -370,6 +371,17 @@ function checkPath({ rule }: AnalysedRule): Diagnostic[] {
     found.push(warning(where, `${quoted} contains "//": paths are matched with repeated "/" collapsed, so it matches nothing`));
   }
   return found;
+}
+
+/** A rule that would grant reset-all only through a ":param" ("keys/:id" with POST): it does not (management.ts). */
+function checkResetAllParam({ rule, methods }: AnalysedRule): Diagnostic[] {
+  if (!methods.has("POST") || resetAllReach(rule.path) !== "param") return [];
+  return [
+    warning(
+      rule.where,
+      `path "${rule.path}" with POST no longer grants reset-all (a ":param" never matches reset-all, "keys/:id" means one key); name ${RESET_ALL_RESOURCE} to grant it`,
+    ),
+  ];
 }
 
 // --- 6 and 7. method patterns ---------------------------------------------

@@ -2,7 +2,7 @@ import { decideForSubject, normalizeRequest, type NormalizedRequest } from "../c
 import type { Decision } from "../core/authorize/decision.js";
 import { KNOWN_METHODS, normalizeMethod, normalizePath } from "../core/request/normalize.js";
 import { ALL_NAMESPACES, isValidNamespace } from "../core/keys/key-record.js";
-import { isManagementResource } from "../core/manage/management.js";
+import { isManagementResource, managementDecision } from "../core/manage/management.js";
 import type { Policy } from "../core/policy/policy.js";
 import type { PolicyRule } from "../core/policy/policy-source.js";
 
@@ -98,7 +98,7 @@ export function prepareRequest(request: ReplayRequest): NormalizedRequest | { me
   return normalized;
 }
 
-function outcomeOf(decision: Decision): ReplayOutcome {
+function outcomeOf(decision: Pick<Decision, "allowed" | "matchedRule">): ReplayOutcome {
   return { kind: "decided", allowed: decision.allowed, rule: decision.matchedRule };
 }
 
@@ -106,7 +106,15 @@ function outcomeOf(decision: Decision): ReplayOutcome {
 export function replayOne(policy: Policy, request: ReplayRequest): ReplayOutcome {
   const prepared = prepareRequest(request);
   if ("message" in prepared) return { kind: "bad_request", message: prepared.message };
-  return outcomeOf(decideForSubject(policy, { roles: request.roles, org: request.org, namespace: request.keyNamespace }, prepared));
+  return outcomeOf(decideReplayed(policy, request, prepared));
+}
+
+/** Authorize's decision after the lookup, or for a management resource ManageKey's own (a ":param" never grants reset-all). */
+function decideReplayed(policy: Policy, request: ReplayRequest, prepared: NormalizedRequest): Pick<Decision, "allowed" | "matchedRule"> {
+  const subject = { roles: request.roles, org: request.org, namespace: request.keyNamespace };
+  if (!isManagementResource(prepared.path)) return decideForSubject(policy, subject, prepared);
+  const decided = managementDecision(policy, subject, prepared.methods[0]!, prepared.path);
+  return { allowed: decided.allowed, matchedRule: decided.rule };
 }
 
 interface GroupBuilder {
@@ -166,9 +174,8 @@ export function createReplayDiff(oldPolicy: Policy, newPolicy: Policy, { limit }
         badRequests++;
         return;
       }
-      const subject = { roles: request.roles, org: request.org, namespace: request.keyNamespace };
-      const before = decideForSubject(oldPolicy, subject, prepared);
-      const after = decideForSubject(newPolicy, subject, prepared);
+      const before = decideReplayed(oldPolicy, request, prepared);
+      const after = decideReplayed(newPolicy, request, prepared);
       if (before.allowed && !after.allowed) {
         allowToDeny++;
         record(lost, oldRules, before.matchedRule, request);

@@ -247,6 +247,19 @@ describe("5. path patterns that match more than meant", () => {
   });
 });
 
+describe("5. a :param rule that no longer grants reset-all (issue 14, item 11)", () => {
+  it.each<[string, string, Expected[]]>([
+    ["keys/:id with POST", "p, r, *, *, keys/:id, ^POST$", [[1, "warning", 'path "keys/:id" with POST no longer grants reset-all (a ":param" never matches reset-all']]],
+    ["keys/:x with every method", "p, r, *, *, keys/:x, ^.*$", [[1, "warning", "name keys/reset-all to grant it"]]],
+    ["keys/:id without POST (the shipped admin rule)", "p, r, *, *, keys/:id, ^(GET|PATCH|DELETE)$", []],
+    ["keys/reset-all itself", "p, r, *, *, keys/reset-all, ^POST$", []],
+    ["keys/* (a wildcard still grants it)", "p, r, *, *, keys/*, ^POST$", []],
+    ["keys/:id/revoke", "p, r, *, *, keys/:id/revoke, ^POST$", []],
+  ])("%s", async (_name, line, expected) => {
+    expectExactly(await lintCsv([line]), expected);
+  });
+});
+
 describe("6 and 7. method patterns", () => {
   it.each<[string, string, Expected[]]>([
     ["anchored group", "^(GET|HEAD)$", []],

@@ -1,7 +1,7 @@
 import type { Policy } from "../policy/policy.js";
 import { formatRateLimit, isHigherRate } from "../ratelimit/rate-limit.js";
 import { ALL_NAMESPACES, type KeyRecord } from "../keys/key-record.js";
-import { managementDecision } from "./management.js";
+import { managementDecision, paramRuleHint } from "./management.js";
 
 /**
  * Who may do what to which key. Every management action runs for a
@@ -45,7 +45,7 @@ export function createAccessRules(policy: () => Policy): AccessRules {
     allowedByPolicy(principal, method, resource) {
       if (principal.kind === "local") return ok(undefined);
       const decision = managementDecision(policy(), principal.key, method, resource);
-      return decision.allowed ? ok(undefined) : fail("permission_denied", `API key is not allowed to ${method} ${resource}`);
+      return decision.allowed ? ok(undefined) : fail("permission_denied", `API key is not allowed to ${method} ${resource}${paramRuleHint(decision)}`);
     },
 
     visible(principal, target) {

@@ -11,13 +11,21 @@ export type Compiled<T> = { ok: true; value: T } | { ok: false; error: string };
 
 const PARAM = /(.*):[^/]+(.*)/g;
 
-/** The regular expression keyMatch2(key1, pattern) tests key1 against. */
-export function keyMatch2Source(pattern: string): Compiled<string> {
+/** What a ":name" parameter becomes in keyMatch2's regular expression. */
+export const KEYMATCH2_PARAM = "[^/]+";
+
+/**
+ * The regular expression keyMatch2(key1, pattern) tests key1 against.
+ * `param` replaces what a ":name" parameter matches (it must contain no ":"
+ * and no "$"): management.ts asks whether a pattern matches a resource
+ * without a parameter standing for part of it.
+ */
+export function keyMatch2Source(pattern: string, param: string = KEYMATCH2_PARAM): Compiled<string> {
   let key2 = pattern.replace(/\/\*/g, "/.*");
   // Casbin loops while "/:" remains; a "/:" with nothing after it never
   // changes and would spin forever (a hung decision): refuse such a pattern.
   while (key2.includes("/:")) {
-    const next = key2.replace(PARAM, "$1[^/]+$2");
+    const next = key2.replace(PARAM, `$1${param}$2`);
     if (next === key2) return { ok: false, error: 'a ":" parameter needs a name (e.g. "/:id")' };
     key2 = next;
   }
@@ -25,8 +33,8 @@ export function keyMatch2Source(pattern: string): Compiled<string> {
   return { ok: true, value: `^${key2}$` };
 }
 
-export function compileKeyMatch2(pattern: string): Compiled<RegExp> {
-  const source = keyMatch2Source(pattern);
+export function compileKeyMatch2(pattern: string, param?: string): Compiled<RegExp> {
+  const source = keyMatch2Source(pattern, param);
   if (!source.ok) return source;
   try {
     return { ok: true, value: new RegExp(source.value) };
