@@ -9,11 +9,14 @@
  * looks the key up in the database.
  *
  *   quiet (baseline)  nothing else running
- *   flood             meanwhile (a) a valid reader key sends ManageKey list
+ *   flood             meanwhile (a) a valid reader key limited to 1/1h (the
+ *                     issue's attacker) sends ManageKey list
  *                     with 30 KB org and namespace and AuditService list with
  *                     30 KB org and key_id, at full speed from several
  *                     connections, and (b) well-formed random keys (valid
- *                     checksum, so each costs a lookup) hit /verify
+ *                     checksum, so each would cost a lookup) hit /verify from
+ *                     a remote address (X-Forwarded-For via a trusted proxy),
+ *                     which the failed-auth guard counts
  *
  * Reported: p50/p99 of each phase, their ratio to quiet, the flood's request
  * counts, and the audit table's size (pg_total_relation_size) before and
@@ -46,10 +49,13 @@ const FLOOD_RANDOM = 4;
 const TARGET_RATIO = 2;
 const HUGE = "x".repeat(30_000);
 
-async function verify(url: string, key: string): Promise<number> {
+/** The random-key flood's client address, as a gateway on this host forwards it (X-Forwarded-For): not exempt from the guard. */
+const ATTACKER_ADDRESS = "203.0.113.7";
+
+async function verify(url: string, key: string, from?: string): Promise<number> {
   const response = await fetch(`${url}/verify`, {
     method: "POST",
-    headers: { authorization: `Bearer ${key}`, "x-request-path": "/sandboxes", "x-request-method": "GET" },
+    headers: { authorization: `Bearer ${key}`, "x-request-path": "/sandboxes", "x-request-method": "GET", ...(from && { "x-forwarded-for": from }) },
   });
   await response.arrayBuffer();
   return response.status;
@@ -141,7 +147,7 @@ function startFlood(url: string, reader: string, kind: FloodKind, counts: Record
   const loops = [
     ...Array.from({ length: audit ? FLOOD_MANAGE : 0 }, () => loop("ManageKey list", () => rpc(url, "/keygate.v1.KeyService/ManageKey", reader, { list: { org: HUGE, namespace: HUGE } }))),
     ...Array.from({ length: audit ? FLOOD_AUDIT : 0 }, () => loop("audit list", () => rpc(url, "/keygate.v1.AuditService/ListAuditEvents", reader, { org: HUGE, keyId: HUGE }))),
-    ...Array.from({ length: random ? FLOOD_RANDOM : 0 }, () => loop("random key", () => verify(url, generateKey()))),
+    ...Array.from({ length: random ? FLOOD_RANDOM : 0 }, () => loop("random key", () => verify(url, generateKey(), ATTACKER_ADDRESS))),
   ];
   return {
     async stop() {
@@ -168,12 +174,18 @@ async function main(): Promise<void> {
   try {
     const dataDir = join(dir, ".keygate");
     const [reader, ...fresh] = generateBenchKeys(1 + ROUNDS * PHASES.length * PER_BATCH);
-    await withDatabase({ kind: "pglite", dataDir }, (db) => insertKeys(db, [reader!, ...fresh]));
+    await withDatabase({ kind: "pglite", dataDir }, async (db) => {
+      await insertKeys(db, [reader!, ...fresh]);
+      // The issue's attacker: a reader key limited to 1 request an hour (its first goes to the warm-up below).
+      await db.updateTable("api_keys").set({ rate_limit_points: 1, rate_limit_window_seconds: 3600 }).where("id", "=", reader!.id).execute();
+    });
     const before = await auditTableBytes(dataDir);
     console.log(
       `keygate audit-flood bench${QUICK ? " (--quick)" : ""}: Node ${process.version}, PGlite, ${ROUNDS} rounds of ${PER_BATCH} first decisions per phase (quiet, audit flood, random-key flood, both, in turn); audit flood: ${FLOOD_MANAGE} ManageKey + ${FLOOD_AUDIT} AuditService connections with 30 KB fields; random-key flood: ${FLOOD_RANDOM} connections`,
     );
-    server = await startKeygate({ KEYGATE_DATA_DIR: dataDir }, dir, { timeoutMs: 60_000 });
+    // The measured requests come from loopback (exempt from the failed-auth guard, as a gateway on this host is);
+    // the random keys carry the attacker's address in X-Forwarded-For, which a proxy on loopback is trusted to set.
+    server = await startKeygate({ KEYGATE_DATA_DIR: dataDir, KEYGATE_CLIENT_IP_HEADER: "x-forwarded-for" }, dir, { timeoutMs: 60_000 });
     // Warm the server's code paths (a key the phases do not use).
     await firstDecisions(server.url, [reader!]);
     const samples: Record<Phase, number[]> = { quiet: [], audit: [], random: [], both: [] };
