@@ -48,6 +48,15 @@ export interface RouteOptions {
   shutdown?: AbortSignal;
 }
 
+/**
+ * ManageKey, AuditService and ResourceService requests are a few names and
+ * ids (a key's 32 roles of 64 characters are 2 KiB): a body larger than this
+ * is refused (RESOURCE_EXHAUSTED) before it is read or decoded, so a flood of
+ * oversized management calls costs no parsing, lookup or audit row.
+ */
+export const MANAGEMENT_READ_MAX_BYTES = 16 * 1024;
+const MANAGEMENT_LIMITS = { readMaxBytes: MANAGEMENT_READ_MAX_BYTES };
+
 export function createRoutes(runtime: Runtime, credentialPriority: readonly CredentialSource[], log: Logger, localOperator = false, options: RouteOptions = {}) {
   // Over Postgres other processes may cache the same keys: tell them about every change.
   const announce = runtime.store.kind === "postgres" ? createKeyChangeAnnouncer(runtime.store.db) : undefined;
@@ -74,6 +83,7 @@ export function createRoutes(runtime: Runtime, credentialPriority: readonly Cred
     router.service(
       KeyService,
       createKeyService({ keys: runtime.keys, principalOf, log, ...(announce && { announce }) }),
+      MANAGEMENT_LIMITS,
     );
     router.service(
       AuditService,
@@ -82,6 +92,7 @@ export function createRoutes(runtime: Runtime, credentialPriority: readonly Cred
         principalOf,
         log,
       }),
+      MANAGEMENT_LIMITS,
     );
     router.service(
       ResourceService,
@@ -90,6 +101,7 @@ export function createRoutes(runtime: Runtime, credentialPriority: readonly Cred
         principalOf,
         log,
       }),
+      MANAGEMENT_LIMITS,
     );
     router.service(
       Authorization,
