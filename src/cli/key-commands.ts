@@ -265,10 +265,18 @@ async function keysReset(args: string[]): Promise<number> {
     const response = await manage(c, { case: "resetAll", value: { $typeName: "keygate.v1.ResetAllAction", org } });
     if (response.result.case !== "resetAll") throw new CliError("unexpected response from server");
     const count = response.result.value.revokedCount;
-    if (out.json) out.print(JSON.stringify({ revoked: count }));
+    // The scope the server applied: the org asked for; with --server and no --org, the calling key's own
+    // org (and namespace, for a scoped key); locally with no --org, every org.
+    const remote = parsed.flags.server !== undefined;
+    const scope = org ? `of org ${org}` : remote ? "of the calling key's org (and namespace, if it has one)" : "of every org";
+    if (out.json) out.print(JSON.stringify({ revoked: count, scope: org ? { org } : remote ? "caller" : "all" }));
     else {
-      out.print(`revoked ${count} key${count === 1 ? "" : "s"}`);
-      out.note('Every existing key has stopped working. Create new ones with "keygate keygen".');
+      out.print(`revoked ${count} key${count === 1 ? "" : "s"} ${scope}`);
+      out.note(
+        org || remote
+          ? `Keys ${scope} have stopped working; keys outside it are unchanged. Create new ones with "keygate keygen".`
+          : 'Every existing key, in every org, has stopped working. Create new ones with "keygate keygen".',
+      );
     }
     return 0;
   });

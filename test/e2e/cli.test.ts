@@ -269,7 +269,7 @@ describe("while the server runs on the same data", () => {
     }
   });
 
-  it("keys reset needs --yes; with it every key stops working on the server at once", async () => {
+  it("keys reset needs --yes; --org revokes that org's keys and says so; without it every key stops working on the server at once", async () => {
     const key = await keygen(["--org", "acme", "--role", "admin"]);
     expect((await cubeRequest(server!.url, bearer(key.key, "/sandboxes/abc", "DELETE"))).status).toBe(200);
 
@@ -278,8 +278,18 @@ describe("while the server runs on the same data", () => {
     expect(refused.stderr).toContain("run again with --yes");
     expect((await cubeRequest(server!.url, bearer(key.key, "/sandboxes/abc", "DELETE"))).status).toBe(200);
 
+    // An org's reset says exactly what it revoked, and keys of other orgs keep working.
+    const other = await keygen(["--org", "other-org", "--role", "admin"]);
+    const orgReset = ok(await cli(["keys", "reset", "--org", "acme", "--yes"]));
+    expect(orgReset.stdout).toMatch(/^revoked \d+ keys? of org acme$/m);
+    expect(orgReset.stderr).toContain("Keys of org acme have stopped working; keys outside it are unchanged.");
+    expect(orgReset.stderr).not.toContain("Every existing key");
+    expect((await cubeRequest(server!.url, bearer(key.key, "/sandboxes/abc", "DELETE"))).status).toBe(401);
+    expect((await cubeRequest(server!.url, bearer(other.key, "/sandboxes/abc", "DELETE"))).status).toBe(200);
+
     const reset = ok(await cli(["keys", "reset", "--yes"]));
-    expect(reset.stdout).toMatch(/^revoked \d+ keys?$/m);
+    expect(reset.stdout).toMatch(/^revoked \d+ keys? of every org$/m);
+    expect(reset.stderr).toContain("Every existing key, in every org, has stopped working.");
     const response = await cubeRequest(server!.url, bearer(key.key, "/sandboxes/abc", "DELETE"));
     expect({ status: response.status, body: JSON.parse(response.body) as unknown }).toEqual({ status: 401, body: { code: 401, message: "API key has been revoked" } });
     const status = ok(await cli(["status"]));
