@@ -129,7 +129,7 @@ async function keysList(args: string[]): Promise<number> {
     "page-size": { type: "string" },
     "page-token": { type: "string" },
     all: { type: "boolean" },
-  });
+  }, 0);
   if (parsed.flags.help) return help();
   const out = createOut(Boolean(parsed.flags.json));
   const enabledText = parsed.flags.enabled as string | undefined;
@@ -254,7 +254,7 @@ async function keysUpdate(args: string[]): Promise<number> {
 }
 
 async function keysReset(args: string[]): Promise<number> {
-  const parsed = parse(args, { org: { type: "string" }, yes: { type: "boolean" } });
+  const parsed = parse(args, { org: { type: "string" }, yes: { type: "boolean" } }, 0);
   if (parsed.flags.help) return help();
   const org = (parsed.flags.org as string | undefined) ?? "";
   if (!parsed.flags.yes) {
@@ -290,7 +290,7 @@ export async function runCheck(args: string[]): Promise<number> {
     namespace: { type: "string" },
     org: { type: "string" },
     explain: { type: "boolean" },
-  });
+  }, 0);
   if (parsed.flags.help) return help();
   const key = configOrThrow(readCliKeys(parsed.flags, process.env)).checkKey;
   const path = parsed.flags.path as string | undefined;

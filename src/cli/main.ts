@@ -4,7 +4,7 @@ import { runCheck, runKeygen, runKeys } from "./key-commands.js";
 import { runPolicy } from "./policy-commands.js";
 import { runResources } from "./resource-commands.js";
 import { runMigrate, runServe, runShim, runStatus } from "./server-commands.js";
-import { CliError } from "./args.js";
+import { CliError, UsageError } from "./args.js";
 import { USAGE } from "./usage.js";
 import { createScrubber } from "../telemetry/logger.js";
 
@@ -49,6 +49,12 @@ export async function main(argv: string[]): Promise<number> {
   } catch (error) {
     // Like the logs: a key or a URL's password quoted in an error is masked (KEYGATE_KEY_PREFIX is not read yet: the default).
     const scrub = createScrubber();
+    if (error instanceof UsageError) {
+      const name = commandName(command, rest);
+      process.stderr.write(`keygate ${name}: ${scrub(error.message)}\n`);
+      if (error.seeHelp) process.stderr.write(`Run "keygate ${name} --help" for its flags.\n`);
+      return 2;
+    }
     if (error instanceof CliError) {
       process.stderr.write(`keygate: ${scrub(error.message)}\n`);
       return 2;
@@ -60,6 +66,12 @@ export async function main(argv: string[]): Promise<number> {
     process.stderr.write(`keygate: ${scrub((error as Error).stack ?? String(error))}\n`);
     return 1;
   }
+}
+
+/** The command as typed, for a usage message: "serve", "keys list". */
+function commandName(command: string | undefined, rest: string[]): string {
+  const sub = rest[0];
+  return command && ["keys", "resources", "policy"].includes(command) && sub !== undefined && /^[a-z]+$/.test(sub) ? `${command} ${sub}` : String(command);
 }
 
 function codeName(code: number): string {

@@ -59,7 +59,7 @@ async function lockDataDir(dataDir: string, role: string, log: Logger): Promise<
 
 export async function runServe(args: string[]): Promise<number> {
   // Every flag the serve settings have (config/settings.ts), so the help and the parser agree.
-  const { flags } = parse(args, flagOptions("serve"));
+  const { flags } = parse(args, flagOptions("serve"), 0);
   if (flags.help) return help();
   const config = configOrThrow(readServeConfig(flags, process.env, process.cwd()));
   const log = createLogger(config.logLevel, undefined, { keyPrefix: config.keyPrefix });
@@ -155,7 +155,7 @@ export async function runServe(args: string[]): Promise<number> {
 }
 
 export async function runShim(args: string[]): Promise<number> {
-  const { flags } = parse(args, flagOptions("shim"));
+  const { flags } = parse(args, flagOptions("shim"), 0);
   if (flags.help) return help();
   const config = configOrThrow(readShimConfig(flags, process.env));
   const log = createLogger(config.logLevel, undefined, { keyPrefix: config.keyPrefix });
@@ -194,7 +194,7 @@ export async function runShim(args: string[]): Promise<number> {
 }
 
 export async function runMigrate(args: string[]): Promise<number> {
-  const { flags } = parse(args, {});
+  const { flags } = parse(args, {}, 0);
   if (flags.help) return help();
   const out = createOut(Boolean(flags.json));
   const config = configOrThrow(readStorageConfig(flags, process.env, process.cwd()));
@@ -230,7 +230,7 @@ export async function runMigrate(args: string[]): Promise<number> {
 }
 
 export async function runStatus(args: string[]): Promise<number> {
-  const { flags } = parse(args, {});
+  const { flags } = parse(args, {}, 0);
   if (flags.help) return help();
   const out = createOut(Boolean(flags.json));
   const config = configOrThrow(readRuntimeConfig(flags, process.env, process.cwd()));

@@ -76,7 +76,7 @@ describe("a bad setting is refused at start, naming it", () => {
     ["--shim-path without a slash", () => ["--shim-path", "verify"], {}, () => ['--shim-path/KEYGATE_SHIM_PATH: "verify" must be a plain absolute path']],
     ["--key-cache-ttl 5 parsecs", () => ["--key-cache-ttl", "5pc"], {}, () => ['--key-cache-ttl: invalid duration "5pc"']],
     ["KEYGATE_KEY_PREFIX with a space", () => [], { KEYGATE_KEY_PREFIX: "sk live" }, () => ['--key-prefix/KEYGATE_KEY_PREFIX: "sk live" must be 1-16 letters']],
-    ["an unknown flag", () => ["--prot", "80"], {}, () => ["Unknown option '--prot'"]],
+    ["an unknown flag", () => ["--prot", "80"], {}, () => ["keygate serve: unknown flag --prot; did you mean --port?"]],
     ["several at once, each named", () => [], { PORT: "abc", KEYGATE_DEV: "maybe" }, () => ['PORT: "abc"', 'KEYGATE_DEV: "maybe"']],
     ["a missing policy dir", () => ["--policy-dir", "/nonexistent/keygate-policies"], {}, () => ["cannot load the policy (--policy-dir /nonexistent/keygate-policies): policy directory /nonexistent/keygate-policies does not exist"]],
     ["a policy dir with no CSV", () => ["--policy-dir", policies.noCsv], {}, () => [`cannot load the policy (--policy-dir ${policies.noCsv}): no .csv policy files in ${policies.noCsv}`]],

@@ -183,7 +183,11 @@ describe("parseExpiry: an expiry must be in the future", () => {
   it.each(["0s", "0m", "0h", "0d", "0w", "0mo", "0y", "00d", "000000000y"])("%s is refused as zero", (text) => {
     const message = error(parseExpiry(text));
     expect(message).toContain(`"${text}"`);
-    expect(message).toMatch(/greater than zero/);
+    expect(message).toBe(`duration must be positive (e.g. 30d, 12h), not "${text}"`);
+  });
+
+  it.each(["-1h", "-0s", "-30d", " -1h"])("%j is refused as negative, not as an unknown format", (text) => {
+    expect(error(parseExpiry(text))).toBe(`duration must be positive (e.g. 30d, 12h), not "${text}"`);
   });
 
   it.each([
@@ -201,7 +205,7 @@ describe("parseExpiry: an expiry must be in the future", () => {
     expect(parseExpiry(text)).toEqual(parseDuration(text));
   });
 
-  it.each(["", "5", "1x", "-1d", "1.5h", "1 d", "1M", "101y"])("passes parseDuration's error through for %j", (text) => {
+  it.each(["", "5", "1x", "1.5h", "1 d", "1M", "101y"])("passes parseDuration's error through for %j", (text) => {
     expect(parseExpiry(text)).toEqual(parseDuration(text));
   });
 });

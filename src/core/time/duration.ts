@@ -38,10 +38,10 @@ export function parseDuration(text: string): DurationResult {
   return { ok: true, ms };
 }
 
-/** Like parseDuration, but a zero duration is refused (an expiry must be in the future). */
+/** Like parseDuration, but a negative or zero duration is refused (an expiry must be in the future). */
 export function parseExpiry(text: string): DurationResult {
   const result = parseDuration(text);
-  if (result.ok && result.ms === 0) return { ok: false, error: `invalid duration "${printable(text)}": must be greater than zero` };
+  if ((result.ok && result.ms === 0) || /^ *-\d/.test(text)) return { ok: false, error: `duration must be positive (e.g. 30d, 12h), not "${printable(text)}"` };
   return result;
 }
 
