@@ -143,10 +143,6 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, recorder, 
         const asked = input.roles && input.roles.length > 0;
         const roles = checkRoles(asked ? input.roles! : (caller?.roles ?? DEFAULT_ROLES));
         if (!roles.ok) return roles;
-        if (asked && !input.allowUnknownRoles) {
-          const known = checkKnownRoles(roles.value, knownRoles(policy()), "create", caller?.roles);
-          if (!known.ok) return known;
-        }
         const name = checkName(input.name ?? "");
         if (!name.ok) return name;
         const expiry = resolveExpiry(input.expiry, at);
@@ -163,6 +159,11 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, recorder, 
         if (maxSandboxes !== null && !isSandboxLimit(maxSandboxes)) return fail("invalid_argument", SANDBOX_LIMIT_RULE);
         const why = await access.escalation(principal, { org, namespace, roles: roles.value, expiresAt, rateLimit, maxSandboxes });
         if (why) return fail("permission_denied", why);
+        // After the escalation check: a key caller asking for a role it lacks is refused for that.
+        if (asked && !input.allowUnknownRoles) {
+          const known = checkKnownRoles(roles.value, knownRoles(policy()), "create", caller?.roles);
+          if (!known.ok) return known;
+        }
         // The caller's budgets bound the new key: together they can do no more than the caller alone.
         const parentBudgets = parentBudgetsFor(caller, defaultRateLimit);
         if (parentBudgets.length > MAX_PARENT_BUDGETS) return fail("permission_denied", DEPTH_RULE);
@@ -277,10 +278,6 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, recorder, 
         if (input.roles !== undefined) {
           const roles = checkRoles(input.roles);
           if (!roles.ok) return roles;
-          if (!input.allowUnknownRoles) {
-            const known = checkKnownRoles(roles.value, knownRoles(policy()), "set", principal.kind === "key" ? principal.key.roles : undefined);
-            if (!known.ok) return known;
-          }
           changes.roles = roles.value;
         }
         const expiry = resolveExpiry(input.expiry, at);
@@ -311,6 +308,10 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, recorder, 
         };
         const why = await access.escalation(principal, after);
         if (why) return fail("permission_denied", why);
+        if (changes.roles !== undefined && !input.allowUnknownRoles) {
+          const known = checkKnownRoles(changes.roles, knownRoles(policy()), "set", principal.kind === "key" ? principal.key.roles : undefined);
+          if (!known.ok) return known;
+        }
         // A changed allocation counts in a fresh bucket: on its own budget, a key would refill it.
         if (principal.kind === "key" && found.value.budgetId === principal.key.budgetId && "rateLimit" in changes && !sameLimit(changes.rateLimit!, found.value.rateLimit)) {
           return fail("permission_denied", `a key may not change the rate limit of a key that shares its budget (itself or a rotation of it): ask the operator or a key above it`);
