@@ -44,6 +44,8 @@ describe(`roles the policy does not know, on ${testDatabaseKind}`, () => {
     const { key, plaintext } = await createKey(core, { org: "roles", roles: ["Admin"], allowUnknownRoles: true });
     expect(key.roles).toEqual(["Admin"]);
     expect((await check(core, plaintext, "GET", "/sandboxes")).allowed).toBe(false);
+    const row = await core.db.selectFrom("audit_log").select("detail").where("action", "=", "create").where("target", "=", key.id).executeTakeFirstOrThrow();
+    expect(row.detail).toMatchObject({ roles: ["Admin"], allow_unknown_roles: true });
   });
 
   it("create without roles still takes the default, and known roles pass", async () => {
