@@ -65,6 +65,7 @@ const KEYGEN_OPTIONS: Options = {
   namespace: { type: "string" },
   org: { type: "string" },
   role: { type: "string", multiple: true },
+  "allow-unknown-role": { type: "boolean" },
   name: { type: "string" },
   "rate-limit": { type: "string" },
   "max-sandboxes": { type: "string" },
@@ -87,6 +88,7 @@ export async function runKeygen(args: string[]): Promise<number> {
     namespace: (parsed.flags.namespace as string | undefined) ?? "",
     roles: (parsed.flags.role as string[] | undefined) ?? [],
     rateLimit: rateLimit ?? "",
+    allowUnknownRoles: Boolean(parsed.flags["allow-unknown-role"]),
     ...(expire !== undefined && { expiry: { case: "expiresIn" as const, value: expire } }),
   });
   return withConnection(parsed, "keygen", async (c) => {
@@ -216,6 +218,7 @@ async function keysUpdate(args: string[]): Promise<number> {
   const parsed = parse(args, {
     name: { type: "string" },
     role: { type: "string", multiple: true },
+    "allow-unknown-role": { type: "boolean" },
     expire: { type: "string" },
     "no-expire": { type: "boolean" },
     "rate-limit": { type: "string" },
@@ -239,6 +242,7 @@ async function keysUpdate(args: string[]): Promise<number> {
     id,
     ...(parsed.flags.name !== undefined && { name: parsed.flags.name as string }),
     ...(roles && { roles: create(RoleListSchema, { roles }) }),
+    allowUnknownRoles: Boolean(parsed.flags["allow-unknown-role"]),
     ...(expire !== undefined && { expiry: { case: "expiresIn" as const, value: expire } }),
     ...(parsed.flags["no-expire"] && { expiry: { case: "neverExpires" as const, value: true } }),
     ...(rateLimit !== undefined && { rateLimitChange: { case: "rateLimit" as const, value: rateLimit } }),

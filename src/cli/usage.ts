@@ -14,13 +14,14 @@ ${environmentOnlyHelp("serve")}
   status                show database, policy, keys and whether a server is running
 
 Keys
-  keygen [--expire DUR] [--namespace NS] [--org ORG] [--role ROLE]... [--name NAME] [--rate-limit N/WINDOW] [--max-sandboxes N] [--json]
-                        create a key; the key is printed once
+  keygen [--expire DUR] [--namespace NS] [--org ORG] [--role ROLE]... [--allow-unknown-role] [--name NAME] [--rate-limit N/WINDOW] [--max-sandboxes N] [--json]
+                        create a key; the key is printed once. Each --role must be one the policy
+                        names (case-sensitive); --allow-unknown-role accepts any other
   keys list [--org ORG] [--namespace NS] [--enabled true|false] [--page-size N] [--page-token T] [--all]
   keys get ID
   keys revoke ID | keys enable ID | keys delete ID
   keys rotate ID [--grace DUR]   new key now; old one works until revoked or for DUR ("0s" = stop at once)
-  keys update ID [--name N] [--role R]... [--expire DUR | --no-expire] [--rate-limit N/WINDOW | --no-rate-limit] [--max-sandboxes N | --no-max-sandboxes]
+  keys update ID [--name N] [--role R]... [--allow-unknown-role] [--expire DUR | --no-expire] [--rate-limit N/WINDOW | --no-rate-limit] [--max-sandboxes N | --no-max-sandboxes]
   keys reset [--org ORG] --yes   revoke every key (of ORG, or of every org)
   check --key K --path P [--method M] [--namespace NS] [--org ORG] [--explain]
                         explain one decision (exit 0 allowed, 1 denied); --explain lists the

@@ -44,7 +44,8 @@ beforeAll(async () => {
   // Every request comes from loopback: the failed-auth guard is off so that no row is slowed.
   server = await startServerProcess(["--auth-fail-limit", "off"], options);
   for (const role of ["reader", "getonly", "admin", "probe"] as const) {
-    keys[role] = await createKey(["--org", "acme", "--role", role, "--name", `corpus-${role}`], options);
+    // "probe" is named by no policy line on purpose: a key allowed nothing.
+    keys[role] = await createKey(["--org", "acme", "--role", role, "--name", `corpus-${role}`, ...(role === "probe" ? ["--allow-unknown-role"] : [])], options);
     watch.key(keys[role].key);
   }
   authorizeGrpc = grpcClient("keygate/v1/authorize.proto", "keygate.v1.AuthorizeService", server.port);

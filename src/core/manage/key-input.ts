@@ -1,6 +1,7 @@
 import { parseRateLimit, type RateLimit } from "../ratelimit/rate-limit.js";
 import { parseExpiry, printable } from "../time/duration.js";
 import { isValidName, NAME_RULE } from "../keys/key-record.js";
+import { closestName } from "../policy/known-roles.js";
 import { fail, ok, type ManageResult } from "./access.js";
 
 /**
@@ -43,6 +44,31 @@ export function checkRoles(roles: string[]): ManageResult<string[]> {
   const bad = roles.find((role) => !isValidName(role));
   if (bad !== undefined) return fail("invalid_argument", `invalid role "${printable(bad)}": ${NAME_RULE}`);
   return ok([...new Set(roles)]);
+}
+
+/** At most this many known roles are listed in a refusal. */
+const MAX_ROLES_SHOWN = 20;
+
+/**
+ * Every role is one the policy knows (case-sensitive): a key holding only
+ * unknown roles is denied everything. A refusal lists the known roles and
+ * suggests the closest; for a key caller (`callerRoles`) only among its own
+ * roles, so a tenant's key does not learn the rest of the policy.
+ */
+export function checkKnownRoles(roles: readonly string[], known: ReadonlySet<string>, verb: "create" | "set", callerRoles?: readonly string[]): ManageResult<void> {
+  const unknown = [...new Set(roles.filter((role) => !known.has(role)))];
+  if (unknown.length === 0) return ok(undefined);
+  const visible = [...new Set(callerRoles ?? known)].filter((role) => known.has(role)).sort();
+  const listed = visible.length > MAX_ROLES_SHOWN ? `${visible.slice(0, MAX_ROLES_SHOWN).join(", ")}, … and ${visible.length - MAX_ROLES_SHOWN} more` : visible.join(", ");
+  const knows = visible.length === 0 ? "the policy names no such role" : callerRoles ? `of this key's roles, the policy knows: ${listed}` : `the policy knows: ${listed}`;
+  const suggestions = [...new Set(unknown.map((role) => closestName(role, visible)).filter((role) => role !== undefined))];
+  const one = unknown.length === 1;
+  return fail(
+    "invalid_argument",
+    `unknown role${one ? "" : "s"} ${unknown.map((role) => `"${printable(role)}"`).join(", ")} (${knows})` +
+      (suggestions.length > 0 ? `; did you mean ${suggestions.map((role) => `"${role}"`).join(" or ")}?` : ".") +
+      ` Pass --allow-unknown-role (allow_unknown_roles in ManageKey) to ${verb} ${one ? "it" : "them"} anyway`,
+  );
 }
 
 export function checkName(name: string): ManageResult<string> {

@@ -13,7 +13,8 @@ import * as repo from "../keys/key.repository.js";
 import { actorOf, createAccessRules, fail, ok, type ManageResult, type Principal } from "./access.js";
 import type { AuditRecorder } from "../audit/audit-recorder.js";
 import { createKeyAudit } from "./key-audit.js";
-import { checkName, checkRateLimit, checkRoles, resolveExpiry, type Expiry } from "./key-input.js";
+import { knownRoles } from "../policy/known-roles.js";
+import { checkKnownRoles, checkName, checkRateLimit, checkRoles, resolveExpiry, type Expiry } from "./key-input.js";
 
 /**
  * The life of keys: create, get, list, update, revoke, rotate, delete,
@@ -31,6 +32,8 @@ export interface CreateKeyInput {
   rateLimit?: string;
   /** Live sandboxes the key may hold (proxy mode). Unset: a key caller's own limit, else none. */
   maxSandboxes?: number;
+  /** Accept roles no line of the policy names (refused by default: such a role is denied everything). */
+  allowUnknownRoles?: boolean;
 }
 
 export interface UpdateKeyInput {
@@ -43,6 +46,8 @@ export interface UpdateKeyInput {
   rateLimit?: string | null;
   /** Sets the key's live-sandbox limit; null removes it. */
   maxSandboxes?: number | null;
+  /** Accept new roles no line of the policy names. */
+  allowUnknownRoles?: boolean;
 }
 
 export interface ListKeysInput {
@@ -135,7 +140,8 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, recorder, 
         if (principal.kind === "local") n.org = org;
         const namespace = input.namespace || caller?.namespace || ALL_NAMESPACES;
         if (!isValidNamespace(namespace)) return fail("invalid_argument", `invalid namespace "${printable(namespace)}": ${NAME_RULE}, or * for all`);
-        const roles = checkRoles(input.roles && input.roles.length > 0 ? input.roles : (caller?.roles ?? DEFAULT_ROLES));
+        const asked = input.roles && input.roles.length > 0;
+        const roles = checkRoles(asked ? input.roles! : (caller?.roles ?? DEFAULT_ROLES));
         if (!roles.ok) return roles;
         const name = checkName(input.name ?? "");
         if (!name.ok) return name;
@@ -153,6 +159,11 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, recorder, 
         if (maxSandboxes !== null && !isSandboxLimit(maxSandboxes)) return fail("invalid_argument", SANDBOX_LIMIT_RULE);
         const why = await access.escalation(principal, { org, namespace, roles: roles.value, expiresAt, rateLimit, maxSandboxes });
         if (why) return fail("permission_denied", why);
+        // After the escalation check: a key caller asking for a role it lacks is refused for that.
+        if (asked && !input.allowUnknownRoles) {
+          const known = checkKnownRoles(roles.value, knownRoles(policy()), "create", caller?.roles);
+          if (!known.ok) return known;
+        }
         // The caller's budgets bound the new key: together they can do no more than the caller alone.
         const parentBudgets = parentBudgetsFor(caller, defaultRateLimit);
         if (parentBudgets.length > MAX_PARENT_BUDGETS) return fail("permission_denied", DEPTH_RULE);
@@ -169,6 +180,7 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, recorder, 
           expires_at: expiresAt?.toISOString() ?? null,
           rate_limit: rateLimit ? formatRateLimit(rateLimit) : null,
           max_sandboxes: maxSandboxes,
+          ...(asked && input.allowUnknownRoles && { allow_unknown_roles: true }),
         };
         const key = await db.transaction().execute(async (trx) => {
           const created = await repo.insertKey(trx, {
@@ -296,6 +308,10 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, recorder, 
         };
         const why = await access.escalation(principal, after);
         if (why) return fail("permission_denied", why);
+        if (changes.roles !== undefined && !input.allowUnknownRoles) {
+          const known = checkKnownRoles(changes.roles, knownRoles(policy()), "set", principal.kind === "key" ? principal.key.roles : undefined);
+          if (!known.ok) return known;
+        }
         // A changed allocation counts in a fresh bucket: on its own budget, a key would refill it.
         if (principal.kind === "key" && found.value.budgetId === principal.key.budgetId && "rateLimit" in changes && !sameLimit(changes.rateLimit!, found.value.rateLimit)) {
           return fail("permission_denied", `a key may not change the rate limit of a key that shares its budget (itself or a rotation of it): ask the operator or a key above it`);
@@ -310,6 +326,7 @@ export function createKeyManager({ db, policy, cache, keyPrefix, now, recorder, 
             ...("maxSandboxes" in changes && { max_sandboxes: changes.maxSandboxes }),
             ...(changes.enabled !== undefined && { enabled: changes.enabled }),
           },
+          ...(changes.roles !== undefined && input.allowUnknownRoles && { allow_unknown_roles: true }),
         };
         const updated = await db.transaction().execute(async (trx) => {
           const row = await repo.updateKey(trx, input.id, changes, at);

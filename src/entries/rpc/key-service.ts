@@ -61,6 +61,7 @@ export function createKeyService({ keys, principalOf, log, announce }: KeyServic
             rateLimit: value.rateLimit,
             ...(value.maxSandboxes !== undefined && { maxSandboxes: value.maxSandboxes }),
             ...(expiryOf(value.expiry) && { expiry: expiryOf(value.expiry)! }),
+            ...(value.allowUnknownRoles && { allowUnknownRoles: true }),
           }),
         );
         return create(ManageKeyResponseSchema, {
@@ -99,6 +100,7 @@ export function createKeyService({ keys, principalOf, log, announce }: KeyServic
               ...(value.rateLimitChange.case === "noRateLimit" && value.rateLimitChange.value && { rateLimit: null }),
               ...(value.maxSandboxesChange.case === "maxSandboxes" && { maxSandboxes: value.maxSandboxesChange.value }),
               ...(value.maxSandboxesChange.case === "noMaxSandboxes" && value.maxSandboxesChange.value && { maxSandboxes: null }),
+              ...(value.allowUnknownRoles && { allowUnknownRoles: true }),
             }),
           ),
         );
