@@ -15,7 +15,8 @@ export const POLICY_DIR = resolve(REPO, "policies");
  * through runCli's own timeout or this one.
  */
 export function cliBudgetMs(count: number): number {
-  return Math.max(30_000, count * 5_000);
+  // Generous: a budget only bounds a hang, and on a busy 2-core machine one CLI run (Node start, PGlite open) has taken over 5 s.
+  return Math.max(60_000, count * 10_000);
 }
 
 export interface CliResult {
