@@ -303,13 +303,16 @@ export async function runCheck(args: string[]): Promise<number> {
   const explain = Boolean(parsed.flags.explain);
   const out = createOut(Boolean(parsed.flags.json));
   return withConnection(parsed, "check", async (c) => {
+    // Always an explain request: that marks the local operator's check, which the server
+    // decides as traffic but does not count (usage, rate limits). Over --server it is ignored.
+    const counted = c.mode === "remote";
     const response = await c.authorize.authorize({
       credential: key,
       path,
       method: (parsed.flags.method as string | undefined) ?? "",
       namespace: (parsed.flags.namespace as string | undefined) ?? "",
       org: (parsed.flags.org as string | undefined) ?? "",
-      explain,
+      explain: true,
     });
     const reason = reasonFromProto(response.reason) ?? Reason[response.reason] ?? "unknown";
     const explanation = response.explanation.map((miss) => ({ rule: miss.rule, text: miss.text, reasons: miss.reasons }));
@@ -322,6 +325,7 @@ export async function runCheck(args: string[]): Promise<number> {
           matched_rule: response.matchedRule,
           key: response.key ? { id: response.key.id, name: response.key.name, org: response.key.org, namespace: response.key.namespace, roles: response.key.roles } : null,
           rate_limit: response.rateLimit ? { limit: response.rateLimit.limit, remaining: response.rateLimit.remaining, reset_seconds: response.rateLimit.resetSeconds } : null,
+          counted,
           ...(explain && { explanation }),
         }),
       );
@@ -337,6 +341,11 @@ export async function runCheck(args: string[]): Promise<number> {
         out.print(`rate:      ${remaining} of ${limit} left, resets in ${resetSeconds}s`);
       }
       if (explain && !response.allowed) printExplanation(out, explanation, reason);
+      out.print(
+        counted
+          ? "counted:   over --server a check is an ordinary decision: it counts toward the key's usage and rate limit"
+          : "not counted: checks do not count toward usage or rate limits",
+      );
     }
     return response.allowed ? 0 : 1;
   });

@@ -25,7 +25,8 @@ Keys
   keys reset [--org ORG] --yes   revoke every key (of ORG, or of every org)
   check --key K --path P [--method M] [--namespace NS] [--org ORG] [--explain]
                         explain one decision (exit 0 allowed, 1 denied); --explain lists the
-                        closest rules that did not match and why
+                        closest rules that did not match and why. Not counted: a check takes
+                        nothing from the key's usage or rate limit (over --server it does)
   audit [--org ORG] [--namespace NS] [--key KEY_ID] [--since DUR|ISO] [--limit N]
                         who changed keys, and refused attempts, newest first (--since 24h =
                         the last 24 hours; default --limit 100)

@@ -6,7 +6,7 @@ import type { RuleMiss } from "../policy/policy-request.js";
 import type { FailedAuthGuard } from "./failed-auth-guard.js";
 import type { RateLimit } from "../ratelimit/rate-limit.js";
 import type { RateLimiter } from "../ratelimit/rate-limiter.js";
-import { createBudgetConsumer } from "./consume-budgets.js";
+import { createBudgetConsumer, createBudgetPeeker } from "./consume-budgets.js";
 import { mayAccess, PLATFORM_ORG, type Owner, type ResourceRef } from "../resources/resource.js";
 import { deny, forbiddenMessage, MESSAGES, notFoundMessage, type AuthorizeInput, type Decision, type DecisionEntry, type KeyIdentity } from "./decision.js";
 import { KNOWN_METHODS, normalizeMethod, normalizePath, type HttpMethod } from "../request/normalize.js";
@@ -110,6 +110,7 @@ export function createAuthorizer({
   ownership,
 }: AuthorizerDeps): Authorize {
   const consumeBudgets = rateLimiter ? createBudgetConsumer(rateLimiter, defaultRateLimit) : undefined;
+  const peekBudgets = rateLimiter ? createBudgetPeeker(rateLimiter, defaultRateLimit) : undefined;
   return async function authorize(input) {
     const started = observe ? performance.now() : 0;
     const span = tracer?.start(input);
@@ -124,7 +125,8 @@ export function createAuthorizer({
     if (observe) observe(input.entry, decision, (performance.now() - started) / 1000);
     span?.end(decision);
     // A deny that names a key is about a known key; one without (no or invalid credential) is not.
-    if (!decision.allowed && decision.key) onDenied?.(decision.key.id, now());
+    // The operator's check (explain) is not traffic: never counted.
+    if (!decision.allowed && decision.key && input.explain !== true) onDenied?.(decision.key.id, now());
     if (onDecision) {
       try {
         onDecision(input, decision);
@@ -200,10 +202,12 @@ export function createAuthorizer({
     }
     // Only a request the policy allows costs a point: denied requests never drain a budget.
     // Its own budget and every rate-limited ancestor's (a key and the keys it minted share them).
-    if (consumeBudgets && (key.parentBudgets.length > 0 || (key.rateLimit ?? defaultRateLimit))) {
+    // The operator's check (explain) is not traffic: it reads the budgets as they stand, taking nothing.
+    const check = input.explain === true;
+    if (consumeBudgets && peekBudgets && (key.parentBudgets.length > 0 || (key.rateLimit ?? defaultRateLimit))) {
       let consumed;
       try {
-        consumed = await consumeBudgets(key);
+        consumed = await (check ? peekBudgets : consumeBudgets)(key);
       } catch (error) {
         onError?.(error);
         return deny("unavailable", "authorization unavailable: the rate limiter failed, request denied", identityOf(key));
@@ -211,7 +215,7 @@ export function createAuthorizer({
       if (consumed && !consumed.allowed) return { ...deny("rate_limited", MESSAGES.rate_limited, identityOf(key)), rateLimit: consumed.status };
       if (consumed) decision = { ...decision, rateLimit: consumed.status };
     }
-    onUsed?.(key.id, now());
+    if (!check) onUsed?.(key.id, now());
     return decision;
   }
 }

@@ -1,6 +1,6 @@
 import { budgetsOf, limitOf } from "../keys/key-budgets.js";
 import type { KeyRecord } from "../keys/key-record.js";
-import type { RateLimit } from "../ratelimit/rate-limit.js";
+import type { RateLimit, RateLimitStatus } from "../ratelimit/rate-limit.js";
 import type { ConsumeResult, RateLimiter } from "../ratelimit/rate-limiter.js";
 
 /**
@@ -21,5 +21,30 @@ export function createBudgetConsumer(rateLimiter: RateLimiter, defaultRateLimit:
       return limit ? rateLimiter.consume(key.budgetId, limit) : Promise.resolve(undefined);
     }
     return rateLimiter.consumeAll(budgetsOf(key, defaultRateLimit));
+  };
+}
+
+/**
+ * What the key's budgets hold now, taking nothing: the operator's `check`
+ * (an explain request) is decided as traffic would be, rate limit included,
+ * but is not traffic. Allowed when every budget has a point left; the status
+ * is the tightest budget's (a budget nothing was taken from this window is
+ * full). Undefined when none applies (unlimited).
+ */
+export type PeekBudgets = (key: KeyRecord) => Promise<ConsumeResult | undefined>;
+
+export function createBudgetPeeker(rateLimiter: RateLimiter, defaultRateLimit: RateLimit | null): PeekBudgets {
+  return async (key) => {
+    const budgets = budgetsOf(key, defaultRateLimit);
+    if (budgets.length === 0) return undefined;
+    const statuses = await Promise.all(
+      budgets.map(
+        async ({ id, limit }): Promise<RateLimitStatus> =>
+          (await rateLimiter.peek(id, limit)) ?? { limit: limit.points, remaining: limit.points, resetSeconds: limit.windowSeconds },
+      ),
+    );
+    const spent = statuses.filter((status) => status.remaining <= 0);
+    if (spent.length > 0) return { allowed: false, status: spent.reduce((a, b) => (b.resetSeconds > a.resetSeconds ? b : a)) };
+    return { allowed: true, status: statuses.reduce((a, b) => (b.remaining < a.remaining ? b : a)) };
   };
 }

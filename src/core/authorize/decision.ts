@@ -60,7 +60,13 @@ export interface AuthorizeInput {
   method: string;
   namespace: string;
   org: string;
-  /** Explain a policy deny (closest rules and why they did not match). */
+  /**
+   * The local operator's check (`keygate check`; the RPC entries honour it
+   * only for the control socket and the in-process CLI): a policy deny is
+   * explained (closest rules and why they did not match), and the request,
+   * decided exactly as traffic is, is not counted: no usage counts, and the
+   * rate-limit budgets are read, not drawn from.
+   */
   explain?: boolean;
   /**
    * The client's address, set by the shim and the RPC service (the peer, or a

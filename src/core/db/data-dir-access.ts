@@ -1,4 +1,5 @@
-import { chmod, lstat, mkdir, readdir, stat } from "node:fs/promises";
+import type { Stats } from "node:fs";
+import { chmod, lstat, mkdir, readdir, stat, unlink, writeFile } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import { LOCK_FILE } from "./data-dir-lock.js";
 
@@ -23,14 +24,28 @@ const octal = (mode: number) => (mode & 0o777).toString(8).padStart(4, "0");
  * Makes sure `dataDir` exists, is a directory this user owns, and is 0700:
  * created 0700 when missing; group or other read/search bits are removed
  * (returned, so the caller can say so); writable by others, or owned by
- * someone else, is a DataDirAccessError naming the path and the fix.
+ * someone else, is a DataDirAccessError naming the path and the fix; so is
+ * a path where no directory can be made and a dir this user cannot write.
  */
 export async function securePrivateDir(dataDir: string): Promise<{ tightenedFrom?: string }> {
-  await mkdir(dataDir, { recursive: true, mode: 0o700 });
-  const me = uid();
-  if (me === undefined) return {};
-  const info = await stat(dataDir);
+  await makeDataDir(dataDir);
+  const info = await stat(dataDir).catch((error: unknown) => {
+    throw new DataDirAccessError(`cannot use data dir ${dataDir}: ${errorText(error)}; pass another --data-dir`, { cause: error });
+  });
   if (!info.isDirectory()) throw new DataDirAccessError(`data dir ${dataDir} is not a directory; pass another --data-dir`);
+  const me = uid();
+  if (me !== undefined) refuseShared(dataDir, info, me);
+  // Before any change to its mode: a dir keygate cannot use is left as it was.
+  await probeWritable(dataDir);
+  if (me === undefined || (info.mode & 0o077) === 0) return {};
+  await chmod(dataDir, 0o700).catch((error: unknown) => {
+    throw new DataDirAccessError(`cannot make data dir ${dataDir} private (chmod 700): ${errorText(error)}; pass another --data-dir`, { cause: error });
+  });
+  return { tightenedFrom: octal(info.mode) };
+}
+
+/** Owned by another user, or writable by others: refused (see above). */
+function refuseShared(dataDir: string, info: Stats, me: number): void {
   if (info.uid !== me) {
     throw new DataDirAccessError(
       `data dir ${dataDir} is owned by uid ${info.uid}, not by this user (uid ${me}): its contents cannot be trusted. ` +
@@ -43,9 +58,73 @@ export async function securePrivateDir(dataDir: string): Promise<{ tightenedFrom
         `Check its contents, then \`chmod 700 ${dataDir}\`, or pass another --data-dir`,
     );
   }
-  if ((info.mode & 0o077) === 0) return {};
-  await chmod(dataDir, 0o700);
-  return { tightenedFrom: octal(info.mode) };
+}
+
+/** Why a file-system call failed, in words: the code, then what it means here. */
+function errorText(error: unknown, made: "directory" | "file" = "directory"): string {
+  const code = (error as NodeJS.ErrnoException).code;
+  const why: Record<string, string> = {
+    ENOENT: `a ${made} cannot be created there (a parent is missing or cannot hold one, as under /proc)`,
+    ENOTDIR: "a parent in the path is a file, not a directory",
+    EACCES: "permission denied",
+    EPERM: "operation not permitted",
+    EROFS: "read-only file system",
+    ENOSPC: "no space left on the device",
+    EDQUOT: "disk quota exceeded",
+  };
+  return code && why[code] ? `${code}, ${why[code]}` : (error as Error).message;
+}
+
+/**
+ * Creates the data dir (and missing parents) 0700, one level at a time:
+ * Node's recursive mkdir loops forever on a path the kernel refuses with
+ * ENOENT although its parent exists (/proc/x), so keygate walks the path
+ * itself and any refusal is a DataDirAccessError naming the path and why.
+ */
+async function makeDataDir(dataDir: string): Promise<void> {
+  const make = async (path: string): Promise<void> => {
+    try {
+      await mkdir(path, { mode: 0o700 });
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === "EEXIST") return;
+      const parent = dirname(path);
+      if (code !== "ENOENT" || parent === path) throw error;
+      await make(parent);
+      // The parent exists now: a second ENOENT is the kernel's refusal, thrown as is.
+      await mkdir(path, { mode: 0o700 }).catch((again: unknown) => {
+        if ((again as NodeJS.ErrnoException).code !== "EEXIST") throw again;
+      });
+    }
+  };
+  try {
+    await make(resolve(dataDir));
+  } catch (error) {
+    throw new DataDirAccessError(`cannot create data dir ${dataDir}: ${errorText(error)}; pass another --data-dir`, { cause: error });
+  }
+}
+
+/**
+ * The embedded database writes into the data dir: a file is created and
+ * removed there first, so a dir keygate cannot write (read-only, a full or
+ * read-only file system) is an error at once rather than a database that
+ * fails, or retries, on its first write.
+ */
+async function probeWritable(dataDir: string): Promise<void> {
+  const probe = join(dataDir, `.keygate-write-probe-${process.pid}`);
+  try {
+    await writeFile(probe, "", { flag: "wx", mode: 0o600 });
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "EEXIST") {
+      // Left by a process of this pid that died mid-probe: remove it and try once more.
+      await unlink(probe).catch(() => undefined);
+      return probeWritable(dataDir);
+    }
+    throw new DataDirAccessError(`data dir ${dataDir} is not writable: ${errorText(error, "file")}; make it writable by this user or pass another --data-dir`, {
+      cause: error,
+    });
+  }
+  await unlink(probe);
 }
 
 /**
